@@ -1,0 +1,1 @@
+//! End-to-end harnesses for kiOS: namespace sandbox, qemu VM, and the service stand-ins.

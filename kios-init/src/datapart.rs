@@ -1,0 +1,1 @@
+//! datapart (to be written).

@@ -1,0 +1,1 @@
+//! grace (to be written).

@@ -1,0 +1,1 @@
+//! kmsg (to be written).

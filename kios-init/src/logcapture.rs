@@ -1,0 +1,1 @@
+//! logcapture (to be written).

@@ -1,0 +1,1 @@
+//! milestones (to be written).

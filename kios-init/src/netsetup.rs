@@ -1,0 +1,1 @@
+//! netsetup (to be written).

@@ -1,0 +1,1 @@
+//! power_button (to be written).

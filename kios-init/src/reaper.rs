@@ -1,0 +1,1 @@
+//! reaper (to be written).

@@ -1,0 +1,1 @@
+//! System socket server (to be written).

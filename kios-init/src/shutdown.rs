@@ -1,0 +1,1 @@
+//! shutdown (to be written).

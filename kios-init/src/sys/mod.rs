@@ -1,0 +1,1 @@
+//! Syscall layer (to be written).

@@ -1,0 +1,1 @@
+//! teardown (to be written).

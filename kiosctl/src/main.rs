@@ -1,0 +1,2 @@
+//! kiosctl: the administrators CLI.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The kiOS image: file spec, inventory, initramfs builder and drift verification.
