@@ -1,0 +1,412 @@
+//! Success payloads of every verb, and the encoding of response lines.
+//!
+//! A response is exactly one line of JSON: `{"ok":true, ...fields}` or
+//! `{"ok":false,"error":{"code":...,"message":...}}`. Timestamps are Unix
+//! epoch milliseconds (`*_ms`), durations milliseconds.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::error::ErrorBody;
+use crate::legacy::Dialect;
+use crate::request::{PowerMode, Request, ServiceName};
+
+/// `help`: the verbs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelpReply {
+    pub verbs: Vec<VerbHelp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerbHelp {
+    pub name: String,
+    pub usage: String,
+    pub summary: String,
+}
+
+impl HelpReply {
+    /// The reply listing every verb of [`crate::request::VERBS`].
+    pub fn all_verbs() -> HelpReply {
+        HelpReply {
+            verbs: crate::request::VERBS
+                .iter()
+                .map(|v| VerbHelp {
+                    name: v.name.to_string(),
+                    usage: v.usage.to_string(),
+                    summary: v.summary.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionReply {
+    pub protocol: u32,
+    pub init: String,
+}
+
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub node: NodeStatus,
+    pub services: Vec<ServiceStatus>,
+    /// Connected socket clients; the one whose pid is the kubelet's is marked.
+    #[serde(default)]
+    pub clients: Vec<ClientInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub hostname: String,
+    pub kernel: String,
+    /// When init started.
+    pub boot_ms: u64,
+    pub uptime_ms: u64,
+    /// `null` when the node runs without a data partition (`datapart=none`).
+    pub datapart: Option<DatapartStatus>,
+    /// `null` unless a shutdown is in progress.
+    pub shutdown: Option<ShutdownStatus>,
+    /// True when a client that is the kubelet (or could be: a legacy or
+    /// silent client) is connected, so a shutdown will wait for its grace.
+    #[serde(default)]
+    pub graceful_shutdown_armed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapartStatus {
+    /// The device mounted, or `null` when none was found.
+    pub device: Option<String>,
+    pub mounted: bool,
+    /// What `datapart=` asked for: `auto` or a device path.
+    #[serde(default)]
+    pub wanted: String,
+    /// Why it is not mounted, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Phases of a shutdown, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownPhase {
+    Draining,
+    Stopping,
+    Unmounting,
+    Syncing,
+    Final,
+}
+
+impl ShutdownPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownPhase::Draining => "draining",
+            ShutdownPhase::Stopping => "stopping",
+            ShutdownPhase::Unmounting => "unmounting",
+            ShutdownPhase::Syncing => "syncing",
+            ShutdownPhase::Final => "final",
+        }
+    }
+}
+
+impl std::fmt::Display for ShutdownPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownStatus {
+    pub phase: ShutdownPhase,
+    pub mode: PowerMode,
+    /// When the shutdown was requested.
+    pub since_ms: u64,
+    /// Who asked: e.g. `socket pid 412 uid 0 (kiosctl)`, `SIGTERM`,
+    /// `power button`, `ctrl-alt-del`.
+    pub requested_by: String,
+    #[serde(default)]
+    pub force: bool,
+    /// When the current phase began.
+    #[serde(default)]
+    pub phase_since_ms: u64,
+}
+
+/// Service states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    Starting,
+    Running,
+    /// Waiting for a precondition, e.g. the cri-o socket.
+    Waiting,
+    /// Exited; a restart is scheduled at `next_start_ms`.
+    Backoff,
+    Stopping,
+    Stopped,
+}
+
+impl ServiceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Starting => "starting",
+            ServiceState::Running => "running",
+            ServiceState::Waiting => "waiting",
+            ServiceState::Backoff => "backoff",
+            ServiceState::Stopping => "stopping",
+            ServiceState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: ServiceName,
+    pub state: ServiceState,
+    pub pid: Option<u32>,
+    /// When the service entered its current state.
+    pub since_ms: u64,
+    pub restarts: u32,
+    pub last_exit: Option<ExitStatus>,
+    pub next_start_ms: Option<u64>,
+}
+
+/// How a process ended: exactly one of `code` and `signal` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Connection number, unique for the life of init.
+    pub id: u64,
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+    /// The peer's command name (`/proc/PID/comm`).
+    pub command: Option<String>,
+    pub dialect: Dialect,
+    /// The peer's pid is the supervised kubelet's.
+    pub kubelet: bool,
+    pub since_ms: u64,
+}
+
+/// `restart <service>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartReply {
+    pub service: ServiceName,
+    /// `null` when the service was not running.
+    pub old_pid: Option<u32>,
+}
+
+/// `shutdown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownReply {
+    pub mode: PowerMode,
+    pub phase: ShutdownPhase,
+}
+
+/// `continue-shutdown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContinueShutdownReply {
+    pub phase: ShutdownPhase,
+}
+
+/// `files [PATH]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesReply {
+    pub files: Vec<FileInfo>,
+}
+
+/// One inventory entry, as an administrator reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub path: String,
+    /// `file`, `dir`, `symlink`, `hardlink`, `device` or `mount`.
+    pub kind: String,
+    /// Octal, e.g. `0500`.
+    pub mode: String,
+    /// `uid:gid`.
+    pub owner: String,
+    pub component: String,
+    pub why: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    /// Link target of a symlink or hard link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// `verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReply {
+    /// No finding other than `overridden`.
+    pub clean: bool,
+    /// How many inventory entries and processes were checked.
+    pub checked: u64,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    pub path: String,
+    /// `missing`, `modified`, `mode`, `owner`, `kind`, `setuid`,
+    /// `unexpected`, `overridden` or `process`.
+    pub problem: String,
+    pub detail: String,
+}
+
+/// `logs <service> [LINES] [follow]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsReply {
+    pub service: ServiceName,
+    /// Oldest first.
+    pub lines: Vec<String>,
+}
+
+/// `watch`: the success line before the events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchReply {
+    /// Event kinds this stream carries.
+    pub events: Vec<String>,
+}
+
+/// `boot`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootReply {
+    pub milestones: Vec<Milestone>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Milestone {
+    pub name: String,
+    pub at_ms: u64,
+    /// Milliseconds since init started, from the monotonic clock.
+    pub offset_ms: f64,
+}
+
+/// The success payload of any verb.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Help(HelpReply),
+    Version(VersionReply),
+    Status(StatusReply),
+    Restart(RestartReply),
+    Shutdown(ShutdownReply),
+    ContinueShutdown(ContinueShutdownReply),
+    Files(FilesReply),
+    Verify(VerifyReply),
+    Logs(LogsReply),
+    Watch(WatchReply),
+    Boot(BootReply),
+}
+
+/// A whole response: a reply or an error.
+pub type Response = Result<Reply, ErrorBody>;
+
+#[derive(Serialize)]
+struct OkLine<'a, T: Serialize> {
+    ok: bool,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrLine {
+    ok: bool,
+    error: ErrorBody,
+}
+
+/// Encodes a success payload as a response line, without the newline.
+pub fn encode_ok<T: Serialize>(body: &T) -> String {
+    serde_json::to_string(&OkLine { ok: true, body }).unwrap_or_else(|e| {
+        encode_error(&ErrorBody::new(
+            crate::error::ErrorCode::Internal,
+            format!("cannot encode reply: {e}"),
+        ))
+    })
+}
+
+/// Encodes an error as a response line, without the newline.
+pub fn encode_error(error: &ErrorBody) -> String {
+    let line = ErrLine {
+        ok: false,
+        error: error.clone(),
+    };
+    // An ErrLine is strings and a unit enum: it always serializes.
+    serde_json::to_string(&line).unwrap_or_else(|_| {
+        r#"{"ok":false,"error":{"code":"internal","message":"cannot encode error"}}"#.to_string()
+    })
+}
+
+/// Encodes a response line, without the newline.
+pub fn encode_response(response: &Response) -> String {
+    match response {
+        Ok(reply) => encode_ok(reply),
+        Err(error) => encode_error(error),
+    }
+}
+
+/// Why a response line could not be read.
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("response is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("response has no boolean 'ok' field")]
+    NoOk,
+    #[error("response does not match the expected reply: {0}")]
+    Shape(#[source] serde_json::Error),
+}
+
+/// Decodes a response line into the reply type the client expects.
+pub fn decode_reply<T: DeserializeOwned>(line: &str) -> Result<Result<T, ErrorBody>, DecodeError> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(DecodeError::NotJson)?;
+    match value.get("ok").and_then(serde_json::Value::as_bool) {
+        Some(true) => serde_json::from_value(value)
+            .map(Ok)
+            .map_err(DecodeError::Shape),
+        Some(false) => serde_json::from_value::<ErrLine>(value)
+            .map(|l| Err(l.error))
+            .map_err(DecodeError::Shape),
+        None => Err(DecodeError::NoOk),
+    }
+}
+
+/// Decodes the response line to `request` into a typed [`Response`].
+pub fn decode_response(request: &Request, line: &str) -> Result<Response, DecodeError> {
+    fn typed<T: DeserializeOwned>(
+        line: &str,
+        wrap: fn(T) -> Reply,
+    ) -> Result<Response, DecodeError> {
+        decode_reply::<T>(line).map(|r| r.map(wrap))
+    }
+    match request {
+        Request::Help => typed(line, Reply::Help),
+        Request::Version => typed(line, Reply::Version),
+        Request::Status => typed(line, Reply::Status),
+        Request::Restart { .. } => typed(line, Reply::Restart),
+        Request::Shutdown { .. } => typed(line, Reply::Shutdown),
+        Request::ContinueShutdown => typed(line, Reply::ContinueShutdown),
+        Request::Files { .. } => typed(line, Reply::Files),
+        Request::Verify => typed(line, Reply::Verify),
+        Request::Logs { .. } => typed(line, Reply::Logs),
+        Request::Watch => typed(line, Reply::Watch),
+        Request::Boot => typed(line, Reply::Boot),
+    }
+}
