@@ -1,0 +1,208 @@
+//! The kernel the VM boots: `KIOS_KERNEL` (+ `KIOS_KERNEL_MODULES`), or
+//! Debian's stock amd64 kernel fetched with `apt-get download`, unpacked
+//! with `dpkg-deb -x` under `target/kernel/<version>/` and cached there.
+//!
+//! The package is the one `linux-image-amd64` depends on, resolved with
+//! `apt-cache depends` (never hard-coded). A finished unpack is marked with a
+//! `ready` file, written last, so an interrupted run starts over instead of
+//! using half a tree. Parallel test binaries serialise on a lock file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::{run_tool, workspace_root, VmError};
+
+/// The meta package whose dependency names the current stock kernel.
+const META_PACKAGE: &str = "linux-image-amd64";
+
+/// A kernel ready to boot.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// `uname -r` of the kernel, e.g. `6.1.0-56-amd64`.
+    pub version: String,
+    /// The bzImage given to qemu's `-kernel`.
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/<version>` with a `modules.dep`, or `None` for a kernel
+    /// given by `KIOS_KERNEL` without `KIOS_KERNEL_MODULES` (everything the
+    /// node needs must then be built in).
+    pub modules_root: Option<PathBuf>,
+}
+
+/// The kernel for this test process, resolved once.
+pub fn kernel() -> Result<&'static Kernel, VmError> {
+    static KERNEL: OnceLock<Result<Kernel, String>> = OnceLock::new();
+    KERNEL
+        .get_or_init(|| resolve().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|message| VmError::Kernel(message.clone()))
+}
+
+fn resolve() -> Result<Kernel, VmError> {
+    if let Some(path) = std::env::var_os("KIOS_KERNEL") {
+        return from_env(PathBuf::from(path));
+    }
+    stock_debian_kernel(&workspace_root().join("target/kernel"))
+}
+
+/// A kernel named by `KIOS_KERNEL`; its version is taken from the basename
+/// of `KIOS_KERNEL_MODULES` (a `lib/modules/<version>` directory).
+fn from_env(vmlinuz: PathBuf) -> Result<Kernel, VmError> {
+    if !vmlinuz.is_file() {
+        return Err(VmError::Kernel(format!(
+            "KIOS_KERNEL={} is not a file",
+            vmlinuz.display()
+        )));
+    }
+    let Some(modules) = std::env::var_os("KIOS_KERNEL_MODULES").map(PathBuf::from) else {
+        return Ok(Kernel {
+            version: String::from("unknown"),
+            vmlinuz,
+            modules_root: None,
+        });
+    };
+    let version = modules
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            VmError::Kernel(format!(
+                "KIOS_KERNEL_MODULES={} must be a lib/modules/<version> directory",
+                modules.display()
+            ))
+        })?;
+    ensure_modules_dep(&modules, &version)?;
+    Ok(Kernel {
+        version,
+        vmlinuz,
+        modules_root: Some(modules),
+    })
+}
+
+/// The package `linux-image-amd64` depends on, from `apt-cache depends`
+/// output (`  Depends: linux-image-6.1.0-56-amd64`).
+pub fn parse_meta_dependency(apt_cache_output: &str) -> Option<String> {
+    apt_cache_output.lines().find_map(|line| {
+        let name = line.trim().strip_prefix("Depends:")?.trim();
+        let name = name.trim_start_matches('<').trim_end_matches('>');
+        (name.starts_with("linux-image-") && name != META_PACKAGE).then(|| name.to_owned())
+    })
+}
+
+fn stock_debian_kernel(cache: &Path) -> Result<Kernel, VmError> {
+    let deps = run_tool(
+        Command::new("apt-cache").args(["depends", META_PACKAGE]),
+        "apt-cache",
+    )?;
+    let package = parse_meta_dependency(&deps).ok_or_else(|| {
+        VmError::Kernel(format!(
+            "apt-cache depends {META_PACKAGE} names no linux-image package (run apt-get update?)"
+        ))
+    })?;
+    let version = package
+        .strip_prefix("linux-image-")
+        .unwrap_or(&package)
+        .trim_end_matches("-unsigned")
+        .to_owned();
+    let dir = cache.join(&version);
+    fs::create_dir_all(&dir).map_err(|e| VmError::io("create", &dir, e))?;
+
+    // Serialise with other test processes doing the same.
+    let lock_path = cache.join(".lock");
+    let lock = fs::File::create(&lock_path).map_err(|e| VmError::io("create", &lock_path, e))?;
+    lock.lock()
+        .map_err(|e| VmError::io("lock", &lock_path, e))?;
+
+    let root = dir.join("root");
+    let ready = dir.join("ready");
+    if !ready.exists() {
+        eprintln!(
+            "vm: fetching Debian kernel package {package} into {}",
+            dir.display()
+        );
+        let download = dir.join("download");
+        let _ = fs::remove_dir_all(&download);
+        fs::create_dir_all(&download).map_err(|e| VmError::io("create", &download, e))?;
+        run_tool(
+            Command::new("apt-get")
+                .args(["download", "-q", &package])
+                .current_dir(&download),
+            "apt-get",
+        )?;
+        let deb = fs::read_dir(&download)
+            .map_err(|e| VmError::io("read", &download, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| VmError::Kernel(format!("apt-get download {package} left no .deb")))?;
+        let _ = fs::remove_dir_all(&root);
+        run_tool(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+            "dpkg-deb",
+        )?;
+        let _ = fs::remove_dir_all(&download);
+        fs::write(&ready, &package).map_err(|e| VmError::io("write", &ready, e))?;
+    }
+    let vmlinuz = root.join(format!("boot/vmlinuz-{version}"));
+    if !vmlinuz.is_file() {
+        return Err(VmError::Kernel(format!(
+            "{package} holds no {}",
+            vmlinuz.display()
+        )));
+    }
+    let modules = root.join(format!("lib/modules/{version}"));
+    ensure_modules_dep(&modules, &version)?;
+    drop(lock);
+    Ok(Kernel {
+        version,
+        vmlinuz,
+        modules_root: Some(modules),
+    })
+}
+
+/// Runs `depmod -b` when the tree has no `modules.dep` yet.
+fn ensure_modules_dep(modules: &Path, version: &str) -> Result<(), VmError> {
+    if modules.join("modules.dep").is_file() {
+        return Ok(());
+    }
+    // depmod -b BASE wants BASE/lib/modules/<version>.
+    let base = modules
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .ok_or_else(|| {
+            VmError::Kernel(format!(
+                "{} is not a lib/modules/<version> directory",
+                modules.display()
+            ))
+        })?;
+    run_tool(
+        Command::new("depmod").arg("-b").arg(base).arg(version),
+        "depmod",
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_dependency_is_the_versioned_image() {
+        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n";
+        assert_eq!(
+            parse_meta_dependency(out).as_deref(),
+            Some("linux-image-6.1.0-56-amd64")
+        );
+    }
+
+    #[test]
+    fn meta_dependency_missing_is_none() {
+        assert_eq!(parse_meta_dependency("linux-image-amd64\n"), None);
+        assert_eq!(
+            parse_meta_dependency("linux-image-amd64\n  Depends: libc6\n"),
+            None
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Self-test of the qemu harness without kios-init: the stock kernel boots a
+//! tiny busybox initramfs that loads the early modules, mounts the data
+//! partition by its device, writes a file and powers off. Proves the kernel
+//! fetch, module closure, disk image, console parsing, `-no-reboot` exit,
+//! fsck and read-back, independently of the image under test.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::disk::{DataDisk, DiskLayout};
+use super::qemu::{Vm, VmConfig};
+use super::{kernel, test_dir, VmError, EARLY_MODULES};
+
+/// Module files (relative to the module root) to insmod in order so that
+/// every dependency comes before its user, each once.
+fn load_order(modules_dep: &str, names: &[&str]) -> Result<Vec<String>, String> {
+    let mut deps = std::collections::HashMap::new();
+    let mut by_name = std::collections::HashMap::new();
+    for line in modules_dep.lines() {
+        let Some((module, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let name = Path::new(module)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('.').next())
+            .map(|n| n.replace('-', "_"))
+            .unwrap_or_default();
+        by_name.insert(name, module.to_owned());
+        deps.insert(
+            module.to_owned(),
+            rest.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let mut order = Vec::new();
+    for name in names {
+        let module = by_name
+            .get(&name.replace('-', "_"))
+            .ok_or_else(|| format!("module {name} is not in modules.dep"))?;
+        // modules.dep lists a module's dependencies so that loading them in
+        // reverse order works.
+        let mut chain: Vec<String> = deps.get(module).cloned().unwrap_or_default();
+        chain.reverse();
+        chain.push(module.clone());
+        for m in chain {
+            if !order.contains(&m) {
+                order.push(m);
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn build_busybox_initramfs(dir: &Path, modules_root: &Path) -> Result<std::path::PathBuf, VmError> {
+    let root = dir.join("selftest-root");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("bin")).map_err(|e| VmError::io("create", &root, e))?;
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .map_err(|e| VmError::io("copy", Path::new("/bin/busybox"), e))?;
+    let dep_path = modules_root.join("modules.dep");
+    let dep = fs::read_to_string(&dep_path).map_err(|e| VmError::io("read", &dep_path, e))?;
+    let order = load_order(&dep, EARLY_MODULES).map_err(VmError::Image)?;
+    let mut insmods = String::new();
+    for (i, module) in order.iter().enumerate() {
+        let dest = root.join(format!("m/{i:02}.ko"));
+        fs::create_dir_all(root.join("m")).map_err(|e| VmError::io("create", &root, e))?;
+        fs::copy(modules_root.join(module), &dest)
+            .map_err(|e| VmError::io("copy", &modules_root.join(module), e))?;
+        insmods.push_str(&format!(
+            "$b insmod /m/{i:02}.ko || echo SELFTEST-INSMOD-FAILED {module}\n"
+        ));
+    }
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         b=/bin/busybox\n\
+         $b mkdir -p /proc /sys /dev /mnt\n\
+         $b mount -t proc proc /proc\n\
+         $b mount -t sysfs sys /sys\n\
+         $b mount -t devtmpfs dev /dev\n\
+         {insmods}\
+         i=0; while [ ! -b /dev/vda1 ] && [ $i -lt 100 ]; do $b sleep 0.1; i=$((i+1)); done\n\
+         $b mount -t ext4 /dev/vda1 /mnt && echo SELFTEST-MOUNTED\n\
+         echo SELFTEST-GREETING $($b cat /mnt/meta/etc/greeting)\n\
+         echo written-in-vm > /mnt/meta/log/selftest.txt\n\
+         $b umount /mnt && echo SELFTEST-UNMOUNTED\n\
+         $b sync\n\
+         echo SELFTEST-DONE\n\
+         $b poweroff -f\n"
+    );
+    let init_path = root.join("init");
+    fs::write(&init_path, init).map_err(|e| VmError::io("write", &init_path, e))?;
+    super::run_tool(Command::new("chmod").arg("0755").arg(&init_path), "chmod")?;
+    let cpio = dir.join("selftest.cpio");
+    super::run_tool(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 > \"$1\"")
+            .arg("sh")
+            .arg(&cpio)
+            .current_dir(&root),
+        "cpio",
+    )?;
+    Ok(cpio)
+}
+
+#[test]
+fn module_load_order_puts_dependencies_first() {
+    let dep = "\
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/lib/crc16.ko:
+kernel/fs/mbcache.ko:
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/overlayfs/overlay.ko:
+";
+    let order = load_order(dep, &["ext4", "overlay", "crc16"]).unwrap();
+    assert_eq!(
+        order,
+        vec![
+            "kernel/fs/jbd2/jbd2.ko",
+            "kernel/fs/mbcache.ko",
+            "kernel/lib/crc16.ko",
+            "kernel/fs/ext4/ext4.ko",
+            "kernel/fs/overlayfs/overlay.ko",
+        ]
+    );
+    assert!(load_order(dep, &["nosuch"]).is_err());
+}
+
+#[test]
+fn stock_kernel_boots_mounts_the_data_partition_and_powers_off() {
+    let kernel = kernel().unwrap();
+    let modules_root = kernel.modules_root.clone().unwrap();
+    let dir = test_dir("harness-selftest").unwrap();
+    let initramfs = build_busybox_initramfs(&dir, &modules_root).unwrap();
+    let disk = DataDisk::create(
+        &dir,
+        &DiskLayout::default().etc_file("greeting", "hello-from-host\n"),
+    )
+    .unwrap();
+    let sgdisk = Command::new("sgdisk")
+        .args(["-i", "1"])
+        .arg(disk.image())
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&sgdisk.stdout).to_lowercase();
+    assert!(info.contains(super::disk::DATA_PARTITION_TYPE), "{info}");
+
+    let mut config = VmConfig::new(&dir, "boot1", kernel, &initramfs);
+    config.disk = Some(disk.image().to_owned());
+    let started = Instant::now();
+    let mut vm = Vm::start(config).unwrap();
+    vm.wait_for("SELFTEST-MOUNTED", Duration::from_secs(60))
+        .unwrap();
+    let greeting = vm
+        .wait_for("SELFTEST-GREETING", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        greeting.text.ends_with("hello-from-host"),
+        "{}",
+        greeting.text
+    );
+    vm.wait_for("SELFTEST-UNMOUNTED", Duration::from_secs(10))
+        .unwrap();
+    vm.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(
+        !vm.console()
+            .texts()
+            .iter()
+            .any(|l| l.contains("SELFTEST-INSMOD-FAILED")),
+        "{}",
+        vm.console().tail(80)
+    );
+    eprintln!("selftest VM: boot to power-off {:?}", started.elapsed());
+    drop(vm);
+
+    disk.fsck().unwrap();
+    let back = disk.read_file("/meta/log/selftest.txt").unwrap();
+    assert_eq!(back.as_deref(), Some(&b"written-in-vm\n"[..]));
+    assert_eq!(disk.read_file("/meta/log/absent.txt").unwrap(), None);
+    disk.write_file("/meta/etc/greeting", b"second\n").unwrap();
+    assert_eq!(
+        disk.read_file("/meta/etc/greeting").unwrap().as_deref(),
+        Some(&b"second\n"[..])
+    );
+    disk.fsck().unwrap();
+}
