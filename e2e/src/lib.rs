@@ -1,4 +1,16 @@
-//! End-to-end harnesses for kiOS: namespace sandbox, qemu VM, and the service stand-ins.
+//! End-to-end harnesses for kiOS: the service stand-ins, the musl artifact
+//! builder, the namespace sandbox (kios-init as PID 1 of fresh namespaces)
+//! and the qemu VM harness.
+//!
+//! - [`standin`]: cri-o, kubelet and pinns stand-ins (built static, installed
+//!   in test images); std and nix only.
+//! - `artifacts` (feature `harness`): builds the static binaries once and the
+//!   image tree with the rootfs builder.
+//! - `ns` (feature `harness`): the namespace sandbox.
+
+pub mod standin;
 
 #[cfg(feature = "harness")]
-pub mod vm;
+pub mod artifacts;
+#[cfg(feature = "harness")]
+pub mod ns;

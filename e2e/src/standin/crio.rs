@@ -1,0 +1,144 @@
+//! The cri-o stand-in (`/bin/crio` in test images).
+//!
+//! Records its argv to `/run/kios-e2e/crio.argv`, prints `KIOS-E2E crio
+//! started pid=N`, listens on `/var/run/crio/crio.sock` (accepting and
+//! closing connections) and exits 0 on SIGTERM, removing the socket.
+//!
+//! `/etc/kios-e2e/crio.conf` keys:
+//! - `listen_delay_ms=N`: wait before creating the socket (default 0);
+//! - `exit_after_ms=N` + `exit_code=C` (default 1): exit with C after N ms,
+//!   to simulate a crash; with `crash_times=K` only the first K starts of
+//!   this boot do so (counted in `/run/kios-e2e/crio.starts`);
+//! - `orphans=N` + `orphan_ms=M` (default 100): at start, leave N orphaned
+//!   grandchildren that exit M ms later, for init to reap. Each prints
+//!   `KIOS-E2E crio orphan pid=P` and `KIOS-E2E crio orphan-exit pid=P`.
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::{count_start, emit, monotonic_ms, record_argv, watch_sigterm, Config};
+
+/// Where cri-o listens (the flag init passes, `--listen`).
+pub const SOCKET: &str = "/var/run/crio/crio.sock";
+
+const ORPHAN_PARENT_ARG: &str = "--kios-e2e-orphan-parent";
+const ORPHAN_ARG: &str = "--kios-e2e-orphan";
+
+/// Runs the stand-in; returns the exit code.
+pub fn main(argv: Vec<String>) -> i32 {
+    match argv.get(1).map(String::as_str) {
+        Some(ORPHAN_PARENT_ARG) => return orphan_parent(argv.get(2)),
+        Some(ORPHAN_ARG) => return orphan(argv.get(2)),
+        _ => {}
+    }
+    watch_sigterm(|| {
+        let _ = std::fs::remove_file(SOCKET);
+        emit("crio sigterm");
+    });
+    let config = Config::load("crio");
+    let start = count_start("crio");
+    record_argv("crio", &argv);
+    emit(&format!(
+        "crio started pid={} start={start}",
+        std::process::id()
+    ));
+
+    let orphans = config.u64_or("orphans", 0).min(64);
+    let orphan_ms = config.u64_or("orphan_ms", 100);
+    for _ in 0..orphans {
+        leave_orphan(orphan_ms);
+    }
+
+    let delay = config.u64_or("listen_delay_ms", 0);
+    if delay > 0 {
+        std::thread::sleep(Duration::from_millis(delay));
+    }
+    match listen() {
+        Ok(listener) => {
+            emit(&format!("crio listening path={SOCKET}"));
+            let spawned = std::thread::Builder::new()
+                .name("accept".into())
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        drop(stream);
+                    }
+                });
+            if let Err(e) = spawned {
+                emit(&format!("crio error cannot start accept thread: {e}"));
+            }
+        }
+        Err(e) => {
+            emit(&format!("crio error cannot listen on {SOCKET}: {e}"));
+            return 1;
+        }
+    }
+
+    let crash_times = config.u64_or("crash_times", 0);
+    if let Some(after) = config
+        .get("exit_after_ms")
+        .map(|_| config.u64_or("exit_after_ms", 0))
+    {
+        if crash_times == 0 || start <= crash_times {
+            std::thread::sleep(Duration::from_millis(after));
+            let code = config.i32_or("exit_code", 1);
+            let _ = std::fs::remove_file(SOCKET);
+            emit(&format!(
+                "crio exiting code={code} start={start} mono_ms={}",
+                monotonic_ms()
+            ));
+            return code;
+        }
+    }
+    super::park_forever()
+}
+
+fn listen() -> std::io::Result<UnixListener> {
+    if let Some(dir) = Path::new(SOCKET).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(SOCKET) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(SOCKET)
+}
+
+/// Starts a child that starts a grandchild and exits at once: the
+/// grandchild is reparented to init.
+fn leave_orphan(orphan_ms: u64) {
+    let result = Command::new("/proc/self/exe")
+        .arg(ORPHAN_PARENT_ARG)
+        .arg(orphan_ms.to_string())
+        .status();
+    if let Err(e) = result {
+        emit(&format!("crio error cannot start orphan parent: {e}"));
+    }
+}
+
+fn orphan_parent(ms: Option<&String>) -> i32 {
+    let ms = ms.map(String::as_str).unwrap_or("100");
+    match Command::new("/proc/self/exe")
+        .arg(ORPHAN_ARG)
+        .arg(ms)
+        .spawn()
+    {
+        // Exit without waiting: the grandchild becomes init's.
+        Ok(_child) => 0,
+        Err(e) => {
+            emit(&format!("crio error cannot start orphan: {e}"));
+            1
+        }
+    }
+}
+
+fn orphan(ms: Option<&String>) -> i32 {
+    let ms: u64 = ms.and_then(|m| m.parse().ok()).unwrap_or(100);
+    let pid = std::process::id();
+    emit(&format!("crio orphan pid={pid}"));
+    std::thread::sleep(Duration::from_millis(ms));
+    emit(&format!("crio orphan-exit pid={pid}"));
+    0
+}
