@@ -14,3 +14,5 @@ pub mod standin;
 pub mod artifacts;
 #[cfg(feature = "harness")]
 pub mod ns;
+#[cfg(feature = "harness")]
+pub mod vm;
