@@ -128,6 +128,38 @@ impl Console {
     }
 }
 
+/// A service stand-in start seen on the console (`KIOS-E2E <service>
+/// started pid=N ...`).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub seen: Instant,
+    pub pid: u32,
+    /// The argv the kubelet stand-in recorded (`argv=<json>`), if printed.
+    pub argv: Option<Vec<String>>,
+}
+
+/// Every start of `service` (`crio` or `kubelet`) in the lines, in order.
+pub fn starts(lines: &[Line], service: &str) -> Vec<Started> {
+    let prefix = format!("{MARKER}{service} started pid=");
+    lines
+        .iter()
+        .filter_map(|line| {
+            let at = line.text.find(&prefix)?;
+            let rest = &line.text[at + prefix.len()..];
+            let pid_text: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let pid = pid_text.parse().ok()?;
+            let argv = rest
+                .find(" argv=")
+                .and_then(|i| serde_json::from_str::<Vec<String>>(&rest[i + 6..]).ok());
+            Some(Started {
+                seen: line.seen,
+                pid,
+                argv,
+            })
+        })
+        .collect()
+}
+
 /// One command of the admin script as the kubelet stand-in reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminCommand {
@@ -267,6 +299,28 @@ KIOS-E2E BEGIN 3 kiosctl shutdown
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].rc, Some(3));
         assert_eq!(blocks[0].output, vec!["line"]);
+    }
+
+    #[test]
+    fn starts_parse_pid_and_argv() {
+        let mut console = Console::new(Path::new("/nonexistent"));
+        console.push_bytes(
+            b"KIOS-E2E crio started pid=70 start=1\n\
+KIOS-E2E kubelet started pid=91 argv=[\"/bin/kubelet\",\"--config\",\"/etc/kubernetes/config.yaml\"]\n\
+KIOS-E2E kubelet shutdown-event\n\
+KIOS-E2E crio started pid=75 start=2\n",
+            Instant::now(),
+        );
+        let crio = starts(console.lines(), "crio");
+        assert_eq!(crio.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![70, 75]);
+        assert!(crio[0].argv.is_none());
+        let kubelet = starts(console.lines(), "kubelet");
+        assert_eq!(kubelet.len(), 1);
+        assert_eq!(kubelet[0].pid, 91);
+        assert_eq!(
+            kubelet[0].argv.as_deref().unwrap(),
+            ["/bin/kubelet", "--config", "/etc/kubernetes/config.yaml"]
+        );
     }
 
     #[test]

@@ -44,3 +44,11 @@ pub fn build_image(
         "the rootfs builder (kios_rootfs::build_cpio) has not landed yet".into(),
     ))
 }
+
+/// The rootfs builder's inputs dir (the musl binaries are built once per
+/// test process by [`crate::artifacts`]).
+pub fn inputs_dir() -> Result<PathBuf, VmError> {
+    crate::artifacts::artifacts()
+        .map(|a| a.inputs_dir.clone())
+        .map_err(|e| VmError::Image(e.to_string()))
+}

@@ -17,6 +17,7 @@ pub mod console;
 pub mod disk;
 pub mod image;
 pub mod kernel;
+pub mod node;
 pub mod qemu;
 #[cfg(test)]
 mod selftest;
@@ -26,10 +27,11 @@ use std::process::Command;
 
 use thiserror::Error;
 
-pub use console::{AdminCommand, Console};
+pub use console::{starts, AdminCommand, Console, Started};
 pub use disk::{DataDisk, DiskLayout};
 pub use image::{build_image, ImageConfig};
 pub use kernel::{kernel, Kernel};
+pub use node::{deadline, Node, NodeSpec, Script};
 pub use qemu::{Vm, VmConfig};
 
 /// Early kernel modules the stock Debian kernel needs on a kiOS node in
