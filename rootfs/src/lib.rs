@@ -1,1 +1,41 @@
-//! The kiOS image: file spec, inventory, initramfs builder and drift verification.
+//! The kiOS image: every path on a node, why it is there, and whether the
+//! running node still matches.
+//!
+//! Always available (kios-init links these, without the `builder` feature):
+//! - [`inventory`]: the inventory types, its versioned binary encoding
+//!   (magic + version + postcard) and lookup by path;
+//! - [`verify`]: the live root filesystem against the inventory;
+//! - [`procs`]: the processes of init's PID namespace;
+//! - [`hash`]: fast SHA-256 of files.
+//!
+//! With the `builder` feature (build time only):
+//! - [`spec`]: parsing `rootfs/spec/files.toml`, the human-edited spec;
+//! - [`elf`]: the interpreter and DT_NEEDED closure of dynamic inputs;
+//! - [`kmod`]: early kernel modules and their dependency closure;
+//! - [`build`]: the image plan, written as a directory tree or a newc cpio
+//!   ([`cpio`]), carrying its inventory;
+//! - [`docs`]: `docs/reference/files.md` generated from the spec.
+
+pub mod hash;
+pub mod inventory;
+pub mod procs;
+pub mod verify;
+
+#[cfg(feature = "builder")]
+pub mod build;
+#[cfg(feature = "builder")]
+pub mod cpio;
+#[cfg(feature = "builder")]
+pub mod docs;
+#[cfg(feature = "builder")]
+pub mod elf;
+#[cfg(feature = "builder")]
+pub mod kmod;
+#[cfg(feature = "builder")]
+pub mod spec;
+
+#[cfg(feature = "builder")]
+pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions};
+pub use inventory::{Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
+pub use procs::{verify_processes, ExpectedProcs};
+pub use verify::{verify_tree, Finding, Problem, Report, VerifyOptions};

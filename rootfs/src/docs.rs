@@ -1,0 +1,132 @@
+//! Generates docs/reference/files.md from the spec: sections and components
+//! in spec order (like the original kiOS "Files" page), each component with
+//! its explanation and a table of its paths.
+
+use crate::inventory::Kind;
+use crate::spec::{Spec, SpecEntry};
+
+/// Where the generated page lives, relative to the workspace root.
+pub const DOCS_PATH: &str = "docs/reference/files.md";
+/// The command that regenerates the page (from the workspace root).
+pub const REGENERATE: &str = "cargo run -p kios-rootfs -- docs --out docs/reference/files.md";
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+fn kind_label(e: &SpecEntry) -> String {
+    let mut label = match (e.kind, &e.target) {
+        (Kind::Symlink, Some(t)) => format!("symlink → `{t}`"),
+        (Kind::Hardlink, Some(t)) => format!("hard link of `{t}`"),
+        (Kind::Mount, _) => "mount point".to_string(),
+        (k, _) => k.as_str().to_string(),
+    };
+    let mut flags = Vec::new();
+    if e.optional {
+        flags.push("optional");
+    }
+    if e.runtime {
+        flags.push("not in the image");
+    }
+    if e.removed_at_boot {
+        flags.push("removed at boot");
+    }
+    if !flags.is_empty() {
+        label.push_str(&format!(" ({})", flags.join(", ")));
+    }
+    label
+}
+
+/// The whole page.
+pub fn render(spec: &Spec) -> String {
+    let mut out = String::new();
+    out.push_str("# Files on a kiOS node\n\n");
+    out.push_str(&format!(
+        "<!-- Generated from rootfs/spec/files.toml; do not edit. Regenerate with: {REGENERATE} -->\n\n"
+    ));
+    out.push_str(
+        "kiOS promises administrators that they can see exactly what is on their nodes and why. \
+This page lists every path of a kiOS node and explains it. The same data is built into every \
+image as its inventory (`/lib/kios/inventory`): `kiosctl files` shows it for the image a node \
+actually runs (including the shared libraries and kernel modules that build carries), and \
+`kiosctl verify` checks the running node against it: missing or modified files, changed modes or \
+owners, new setuid bits, and any path the inventory does not list.\n\n",
+    );
+    out.push_str(
+        "Modes are octal; every path is owned by root (0:0) unless the table says otherwise.\n\n",
+    );
+    for section in &spec.sections {
+        out.push_str(&format!(
+            "- [{}](#{})\n",
+            section.name,
+            anchor(&section.name)
+        ));
+    }
+    out.push('\n');
+    for section in &spec.sections {
+        out.push_str(&format!(
+            "## {}\n\n{}\n\n",
+            section.name,
+            section.about.trim()
+        ));
+        for comp in spec.components.iter().filter(|c| c.section == section.name) {
+            let entries: Vec<&SpecEntry> = spec
+                .entries
+                .iter()
+                .filter(|e| e.component == comp.name)
+                .collect();
+            out.push_str(&format!("### {}\n\n", comp.name));
+            if !entries.is_empty() {
+                let paths: Vec<String> = entries.iter().map(|e| format!("`{}`", e.path)).collect();
+                out.push_str(&format!("{}\n\n", paths.join(", ")));
+            }
+            out.push_str(comp.about.trim());
+            out.push_str("\n\n");
+            if entries.is_empty() {
+                out.push_str("The paths depend on the build; `kiosctl files` lists them for a running node.\n\n");
+                continue;
+            }
+            out.push_str("| Path | Kind | Mode | Why | Used by |\n|---|---|---|---|---|\n");
+            for e in &entries {
+                let mut mode = format!("{:04o}", e.mode);
+                if (e.uid, e.gid) != (0, 0) {
+                    mode.push_str(&format!(" {}:{}", e.uid, e.gid));
+                }
+                let mut why = e.why.clone();
+                if let Some(m) = &e.mount {
+                    why.push_str(&format!(" Mounted: {}.", m.what));
+                }
+                out.push_str(&format!(
+                    "| `{}` | {} | {} | {} | {} |\n",
+                    e.path,
+                    cell(&kind_label(e)),
+                    mode,
+                    cell(&why),
+                    cell(&e.used_by.join(", "))
+                ));
+            }
+            out.push('\n');
+            for e in entries.iter().filter(|e| e.notes.is_some()) {
+                out.push_str(&format!(
+                    "> **Note** (`{}`): {}\n\n",
+                    e.path,
+                    e.notes.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// GitHub's heading anchors: lower-case, spaces to dashes, punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}

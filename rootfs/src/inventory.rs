@@ -1,0 +1,317 @@
+//! The inventory: every path of a kiOS image with its expected kind, mode,
+//! owner, size, sha256 and link target, plus the explanation an administrator
+//! reads. Stored in the image at [`INVENTORY_PATH`] in a compact versioned
+//! binary form: the 8-byte [`MAGIC`], a little-endian u16 [`FORMAT_VERSION`],
+//! then the postcard encoding of [`Inventory`].
+//!
+//! This module is available without the `builder` feature: kios-init links it
+//! to answer `files` and to drive `verify`.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the inventory lives in the image (outside /etc, which the data
+/// partition overlays).
+pub const INVENTORY_PATH: &str = "/lib/kios/inventory";
+/// First bytes of an encoded inventory.
+pub const MAGIC: &[u8; 8] = b"KIOSINV\0";
+/// Version of the encoding after the magic; bumped on any change of the types.
+pub const FORMAT_VERSION: u16 = 1;
+/// An inventory larger than this is refused when reading (it is ~100 KiB).
+pub const MAX_INVENTORY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// Another name of the regular file at `target` (same inode).
+    Hardlink,
+    Device,
+    /// A directory on which kios-init mounts a filesystem at boot.
+    Mount,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::File,
+        Kind::Dir,
+        Kind::Symlink,
+        Kind::Hardlink,
+        Kind::Device,
+        Kind::Mount,
+    ];
+
+    /// The name used in the spec, on the wire and in the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Hardlink => "hardlink",
+            Kind::Device => "device",
+            Kind::Mount => "mount",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// How verify treats what is below a mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Contents {
+    /// Kernel filesystems (/proc, /sys, /dev): never entered.
+    Skip,
+    /// Created while the node runs (tmpfs, data partition): not checked.
+    Runtime,
+    /// The image's own files, checked as listed; if something is mounted over
+    /// the directory at runtime (e.g. /lib/modules from the data partition)
+    /// the image's files are hidden and the contents are not checked.
+    Image,
+    /// The image's files seen through an overlay whose upper directory is on
+    /// the data partition (/etc): differences that the upper directory
+    /// explains are reported as `overridden`.
+    Overlay,
+}
+
+impl Contents {
+    pub const ALL: [Contents; 4] = [
+        Contents::Skip,
+        Contents::Runtime,
+        Contents::Image,
+        Contents::Overlay,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contents::Skip => "skip",
+            Contents::Runtime => "runtime",
+            Contents::Image => "image",
+            Contents::Overlay => "overlay",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Contents> {
+        Contents::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// Whether the path is in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Presence {
+    /// Built into the image; verify requires it.
+    Image,
+    /// Built into the image and deleted by kios-init after boot (/init, to
+    /// free RAM): verify accepts it absent.
+    RemovedAtBoot,
+    /// Not in the image: created at boot or while the node runs (documented
+    /// for administrators, never checked).
+    Runtime,
+    /// An optional entry whose input was not given for this build.
+    NotBuilt,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Image => "image",
+            Presence::RemovedAtBoot => "removed-at-boot",
+            Presence::Runtime => "runtime",
+            Presence::NotBuilt => "not-built",
+        }
+    }
+
+    /// True when the path is in the built image (verify checks it).
+    pub fn in_image(self) -> bool {
+        matches!(self, Presence::Image | Presence::RemovedAtBoot)
+    }
+}
+
+/// Character or block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Device {
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+}
+
+/// What is mounted on a `mount` entry and how its contents are verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    /// Human description, e.g. `tmpfs (nosuid,nodev,noexec)`.
+    pub what: String,
+    pub contents: Contents,
+}
+
+/// One path of the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Absolute, normalized (no trailing slash except for `/`).
+    pub path: String,
+    pub kind: Kind,
+    /// Permission bits including setuid/setgid/sticky (07777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Regular files and hard links.
+    pub size: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+    /// Symlink target as stored, or the path a hard link shares its inode with.
+    pub target: Option<String>,
+    pub device: Option<Device>,
+    pub mount: Option<MountInfo>,
+    pub presence: Presence,
+    /// Where it came from at build time, for humans (e.g. `input crio`).
+    pub source: String,
+    pub component: String,
+    pub why: String,
+    pub used_by: Vec<String>,
+    pub notes: Option<String>,
+}
+
+impl Entry {
+    /// Mode as four octal digits, e.g. `0500`.
+    pub fn mode_string(&self) -> String {
+        format!("{:04o}", self.mode)
+    }
+
+    /// `uid:gid`.
+    pub fn owner_string(&self) -> String {
+        format!("{}:{}", self.uid, self.gid)
+    }
+
+    pub fn sha256_hex(&self) -> Option<String> {
+        self.sha256.as_ref().map(|h| crate::hash::hex(h))
+    }
+}
+
+/// A group of entries with one explanation (e.g. "busybox", "Lib C").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    pub name: String,
+    /// Section of the docs page (e.g. "Binaries").
+    pub section: String,
+    /// The explanation of the component as a whole.
+    pub about: String,
+}
+
+/// Every path of one built image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Sorted by path, unique.
+    pub entries: Vec<Entry>,
+    pub components: Vec<Component>,
+}
+
+/// Errors of reading or decoding an inventory.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("read inventory {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("inventory {path} is larger than {max} bytes")]
+    TooLarge { path: PathBuf, max: u64 },
+    #[error("not a kiOS inventory (bad magic)")]
+    BadMagic,
+    #[error(
+        "inventory format version {found} is not supported (this build reads {FORMAT_VERSION})"
+    )]
+    UnsupportedVersion { found: u16 },
+    #[error("decode inventory: {0}")]
+    Decode(String),
+    #[error("encode inventory: {0}")]
+    Encode(String),
+}
+
+impl Inventory {
+    /// Builds an inventory, sorting the entries by path.
+    pub fn new(mut entries: Vec<Entry>, components: Vec<Component>) -> Inventory {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Inventory {
+            entries,
+            components,
+        }
+    }
+
+    /// Magic, version, postcard body.
+    pub fn encode(&self) -> Result<Vec<u8>, InventoryError> {
+        let body =
+            postcard::to_allocvec(self).map_err(|e| InventoryError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(body.len() + 10);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Inventory, InventoryError> {
+        let rest = bytes.strip_prefix(MAGIC).ok_or(InventoryError::BadMagic)?;
+        let (version, body) = match rest {
+            [a, b, body @ ..] => (u16::from_le_bytes([*a, *b]), body),
+            _ => return Err(InventoryError::Decode("truncated header".to_string())),
+        };
+        if version != FORMAT_VERSION {
+            return Err(InventoryError::UnsupportedVersion { found: version });
+        }
+        let (mut inv, rest): (Inventory, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| InventoryError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(InventoryError::Decode(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
+        }
+        // Lookups rely on the order; do not trust the file for it.
+        inv.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(inv)
+    }
+
+    /// Reads and decodes an inventory file (bounded in size).
+    pub fn read(path: &Path) -> Result<Inventory, InventoryError> {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|source| InventoryError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut bytes = Vec::new();
+        file.take(MAX_INVENTORY_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| InventoryError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if bytes.len() as u64 > MAX_INVENTORY_BYTES {
+            return Err(InventoryError::TooLarge {
+                path: path.to_path_buf(),
+                max: MAX_INVENTORY_BYTES,
+            });
+        }
+        Inventory::decode(&bytes)
+    }
+
+    /// The entry at `path` (a trailing slash is ignored).
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        let path = normalize_lookup(path);
+        self.entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .and_then(|i| self.entries.get(i))
+    }
+
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}
+
+fn normalize_lookup(path: &str) -> &str {
+    if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    }
+}
