@@ -149,3 +149,27 @@ pub fn test_dir(name: &str) -> Result<PathBuf, VmError> {
     std::fs::create_dir_all(&dir).map_err(|e| VmError::io("create", &dir, e))?;
     Ok(dir)
 }
+
+/// Unwraps a harness result in a test, panicking with the error's Display
+/// (which carries the console tail) rather than its Debug form.
+pub trait Must<T> {
+    fn must(self) -> T;
+}
+
+impl<T, E: std::fmt::Display> Must<T> for Result<T, E> {
+    #[track_caller]
+    fn must(self) -> T {
+        match self {
+            Ok(value) => value,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The entry of service `name` in a `status -o json` reply.
+pub fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["services"]
+        .as_array()
+        .and_then(|services| services.iter().find(|s| s["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
