@@ -1,0 +1,1031 @@
+//! The namespace sandbox: a real kios-init as PID 1 of fresh namespaces.
+//!
+//! [`Sandbox::boot`] runs
+//! `unshare --pid --fork --mount --uts --ipc --net --propagation private`
+//! with a small host-side `sh` script that, inside the new mount namespace,
+//! mounts an overlay (lower: the image tree of [`crate::artifacts`], shared
+//! read-only by every sandbox; upper: a per-sandbox directory holding the
+//! test's files) as the sandbox root and chroots into it exec'ing `/init`
+//! with a clean environment (`datapart=none kios.log=stderr` plus the
+//! test's boot parameters), stdin /dev/null, stdout and stderr to files.
+//!
+//! The root is an overlay of its own, never a bind of a host directory: a
+//! shutdown that remounts `/` read-only must only ever reach the sandbox's
+//! superblock, never the host's filesystem. The overlay's mount source is
+//! [`crate::standin::SANDBOX_ROOT_SOURCE`], by which the stand-ins know not
+//! to write to /dev/console (the host's, in here).
+//!
+//! Unless the sandbox is pristine, `/etc/kios-e2e/common.conf` sends the
+//! stand-ins' progress lines to `/kios-e2e/events` on the root overlay, so
+//! the harness reads them from the upper directory on the host, even after
+//! the sandbox has ended. Pristine sandboxes (for `verify`, which must find
+//! nothing the image does not have) keep them in `/run/kios-e2e/events`,
+//! readable only while init lives.
+//!
+//! Init's end: in a child PID namespace reboot(2) kills init with SIGINT
+//! (power off) or SIGHUP (restart); unshare reports that as its own death by
+//! the same signal (or exit 128+N), see [`Ended`].
+//!
+//! Drop kills the sandbox BY PID: SIGKILL to the namespace's init (which
+//! kills every process of the namespace), then reaps unshare.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::artifacts;
+use crate::standin::SANDBOX_ROOT_SOURCE;
+
+/// The system socket inside the sandbox.
+pub const SOCKET: &str = "/run/system.sock";
+
+/// Where stand-in events go in a non-pristine sandbox (on the root overlay).
+pub const EVENTS_IN_ROOT: &str = "/kios-e2e/events";
+
+/// Default deadline of the waiting helpers.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the waiting helpers look.
+const POLL: Duration = Duration::from_millis(5);
+
+/// What a sandbox boots with.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    name: String,
+    files: Vec<(String, Vec<u8>, u32)>,
+    removed: Vec<String>,
+    env: Vec<(String, String)>,
+    pristine: bool,
+}
+
+impl SandboxConfig {
+    /// A sandbox named after the test (used for its scratch directory).
+    pub fn new(name: &str) -> SandboxConfig {
+        SandboxConfig {
+            name: name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect(),
+            files: Vec::new(),
+            removed: Vec::new(),
+            env: Vec::new(),
+            pristine: false,
+        }
+    }
+
+    /// Adds (or replaces) a file in the sandbox root, mode 0644.
+    pub fn file(self, path: &str, content: impl Into<Vec<u8>>) -> SandboxConfig {
+        self.file_mode(path, content, 0o644)
+    }
+
+    /// Adds (or replaces) a file with a mode.
+    pub fn file_mode(
+        mut self,
+        path: &str,
+        content: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> SandboxConfig {
+        self.files.push((path.to_string(), content.into(), mode));
+        self
+    }
+
+    /// Removes a file of the image from the sandbox root.
+    pub fn remove(mut self, path: &str) -> SandboxConfig {
+        self.removed.push(path.to_string());
+        self
+    }
+
+    /// `/etc/kios-e2e/crio.conf`.
+    pub fn crio_conf(self, text: &str) -> SandboxConfig {
+        self.file("/etc/kios-e2e/crio.conf", text)
+    }
+
+    /// `/etc/kios-e2e/kubelet.conf`.
+    pub fn kubelet_conf(self, text: &str) -> SandboxConfig {
+        self.file("/etc/kios-e2e/kubelet.conf", text)
+    }
+
+    /// A boot parameter (init's environment), e.g. `kios.datapart_timeout`.
+    pub fn env(mut self, key: &str, value: &str) -> SandboxConfig {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// No test files at all (not even the stand-ins' common.conf): the root
+    /// is exactly the image, for `verify`.
+    pub fn pristine(mut self) -> SandboxConfig {
+        self.pristine = true;
+        self
+    }
+}
+
+/// How a sandbox ended, as unshare reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Init was killed by this signal (SIGINT: reboot(POWER_OFF); SIGHUP:
+    /// reboot(RESTART); SIGKILL: the harness).
+    Signal(i32),
+    /// Init exited with this code (it should never do that).
+    Code(i32),
+}
+
+impl Ended {
+    fn from_status(status: ExitStatus) -> Ended {
+        match (status.signal(), status.code()) {
+            (Some(sig), _) => Ended::Signal(sig),
+            // util-linux versions that do not re-raise report 128+N.
+            (None, Some(code)) if code > 128 && code < 128 + 65 => Ended::Signal(code - 128),
+            (None, Some(code)) => Ended::Code(code),
+            (None, None) => Ended::Code(-1),
+        }
+    }
+
+    /// Init powered off (reboot(2) with POWER_OFF in a PID namespace).
+    pub fn is_poweroff(self) -> bool {
+        self == Ended::Signal(libc_sig(Signal::SIGINT))
+    }
+
+    /// Init restarted (reboot(2) with RESTART in a PID namespace).
+    pub fn is_reboot(self) -> bool {
+        self == Ended::Signal(libc_sig(Signal::SIGHUP))
+    }
+}
+
+fn libc_sig(signal: Signal) -> i32 {
+    signal as i32
+}
+
+/// A process of the sandbox's PID namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub host_pid: i32,
+    /// Its pid inside the sandbox.
+    pub ns_pid: i32,
+    /// The state letter of /proc/PID/stat (`Z` for a zombie).
+    pub state: char,
+    pub comm: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A running sandbox. See the module docs.
+pub struct Sandbox {
+    name: String,
+    dir: PathBuf,
+    upper: PathBuf,
+    root: PathBuf,
+    unshare: Child,
+    init_pid: i32,
+    pid_ns: PathBuf,
+    ended: Option<Ended>,
+    pristine: bool,
+    started: Instant,
+}
+
+impl Sandbox {
+    /// Builds the sandbox root and starts kios-init as its PID 1. Returns
+    /// once init is exec'd (not once it has booted: use the waiting helpers,
+    /// e.g. [`Sandbox::boot_ready`]).
+    pub fn boot(config: SandboxConfig) -> Result<Sandbox> {
+        let image = artifacts::image_tree().context("cannot build the test image")?;
+        let artifacts = artifacts::artifacts()?;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = artifacts.run_dir.join(format!("ns-{}-{n}", config.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (upper, work, root) = (dir.join("upper"), dir.join("work"), dir.join("root"));
+        for d in [&upper, &work, &root] {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let mut files = config.files.clone();
+        if !config.pristine {
+            files.insert(
+                0,
+                (
+                    "/etc/kios-e2e/common.conf".to_string(),
+                    format!("events={EVENTS_IN_ROOT}\nconsole=false\n").into_bytes(),
+                    0o644,
+                ),
+            );
+        }
+        for (path, content, mode) in &files {
+            stage_file(image, &upper, path, content, *mode)?;
+        }
+        for path in &config.removed {
+            stage_whiteout(image, &upper, path)?;
+        }
+
+        let stdout = File::create(dir.join("init.stdout"))?;
+        let stderr = File::create(dir.join("init.stderr"))?;
+        let mut env = vec!["datapart=none".to_string(), "kios.log=stderr".to_string()];
+        env.extend(config.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let script = format!(
+            "set -e\n\
+             mount -t overlay -o \"lowerdir=$1,upperdir=$2,workdir=$3\" {SANDBOX_ROOT_SOURCE} \"$4\"\n\
+             cd \"$4\"\n\
+             shift 4\n\
+             exec env -i \"$@\" chroot . /init\n"
+        );
+        let mut command = Command::new("unshare");
+        command
+            .args([
+                "--pid",
+                "--fork",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--propagation",
+                "private",
+                "--",
+                "/bin/sh",
+                "-c",
+                &script,
+                "kios-e2e-sandbox",
+            ])
+            .arg(image)
+            .arg(&upper)
+            .arg(&work)
+            .arg(&root)
+            .args(&env)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let unshare = command.spawn().context("cannot run unshare (util-linux)")?;
+        let mut sandbox = Sandbox {
+            name: config.name.clone(),
+            dir,
+            upper,
+            root,
+            init_pid: 0,
+            pid_ns: PathBuf::new(),
+            unshare,
+            ended: None,
+            pristine: config.pristine,
+            started: Instant::now(),
+        };
+        sandbox.find_init()?;
+        Ok(sandbox)
+    }
+
+    /// Boots and waits until the kubelet stand-in is connected to the
+    /// system socket (cri-o up, kubelet started, socket served).
+    pub fn boot_ready(config: SandboxConfig) -> Result<Sandbox> {
+        let sandbox = Sandbox::boot(config)?;
+        sandbox.wait_event("kubelet connected", DEFAULT_WAIT)?;
+        Ok(sandbox)
+    }
+
+    /// Waits for unshare's child to become `/init` inside the root.
+    fn find_init(&mut self) -> Result<()> {
+        let unshare_pid = self.unshare.id();
+        let children = PathBuf::from(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"));
+        let deadline = Instant::now() + DEFAULT_WAIT;
+        loop {
+            if let Some(status) = self.unshare.try_wait()? {
+                self.ended = Some(Ended::from_status(status));
+                bail!(
+                    "the sandbox ended before init started ({status})\n{}",
+                    self.diagnostics()
+                );
+            }
+            let child = std::fs::read_to_string(&children).ok().and_then(|t| {
+                t.split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse::<i32>().ok())
+            });
+            if let Some(pid) = child {
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+                if exe.starts_with(&self.root) {
+                    self.init_pid = pid;
+                    self.pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+                        .context("cannot read init's pid namespace")?;
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "init did not start within {DEFAULT_WAIT:?}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Init's pid on the host.
+    pub fn init_pid(&self) -> i32 {
+        self.init_pid
+    }
+
+    /// The sandbox's scratch directory (init.stderr, upper/, ...).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A path inside the sandbox, seen from the host through
+    /// `/proc/<init>/root` (valid while init lives).
+    pub fn path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.init_pid)).join(inside.trim_start_matches('/'))
+    }
+
+    /// Init's stderr so far (its log, with `kios.log=stderr`).
+    pub fn init_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("init.stderr")).unwrap_or_default()
+    }
+
+    fn events_file(&self) -> PathBuf {
+        if self.pristine {
+            self.path("/run/kios-e2e/events")
+        } else {
+            self.upper.join(EVENTS_IN_ROOT.trim_start_matches('/'))
+        }
+    }
+
+    /// The stand-ins' progress lines so far, without the `KIOS-E2E ` prefix.
+    pub fn events(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.events_file()).unwrap_or_default();
+        text.lines()
+            .map(|l| l.strip_prefix("KIOS-E2E ").unwrap_or(l).to_string())
+            .collect()
+    }
+
+    /// How many event lines start with `prefix`.
+    pub fn count_events(&self, prefix: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+
+    /// The last lines of init's log and of the events: for error messages.
+    pub fn diagnostics(&self) -> String {
+        fn tail(text: &str, n: usize) -> String {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        let stdout = std::fs::read_to_string(self.dir.join("init.stdout")).unwrap_or_default();
+        format!(
+            "--- sandbox {} ({}), {:?} after start, init host pid {} ---\n\
+             --- init stderr (last 60 lines) ---\n{}\n\
+             --- init stdout (last 10 lines) ---\n{}\n\
+             --- stand-in events (last 40) ---\n{}\n---",
+            self.name,
+            self.dir.display(),
+            self.started.elapsed(),
+            self.init_pid,
+            tail(&self.init_log(), 60),
+            tail(&stdout, 10),
+            tail(&self.events().join("\n"), 40),
+        )
+    }
+
+    /// Polls `check` until it returns `Some` or `timeout` passes.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check() {
+                return Ok(value);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits for an event line starting with `prefix`; returns it.
+    pub fn wait_event(&self, prefix: &str, timeout: Duration) -> Result<String> {
+        self.wait_for(&format!("event '{prefix}'"), timeout, || {
+            self.events().into_iter().find(|l| l.starts_with(prefix))
+        })
+    }
+
+    /// Waits until `n` event lines start with `prefix`; returns them all.
+    pub fn wait_events(&self, prefix: &str, n: usize, timeout: Duration) -> Result<Vec<String>> {
+        self.wait_for(&format!("{n} events '{prefix}'"), timeout, || {
+            let found: Vec<String> = self
+                .events()
+                .into_iter()
+                .filter(|l| l.starts_with(prefix))
+                .collect();
+            (found.len() >= n).then_some(found)
+        })
+    }
+
+    /// Waits for a path inside the sandbox to exist.
+    pub fn wait_file(&self, inside: &str, timeout: Duration) -> Result<PathBuf> {
+        let path = self.path(inside);
+        self.wait_for(&format!("file {inside}"), timeout, || {
+            path.symlink_metadata().is_ok().then(|| path.clone())
+        })
+    }
+
+    /// Waits for a line containing `needle` in init's log.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        self.wait_for(
+            &format!("init log line containing '{needle}'"),
+            timeout,
+            || {
+                self.init_log()
+                    .lines()
+                    .find(|l| l.contains(needle))
+                    .map(str::to_string)
+            },
+        )
+    }
+
+    /// Reads a file inside the sandbox.
+    pub fn read(&self, inside: &str) -> Result<String> {
+        let path = self.path(inside);
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {inside} in the sandbox"))
+    }
+
+    /// Writes a file inside the sandbox (through init's root).
+    pub fn write(&self, inside: &str, content: impl AsRef<[u8]>) -> Result<()> {
+        let path = self.path(inside);
+        std::fs::write(&path, content)
+            .with_context(|| format!("cannot write {inside} in the sandbox"))
+    }
+
+    /// A recorded argv (`/run/kios-e2e/<name>.argv`) as strings.
+    pub fn recorded_argv(&self, name: &str) -> Result<Vec<String>> {
+        let text = self.read(&format!("/run/kios-e2e/{name}.argv"))?;
+        let value: Value = serde_json::from_str(text.trim())
+            .with_context(|| format!("{name}.argv is not JSON: {text}"))?;
+        value
+            .as_array()
+            .ok_or_else(|| anyhow!("{name}.argv is not an array: {text}"))?
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("{name}.argv has a non-string: {text}"))
+            })
+            .collect()
+    }
+
+    /// A raw connection to the system socket.
+    pub fn connect(&self) -> Result<UnixStream> {
+        let path = self.path(SOCKET);
+        let stream = UnixStream::connect(&path).with_context(|| {
+            format!(
+                "cannot connect to {}\n{}",
+                path.display(),
+                self.diagnostics()
+            )
+        })?;
+        stream.set_read_timeout(Some(DEFAULT_WAIT))?;
+        stream.set_write_timeout(Some(DEFAULT_WAIT))?;
+        Ok(stream)
+    }
+
+    /// A line-dialect client.
+    pub fn client(&self) -> Result<LineClient> {
+        Ok(LineClient::new(self.connect()?))
+    }
+
+    /// Sends one request on a fresh connection and returns the parsed reply.
+    pub fn request(&self, line: &str) -> Result<Value> {
+        self.client()?
+            .request(line)
+            .with_context(|| self.diagnostics())
+    }
+
+    /// `status`, which must succeed.
+    pub fn status(&self) -> Result<Value> {
+        let reply = self.request("status")?;
+        if reply["ok"] != Value::Bool(true) {
+            bail!("status failed: {reply}\n{}", self.diagnostics());
+        }
+        Ok(reply)
+    }
+
+    /// The entry of `service` in a status reply.
+    pub fn service(status: &Value, name: &str) -> Result<Value> {
+        status["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name))
+            .cloned()
+            .ok_or_else(|| anyhow!("status has no service {name}: {status}"))
+    }
+
+    /// Waits until `status` shows `name` running with a pid that `accept`s;
+    /// returns that service entry.
+    pub fn wait_service(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut accept: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
+        self.wait_for(
+            &format!("service {name} in the wanted state"),
+            timeout,
+            || {
+                let status = self.status().ok()?;
+                let service = Sandbox::service(&status, name).ok()?;
+                accept(&service).then_some(service)
+            },
+        )
+    }
+
+    /// Runs `/bin/kiosctl ARGS` inside the sandbox through
+    /// `nsenter -t <init> -a -r -w` (init's namespaces and root).
+    pub fn kiosctl(&self, args: &[&str]) -> Result<Output> {
+        let mut command = Command::new("nsenter");
+        command
+            .args([
+                "-t",
+                &self.init_pid.to_string(),
+                "-a",
+                "-r",
+                "-w",
+                "--",
+                "/bin/kiosctl",
+            ])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/bin");
+        run_with_deadline(command, DEFAULT_WAIT)
+    }
+
+    /// Sends lines from a process whose uid and gid are 65534 (it keeps
+    /// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient capabilities only to
+    /// reach the root-only socket through /proc/<init>/root), and returns
+    /// one parsed reply per line.
+    pub fn request_as_nobody(&self, lines: &[&str]) -> Result<Vec<Value>> {
+        let path = self.path(SOCKET);
+        let mut child = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=+dac_override,+sys_ptrace",
+                "--ambient-caps=+dac_override,+sys_ptrace",
+                "--",
+                "socat",
+                "-t",
+                "10",
+                "-",
+            ])
+            .arg(format!("UNIX-CONNECT:{}", path.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run setpriv + socat (packages util-linux, socat)")?;
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(line) => {
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut replies = Vec::new();
+        let mut failure = None;
+        for line in lines {
+            if let Err(e) = stdin.write_all(format!("{line}\n").as_bytes()) {
+                failure = Some(anyhow!("cannot write to socat: {e}"));
+                break;
+            }
+            match rx.recv_timeout(DEFAULT_WAIT) {
+                Ok(reply) => match serde_json::from_str::<Value>(&reply) {
+                    Ok(v) => replies.push(v),
+                    Err(e) => {
+                        failure = Some(anyhow!("reply to '{line}' is not JSON ({e}): {reply}"));
+                        break;
+                    }
+                },
+                Err(_) => {
+                    failure = Some(anyhow!("no reply to '{line}' within {DEFAULT_WAIT:?}"));
+                    break;
+                }
+            }
+        }
+        drop(stdin);
+        let _ = child.kill();
+        let output = child.wait_with_output();
+        if let Some(failure) = failure {
+            let stderr = output
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            return Err(failure.context(format!("socat stderr: {stderr}\n{}", self.diagnostics())));
+        }
+        Ok(replies)
+    }
+
+    /// Every process of the sandbox's PID namespace.
+    pub fn processes(&self) -> Vec<Proc> {
+        let mut procs = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return procs;
+        };
+        for entry in entries.flatten() {
+            let Some(host_pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let ns = std::fs::read_link(format!("/proc/{host_pid}/ns/pid")).unwrap_or_default();
+            if ns != self.pid_ns {
+                continue;
+            }
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{host_pid}/status")) else {
+                continue;
+            };
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let ns_pid = field("NSpid:")
+                .split_whitespace()
+                .last()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let state = field("State:").chars().next().unwrap_or('?');
+            procs.push(Proc {
+                host_pid,
+                ns_pid,
+                state,
+                comm: field("Name:"),
+            });
+        }
+        procs
+    }
+
+    /// The host pid of the sandbox process whose pid inside is `ns_pid`.
+    pub fn host_pid_of(&self, ns_pid: i32) -> Option<i32> {
+        self.processes()
+            .into_iter()
+            .find(|p| p.ns_pid == ns_pid)
+            .map(|p| p.host_pid)
+    }
+
+    /// Sends a signal to a sandbox process given by its pid inside.
+    pub fn kill_ns_pid(&self, ns_pid: i32, signal: Signal) -> Result<()> {
+        let host = self
+            .host_pid_of(ns_pid)
+            .ok_or_else(|| anyhow!("no process {ns_pid} in the sandbox\n{}", self.diagnostics()))?;
+        nix::sys::signal::kill(Pid::from_raw(host), signal)
+            .with_context(|| format!("cannot send {signal} to {host}"))
+    }
+
+    /// Sends a signal to init.
+    pub fn signal_init(&self, signal: Signal) -> Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.init_pid), signal)
+            .with_context(|| format!("cannot send {signal} to init ({})", self.init_pid))
+    }
+
+    /// The number of file descriptors init has open.
+    pub fn init_fd_count(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.init_pid))
+            .context("cannot list init's fds")?
+            .count())
+    }
+
+    /// Init's mount table (`/proc/<init>/mountinfo`, paths as init sees them).
+    pub fn mounts(&self) -> Result<Vec<MountInfo>> {
+        let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.init_pid))
+            .context("cannot read init's mountinfo")?;
+        Ok(text.lines().filter_map(MountInfo::parse).collect())
+    }
+
+    /// Whether the sandbox has ended (without waiting).
+    pub fn has_ended(&mut self) -> Result<Option<Ended>> {
+        if self.ended.is_none() {
+            if let Some(status) = self.unshare.try_wait()? {
+                self.ended = Some(Ended::from_status(status));
+            }
+        }
+        Ok(self.ended)
+    }
+
+    /// Waits for the sandbox to end (init gone, unshare exited).
+    pub fn wait_end(&mut self, timeout: Duration) -> Result<Ended> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(ended) = self.has_ended()? {
+                return Ok(ended);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the sandbox did not end within {timeout:?}\n{}",
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The host path of a file written by the sandbox to its root overlay
+    /// (readable after the sandbox ended).
+    pub fn upper_path(&self, inside: &str) -> PathBuf {
+        self.upper.join(inside.trim_start_matches('/'))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if matches!(self.has_ended(), Ok(Some(_))) {
+            return;
+        }
+        if self.init_pid > 0 {
+            // SIGKILL to a PID namespace's init kills the whole namespace.
+            let _ = nix::sys::signal::kill(Pid::from_raw(self.init_pid), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.unshare.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// One line of /proc/PID/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+    /// Per-mount options, e.g. `rw,nosuid,nodev,noexec,relatime`.
+    pub options: Vec<String>,
+    /// Optional fields, e.g. `shared:3`, `master:1`.
+    pub propagation: Vec<String>,
+    pub super_options: Vec<String>,
+}
+
+impl MountInfo {
+    /// Parses a mountinfo line.
+    pub fn parse(line: &str) -> Option<MountInfo> {
+        let (before, after) = line.split_once(" - ")?;
+        let fields: Vec<&str> = before.split(' ').collect();
+        let after: Vec<&str> = after.split(' ').collect();
+        Some(MountInfo {
+            mount_point: unescape_octal(fields.get(4)?),
+            options: fields.get(5)?.split(',').map(str::to_string).collect(),
+            propagation: fields.get(6..)?.iter().map(|s| s.to_string()).collect(),
+            fstype: after.first()?.to_string(),
+            source: after.get(1)?.to_string(),
+            super_options: after
+                .get(2)
+                .map(|o| o.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn has_option(&self, option: &str) -> bool {
+        self.options.iter().any(|o| o == option)
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.propagation.iter().any(|p| p.starts_with("shared:"))
+    }
+}
+
+fn unescape_octal(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len() + 0
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A line-dialect connection: one request, one JSON reply line.
+pub struct LineClient {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl LineClient {
+    pub fn new(stream: UnixStream) -> LineClient {
+        let reader =
+            match stream.try_clone() {
+                Ok(clone) => BufReader::new(clone),
+                // try_clone only fails when out of fds; the test fails on the
+                // first read instead of here.
+                Err(_) => BufReader::new(stream.try_clone().unwrap_or_else(|_| {
+                    UnixStream::pair().map(|(a, _)| a).expect("a socket pair")
+                })),
+            };
+        LineClient { stream, reader }
+    }
+
+    /// Sends a request line and reads one reply line as JSON.
+    pub fn request(&mut self, line: &str) -> Result<Value> {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .with_context(|| format!("cannot send '{line}'"))?;
+        self.read_value()
+            .with_context(|| format!("no valid reply to '{line}'"))
+    }
+
+    /// Reads the next JSON line (a reply or a streamed event).
+    pub fn read_value(&mut self) -> Result<Value> {
+        let mut reply = String::new();
+        let n = self
+            .reader
+            .read_line(&mut reply)
+            .context("cannot read a reply")?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        serde_json::from_str(reply.trim_end())
+            .with_context(|| format!("reply is not JSON: {reply:?}"))
+    }
+
+    /// The underlying stream (e.g. for raw bytes or a shutdown).
+    pub fn stream(&mut self) -> &mut UnixStream {
+        &mut self.stream
+    }
+}
+
+/// Reads one byte from a stream (legacy dialect), with the stream's timeout.
+pub fn read_byte(stream: &mut UnixStream) -> Result<u8> {
+    let mut byte = [0u8; 1];
+    stream
+        .read_exact(&mut byte)
+        .context("no byte from the server")?;
+    Ok(byte[0])
+}
+
+/// Runs a command, killing it after `timeout`.
+pub fn run_with_deadline(mut command: Command, timeout: Duration) -> Result<Output> {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {description}"))?;
+    let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{description} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// Creates the parents of `upper/<path>` with the mode and owner of the
+/// image's directories (an overlay shows the upper directory's attributes,
+/// so a fresh 0755 directory would look like drift to `verify`).
+fn stage_parents(image: &Path, upper: &Path, path: &str) -> Result<PathBuf> {
+    let relative = Path::new(path.trim_start_matches('/'));
+    let mut lower_dir = image.to_path_buf();
+    let mut upper_dir = upper.to_path_buf();
+    if let Some(parent) = relative.parent() {
+        for component in parent.components() {
+            lower_dir.push(component);
+            upper_dir.push(component);
+            if upper_dir.is_dir() {
+                continue;
+            }
+            std::fs::create_dir(&upper_dir)
+                .with_context(|| format!("cannot create {}", upper_dir.display()))?;
+            if let Ok(meta) = std::fs::metadata(&lower_dir) {
+                std::fs::set_permissions(
+                    &upper_dir,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                )?;
+                std::os::unix::fs::chown(&upper_dir, Some(meta.uid()), Some(meta.gid()))?;
+            }
+        }
+    }
+    Ok(upper.join(relative))
+}
+
+fn stage_file(image: &Path, upper: &Path, path: &str, content: &[u8], mode: u32) -> Result<()> {
+    let target = stage_parents(image, upper, path)?;
+    std::fs::write(&target, content)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// An overlay whiteout (a 0:0 character device) hides the image's file.
+fn stage_whiteout(image: &Path, upper: &Path, path: &str) -> Result<()> {
+    let target = stage_parents(image, upper, path)?;
+    let _ = std::fs::remove_file(&target);
+    nix::sys::stat::mknod(
+        &target,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        nix::sys::stat::makedev(0, 0),
+    )
+    .with_context(|| format!("cannot create the whiteout {}", target.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let line = "36 35 98:0 / /mnt/my\\040dir rw,nosuid,noexec shared:1 master:2 - tmpfs none rw,mode=755";
+        let m = MountInfo::parse(line).expect("parses");
+        assert_eq!(m.mount_point, "/mnt/my dir");
+        assert_eq!(m.fstype, "tmpfs");
+        assert_eq!(m.source, "none");
+        assert!(m.has_option("nosuid") && m.has_option("noexec") && !m.has_option("nodev"));
+        assert!(m.is_shared());
+        assert_eq!(m.super_options, vec!["rw", "mode=755"]);
+        assert_eq!(MountInfo::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn ended_from_signal_or_code() {
+        assert!(Ended::from_status(ExitStatus::from_raw(2)).is_poweroff());
+        assert!(Ended::from_status(ExitStatus::from_raw(1)).is_reboot());
+        assert!(Ended::from_status(ExitStatus::from_raw((128 + 2) << 8)).is_poweroff());
+        assert_eq!(
+            Ended::from_status(ExitStatus::from_raw(3 << 8)),
+            Ended::Code(3)
+        );
+    }
+
+    #[test]
+    fn sandbox_names_are_path_safe() {
+        assert_eq!(SandboxConfig::new("a b/c::d").name, "a_b_c__d");
+    }
+}
