@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kios_rootfs::{build_cpio, BuildOptions, Compression, ModulesOptions};
+
 use super::{Kernel, VmError, EARLY_MODULES};
 
 /// What a test adds to the standard image.
@@ -32,17 +34,34 @@ pub fn early_modules(kernel: &Kernel) -> Vec<String> {
     }
 }
 
-/// Builds `<dir>/initramfs.cpio` and returns its path.
+/// Builds `<dir>/initramfs.cpio` (uncompressed: under software emulation
+/// the kernel unpacks it faster than it would decompress it) and returns
+/// its path.
 pub fn build_image(
     dir: &Path,
     inputs_dir: &Path,
     kernel: &Kernel,
     config: &ImageConfig,
 ) -> Result<PathBuf, VmError> {
-    let _ = (dir, inputs_dir, early_modules(kernel), config);
-    Err(VmError::Image(
-        "the rootfs builder (kios_rootfs::build_cpio) has not landed yet".into(),
-    ))
+    let mut opts = BuildOptions::new(inputs_dir);
+    if let Some(modules_root) = &kernel.modules_root {
+        opts.modules = Some(ModulesOptions {
+            modules_root: modules_root.clone(),
+            version: kernel.version.clone(),
+            names: early_modules(kernel),
+        });
+    }
+    let extra_dir = dir.join("image-extra");
+    for (i, (image_path, content, mode)) in config.extra_files.iter().enumerate() {
+        std::fs::create_dir_all(&extra_dir).map_err(|e| VmError::io("create", &extra_dir, e))?;
+        let host = extra_dir.join(format!("{i}"));
+        std::fs::write(&host, content).map_err(|e| VmError::io("write", &host, e))?;
+        opts.extra_files.push((host, image_path.clone(), *mode));
+    }
+    let out = dir.join("initramfs.cpio");
+    build_cpio(&opts, &out, Compression::None)
+        .map_err(|e| VmError::Image(format!("rootfs build of {}: {e}", out.display())))?;
+    Ok(out)
 }
 
 /// The rootfs builder's inputs dir (the musl binaries are built once per
