@@ -1,0 +1,350 @@
+//! Verify on a built tree: clean when fresh, and each kind of drift found
+//! (planted binary, changed byte, setuid bit, file replaced by a symlink,
+//! mode, owner, missing, broken hard link), /etc overrides reported as
+//! overridden, runtime mounts not walked.
+
+mod common;
+
+use common::{fake_inputs, TempDir};
+use kios_rootfs::{build, verify_tree, Finding, Inventory, Problem, Report, VerifyOptions};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+struct Tree {
+    dir: TempDir,
+    inv: Inventory,
+}
+
+impl Tree {
+    fn new(tag: &str) -> Tree {
+        let dir = TempDir::new(tag);
+        let opts = fake_inputs(dir.path());
+        let inv = build::build_tree(&opts, &dir.join("root")).unwrap();
+        Tree { dir, inv }
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.join("root")
+    }
+
+    fn live(&self, p: &str) -> std::path::PathBuf {
+        self.root().join(p.trim_start_matches('/'))
+    }
+
+    fn verify(&self, opts: &VerifyOptions) -> Report {
+        verify_tree(&self.root(), &self.inv, opts).unwrap()
+    }
+
+    fn findings(&self) -> Vec<Finding> {
+        self.verify(&VerifyOptions::default()).findings
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        // Tight modes: open everything up so the temp dir can be removed.
+        fn open(p: &Path) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    if std::fs::symlink_metadata(e.path())
+                        .map(|m| m.is_dir())
+                        .unwrap_or(false)
+                    {
+                        let _ = std::fs::set_permissions(
+                            e.path(),
+                            std::fs::Permissions::from_mode(0o700),
+                        );
+                        open(&e.path());
+                    }
+                }
+            }
+        }
+        open(&self.root());
+    }
+}
+
+fn only(findings: &[Finding]) -> &Finding {
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    &findings[0]
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_fresh_tree_is_clean() {
+    let t = Tree::new("clean");
+    let r = t.verify(&VerifyOptions::default());
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
+    assert!(r.is_clean());
+    let in_image = t
+        .inv
+        .entries
+        .iter()
+        .filter(|e| e.presence.in_image())
+        .count() as u64;
+    // Entries under runtime mounts (none in the image) do not count.
+    assert_eq!(
+        r.checked,
+        in_image - 1,
+        "every image entry but /dev/console (under /dev) is checked"
+    );
+}
+
+#[test]
+fn init_removed_at_boot_is_fine() {
+    let t = Tree::new("init");
+    std::fs::remove_file(t.live("/init")).unwrap();
+    assert!(t.findings().is_empty());
+}
+
+#[test]
+fn a_planted_binary_is_unexpected() {
+    let t = Tree::new("plant");
+    std::fs::write(t.live("/bin/backdoor"), b"\x7fELF...").unwrap();
+    chmod(&t.live("/bin/backdoor"), 0o755);
+    let f = t.findings();
+    let f = only(&f);
+    assert_eq!(
+        (f.path.as_str(), f.problem),
+        ("/bin/backdoor", Problem::Unexpected)
+    );
+    assert!(
+        f.detail.starts_with("file, mode 0755, owner 0:0, 7 bytes"),
+        "{}",
+        f.detail
+    );
+    assert_eq!(f.problem.as_str(), "unexpected");
+}
+
+#[test]
+fn a_changed_byte_is_modified() {
+    let t = Tree::new("byte");
+    let p = t.live("/bin/crio");
+    let mut data = std::fs::read(&p).unwrap();
+    data[0] ^= 1;
+    chmod(&p, 0o700);
+    std::fs::write(&p, &data).unwrap();
+    chmod(&p, 0o500);
+    let f = t.findings();
+    let f = only(&f);
+    assert_eq!(
+        (f.path.as_str(), f.problem),
+        ("/bin/crio", Problem::Modified)
+    );
+    assert!(f.detail.starts_with("sha256 "), "{}", f.detail);
+}
+
+#[test]
+fn a_new_setuid_bit_is_reported() {
+    let t = Tree::new("suid");
+    chmod(&t.live("/bin/kiosctl"), 0o4500);
+    let f = t.findings();
+    let f = only(&f);
+    assert_eq!(
+        (f.path.as_str(), f.problem),
+        ("/bin/kiosctl", Problem::Setuid)
+    );
+    assert!(
+        f.detail.contains("mode 4500, expected 0500"),
+        "{}",
+        f.detail
+    );
+}
+
+#[test]
+fn a_file_replaced_by_a_symlink_is_a_kind_change() {
+    let t = Tree::new("symlink");
+    let p = t.live("/bin/pinns");
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink("/tmp/evil", &p).unwrap();
+    let f = t.findings();
+    let f = only(&f);
+    assert_eq!((f.path.as_str(), f.problem), ("/bin/pinns", Problem::Kind));
+    assert_eq!(f.detail, "expected file, found symlink");
+}
+
+#[test]
+fn mode_owner_and_missing() {
+    let t = Tree::new("mode");
+    chmod(&t.live("/etc/hosts"), 0o666);
+    std::os::unix::fs::lchown(t.live("/etc/passwd"), Some(1000), None).unwrap();
+    std::fs::remove_file(t.live("/etc/group")).unwrap();
+    let f = t.findings();
+    let got: Vec<(&str, Problem)> = f.iter().map(|f| (f.path.as_str(), f.problem)).collect();
+    assert_eq!(
+        got,
+        [
+            ("/etc/group", Problem::Missing),
+            ("/etc/hosts", Problem::Mode),
+            ("/etc/passwd", Problem::Owner)
+        ],
+        "{f:#?}"
+    );
+    assert_eq!(f[1].detail, "mode 0666, expected 0444");
+    assert_eq!(f[2].detail, "owner 1000:0, expected 0:0");
+}
+
+#[test]
+fn a_symlink_pointing_elsewhere_is_modified() {
+    let t = Tree::new("retarget");
+    let p = t.live("/sbin");
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink("/tmp", &p).unwrap();
+    let f = t.findings();
+    let f = only(&f);
+    assert_eq!((f.path.as_str(), f.problem), ("/sbin", Problem::Modified));
+    assert_eq!(f.detail, "points to /tmp, expected bin");
+}
+
+#[test]
+fn a_broken_hard_link_is_reported() {
+    let t = Tree::new("hardlink");
+    let p = t.live("/bin/mount");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(&p, b"not busybox").unwrap();
+    chmod(&p, 0o500);
+    let f = t.findings();
+    let problems: Vec<Problem> = f.iter().map(|f| f.problem).collect();
+    assert_eq!(problems, [Problem::Modified, Problem::Kind], "{f:#?}");
+    assert!(f.iter().all(|f| f.path == "/bin/mount"));
+}
+
+#[test]
+fn runtime_mounts_are_not_walked_but_image_dirs_are() {
+    let t = Tree::new("runtime");
+    std::fs::write(t.live("/run/system.sock"), b"").unwrap();
+    std::fs::create_dir(t.live("/var/log/pods")).unwrap();
+    std::fs::write(t.live("/proc/1"), b"").unwrap();
+    assert!(t.findings().is_empty());
+    std::fs::create_dir(t.live("/opt")).unwrap();
+    let f = t.findings();
+    assert_eq!(
+        (f[0].path.as_str(), f[0].problem),
+        ("/opt", Problem::Unexpected)
+    );
+}
+
+#[test]
+fn etc_overrides_are_overridden_not_tampering() {
+    let t = Tree::new("overlay");
+    let upper = t.dir.join("upper");
+    std::fs::create_dir_all(upper.join("kubernetes")).unwrap();
+    // The operator replaces resolv.conf and adds node-ip; the overlay shows both in /etc.
+    for (rel, data) in [
+        ("resolv.conf", "nameserver 10.0.0.1\n"),
+        ("kubernetes/node-ip", "10.0.0.5\n"),
+    ] {
+        std::fs::write(upper.join(rel), data).unwrap();
+        let live = t.live(&format!("/etc/{rel}"));
+        let parent = live.parent().unwrap().to_path_buf();
+        chmod(&parent, 0o700);
+        let _ = std::fs::remove_file(&live);
+        std::fs::write(&live, data).unwrap();
+        chmod(&live, 0o444);
+    }
+    chmod(&t.live("/etc/kubernetes"), 0o500);
+    let opts = VerifyOptions {
+        etc_upper: Some(upper.clone()),
+        ..VerifyOptions::default()
+    };
+    let r = t.verify(&opts);
+    let got: Vec<(&str, Problem)> = r
+        .findings
+        .iter()
+        .map(|f| (f.path.as_str(), f.problem))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/etc/kubernetes/node-ip", Problem::Overridden),
+            ("/etc/resolv.conf", Problem::Overridden)
+        ],
+        "{:#?}",
+        r.findings
+    );
+    assert!(
+        r.findings[0].detail.contains("added on the data partition"),
+        "{}",
+        r.findings[0].detail
+    );
+    assert!(
+        r.findings[1]
+            .detail
+            .contains(&upper.join("resolv.conf").display().to_string()),
+        "{}",
+        r.findings[1].detail
+    );
+    assert!(r.is_clean(), "overrides are not drift");
+
+    // Without the overlay, the same differences are tampering.
+    let r = t.verify(&VerifyOptions::default());
+    let got: Vec<(&str, Problem)> = r
+        .findings
+        .iter()
+        .map(|f| (f.path.as_str(), f.problem))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/etc/kubernetes/node-ip", Problem::Unexpected),
+            ("/etc/resolv.conf", Problem::Modified)
+        ]
+    );
+    assert!(!r.is_clean());
+}
+
+#[test]
+fn setuid_through_the_overlay_is_still_reported() {
+    let t = Tree::new("overlay-suid");
+    let upper = t.dir.join("upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::write(upper.join("hosts"), b"x").unwrap();
+    chmod(&t.live("/etc/hosts"), 0o4444);
+    let opts = VerifyOptions {
+        etc_upper: Some(upper),
+        ..VerifyOptions::default()
+    };
+    let r = t.verify(&opts);
+    assert!(
+        r.findings.iter().any(|f| f.problem == Problem::Setuid),
+        "{:#?}",
+        r.findings
+    );
+    assert!(!r.is_clean());
+}
+
+#[test]
+fn findings_are_bounded() {
+    let t = Tree::new("bound");
+    for i in 0..20 {
+        std::fs::write(t.live(&format!("/bin/x{i:02}")), b"").unwrap();
+    }
+    let opts = VerifyOptions {
+        max_findings: 5,
+        ..VerifyOptions::default()
+    };
+    let r = t.verify(&opts);
+    assert_eq!((r.findings.len(), r.omitted), (5, 15));
+    assert!(!r.is_clean());
+}
+
+#[test]
+fn every_problem_has_a_stable_name() {
+    let names: Vec<&str> = Problem::ALL.iter().map(|p| p.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "missing",
+            "modified",
+            "mode",
+            "owner",
+            "kind",
+            "setuid",
+            "unexpected",
+            "overridden",
+            "process"
+        ]
+    );
+}
