@@ -174,7 +174,7 @@ impl Vm {
     }
 
     /// Reads new console output; returns `Some(status)` once qemu has exited.
-    fn poll(&mut self) -> Result<Option<ExitStatus>, VmError> {
+    pub fn refresh(&mut self) -> Result<Option<ExitStatus>, VmError> {
         if self.exit.is_none() {
             self.exit = self
                 .child
@@ -186,7 +186,16 @@ impl Vm {
     }
 
     fn tail(&self) -> String {
-        let mut tail = self.console.tail(TAIL_LINES);
+        let mut tail = String::new();
+        if let Some(panic) = self
+            .console
+            .lines()
+            .iter()
+            .find(|l| l.text.contains("Kernel panic"))
+        {
+            tail.push_str(&format!("THE KERNEL PANICKED: {}\n", panic.text));
+        }
+        tail.push_str(&self.console.tail(TAIL_LINES));
         if let Ok(stderr) = std::fs::read_to_string(self.config.stderr_path()) {
             if !stderr.trim().is_empty() {
                 tail.push_str("\n--- qemu stderr ---\n");
@@ -210,7 +219,7 @@ impl Vm {
     ) -> Result<Line, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let exited = self.poll()?.is_some();
+            let exited = self.refresh()?.is_some();
             if let Some(line) = self.console.take_match(&matches) {
                 return Ok(line);
             }
@@ -264,7 +273,7 @@ impl Vm {
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.poll()? {
+            if let Some(status) = self.refresh()? {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
