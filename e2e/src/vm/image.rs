@@ -3,6 +3,7 @@
 //! crun, conmon), the kernel's early modules ([`super::EARLY_MODULES`]) and
 //! the test's extra files (e.g. `/etc/kios-e2e/*.conf` baked into the image).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kios_rootfs::{build_cpio, BuildOptions, Compression, ModulesOptions};
@@ -44,6 +45,7 @@ pub fn build_image(
     config: &ImageConfig,
 ) -> Result<PathBuf, VmError> {
     let mut opts = BuildOptions::new(inputs_dir);
+    opts.inputs = input_overrides()?;
     if let Some(modules_root) = &kernel.modules_root {
         opts.modules = Some(ModulesOptions {
             modules_root: modules_root.clone(),
@@ -62,6 +64,32 @@ pub fn build_image(
     build_cpio(&opts, &out, Compression::None)
         .map_err(|e| VmError::Image(format!("rootfs build of {}: {e}", out.display())))?;
     Ok(out)
+}
+
+/// Environment variable naming a folder of real binaries (`crio`,
+/// `kubelet`, `pinns`, `conmon`, `crun`, ...) that replace the inputs of the
+/// same name (see docs/vm.md).
+pub const INPUTS_ENV: &str = "KIOS_VM_INPUTS";
+
+/// The inputs given by [`INPUTS_ENV`]: every regular file of that folder,
+/// by file name.
+pub fn input_overrides() -> Result<BTreeMap<String, PathBuf>, VmError> {
+    let mut inputs = BTreeMap::new();
+    let Some(dir) = std::env::var_os(INPUTS_ENV).map(PathBuf::from) else {
+        return Ok(inputs);
+    };
+    let entries = std::fs::read_dir(&dir).map_err(|e| VmError::io("read", &dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| VmError::io("read", &dir, e))?;
+        let path = entry.path();
+        if !path.is_file() {
+            continue;
+        }
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            inputs.insert(name.to_owned(), path.clone());
+        }
+    }
+    Ok(inputs)
 }
 
 /// The rootfs builder's inputs dir (the musl binaries are built once per
