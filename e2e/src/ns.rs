@@ -37,6 +37,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -191,10 +192,10 @@ pub struct Sandbox {
     dir: PathBuf,
     upper: PathBuf,
     root: PathBuf,
-    unshare: Child,
+    unshare: Mutex<Child>,
     init_pid: i32,
     pid_ns: PathBuf,
-    ended: Option<Ended>,
+    ended: Mutex<Option<Ended>>,
     pristine: bool,
     started: Instant,
 }
@@ -240,7 +241,8 @@ impl Sandbox {
              mount -t overlay -o \"lowerdir=$1,upperdir=$2,workdir=$3\" {SANDBOX_ROOT_SOURCE} \"$4\"\n\
              cd \"$4\"\n\
              shift 4\n\
-             exec env -i \"$@\" chroot . /init\n"
+             chroot=$(command -v chroot)\n\
+             exec env -i \"$@\" \"$chroot\" . /init\n"
         );
         let mut command = Command::new("unshare");
         command
@@ -277,8 +279,8 @@ impl Sandbox {
             root,
             init_pid: 0,
             pid_ns: PathBuf::new(),
-            unshare,
-            ended: None,
+            unshare: Mutex::new(unshare),
+            ended: Mutex::new(None),
             pristine: config.pristine,
             started: Instant::now(),
         };
@@ -296,14 +298,17 @@ impl Sandbox {
 
     /// Waits for unshare's child to become `/init` inside the root.
     fn find_init(&mut self) -> Result<()> {
-        let unshare_pid = self.unshare.id();
+        let unshare_pid = self
+            .unshare
+            .lock()
+            .map_err(|_| anyhow!("poisoned lock"))?
+            .id();
         let children = PathBuf::from(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"));
         let deadline = Instant::now() + DEFAULT_WAIT;
         loop {
-            if let Some(status) = self.unshare.try_wait()? {
-                self.ended = Some(Ended::from_status(status));
+            if let Some(ended) = self.has_ended()? {
                 bail!(
-                    "the sandbox ended before init started ({status})\n{}",
+                    "the sandbox ended before init started ({ended:?})\n{}",
                     self.diagnostics()
                 );
             }
@@ -409,6 +414,12 @@ impl Sandbox {
         loop {
             if let Some(value) = check() {
                 return Ok(value);
+            }
+            if let Some(ended) = self.has_ended()? {
+                bail!(
+                    "the sandbox ended ({ended:?}) while waiting for {what}\n{}",
+                    self.diagnostics()
+                );
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -731,17 +742,19 @@ impl Sandbox {
     }
 
     /// Whether the sandbox has ended (without waiting).
-    pub fn has_ended(&mut self) -> Result<Option<Ended>> {
-        if self.ended.is_none() {
-            if let Some(status) = self.unshare.try_wait()? {
-                self.ended = Some(Ended::from_status(status));
+    pub fn has_ended(&self) -> Result<Option<Ended>> {
+        let mut ended = self.ended.lock().map_err(|_| anyhow!("poisoned lock"))?;
+        if ended.is_none() {
+            let mut unshare = self.unshare.lock().map_err(|_| anyhow!("poisoned lock"))?;
+            if let Some(status) = unshare.try_wait()? {
+                *ended = Some(Ended::from_status(status));
             }
         }
-        Ok(self.ended)
+        Ok(*ended)
     }
 
     /// Waits for the sandbox to end (init gone, unshare exited).
-    pub fn wait_end(&mut self, timeout: Duration) -> Result<Ended> {
+    pub fn wait_end(&self, timeout: Duration) -> Result<Ended> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(ended) = self.has_ended()? {
@@ -773,15 +786,19 @@ impl Drop for Sandbox {
             // SIGKILL to a PID namespace's init kills the whole namespace.
             let _ = nix::sys::signal::kill(Pid::from_raw(self.init_pid), Signal::SIGKILL);
         }
+        let Ok(unshare) = self.unshare.get_mut() else {
+            return;
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if matches!(self.unshare.try_wait(), Ok(Some(_))) {
+            if matches!(unshare.try_wait(), Ok(Some(_))) {
                 return;
             }
             std::thread::sleep(POLL);
         }
-        let _ = self.unshare.kill();
-        let _ = self.unshare.wait();
+        // unshare is our child: ending it by its pid is ours to do.
+        let _ = unshare.kill();
+        let _ = unshare.wait();
     }
 }
 
