@@ -77,7 +77,7 @@ fn run(full_log: bool) -> anyhow::Result<()> {
     println!(
         "    kernel {} ({}), early modules: {}",
         kernel.version,
-        kernel.vmlinuz.display(),
+        kernel.boot_image.display(),
         vm::EARLY_MODULES.join(", ")
     );
 

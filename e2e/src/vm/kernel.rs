@@ -22,8 +22,13 @@ const META_PACKAGE: &str = "linux-image-amd64";
 pub struct Kernel {
     /// `uname -r` of the kernel, e.g. `6.1.0-56-amd64`.
     pub version: String,
-    /// The bzImage given to qemu's `-kernel`.
+    /// The compressed kernel (bzImage).
     pub vmlinuz: PathBuf,
+    /// What qemu's `-kernel` boots: an uncompressed `vmlinux` with a PVH
+    /// entry point when one could be made (the stock kernel is
+    /// xz-compressed, and decompressing it under software emulation takes
+    /// seconds of every boot), else `vmlinuz`.
+    pub boot_image: PathBuf,
     /// `lib/modules/<version>` with a `modules.dep`, or `None` for a kernel
     /// given by `KIOS_KERNEL` without `KIOS_KERNEL_MODULES` (everything the
     /// node needs must then be built in).
@@ -58,6 +63,7 @@ fn from_env(vmlinuz: PathBuf) -> Result<Kernel, VmError> {
     let Some(modules) = std::env::var_os("KIOS_KERNEL_MODULES").map(PathBuf::from) else {
         return Ok(Kernel {
             version: String::from("unknown"),
+            boot_image: vmlinuz.clone(),
             vmlinuz,
             modules_root: None,
         });
@@ -75,6 +81,7 @@ fn from_env(vmlinuz: PathBuf) -> Result<Kernel, VmError> {
     ensure_modules_dep(&modules, &version)?;
     Ok(Kernel {
         version,
+        boot_image: vmlinuz.clone(),
         vmlinuz,
         modules_root: Some(modules),
     })
@@ -153,12 +160,70 @@ fn stock_debian_kernel(cache: &Path) -> Result<Kernel, VmError> {
     }
     let modules = root.join(format!("lib/modules/{version}"));
     ensure_modules_dep(&modules, &version)?;
+    let config = root.join(format!("boot/config-{version}"));
+    let pvh = fs::read_to_string(&config).is_ok_and(|c| c.lines().any(|l| l == "CONFIG_PVH=y"));
+    let vmlinux = dir.join("vmlinux");
+    let boot_image = if pvh && (vmlinux.is_file() || extract_vmlinux(&vmlinuz, &vmlinux)) {
+        vmlinux
+    } else {
+        vmlinuz.clone()
+    };
     drop(lock);
     Ok(Kernel {
         version,
         vmlinuz,
+        boot_image,
         modules_root: Some(modules),
     })
+}
+
+/// Start of an xz stream.
+const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0x00];
+
+/// Where the xz-compressed payload of a bzImage starts.
+pub fn xz_payload_offset(bzimage: &[u8]) -> Option<usize> {
+    bzimage.windows(XZ_MAGIC.len()).position(|w| w == XZ_MAGIC)
+}
+
+/// Decompresses the kernel inside an xz bzImage to `out` with the `xz`
+/// tool. False (and the compressed kernel is booted instead, only slower)
+/// when the payload is not xz, `xz` is missing or the result is no ELF.
+fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> bool {
+    let Ok(image) = fs::read(vmlinuz) else {
+        return false;
+    };
+    let Some(offset) = xz_payload_offset(&image) else {
+        return false;
+    };
+    let partial = out.with_extension("partial");
+    let Ok(dest) = fs::File::create(&partial) else {
+        return false;
+    };
+    let child = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(dest)
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("vm: xz (package xz-utils) is missing; booting the compressed kernel (slower)");
+        return false;
+    };
+    // xz stops reading after the stream (the bzImage has a trailer): a
+    // short write here is expected; xz's exit status and the ELF magic of
+    // the output decide.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = std::io::Write::write_all(&mut stdin, &image[offset..]);
+    }
+    let ok = child.wait().is_ok_and(|s| s.success());
+    let elf = fs::read(&partial)
+        .map(|b| b.starts_with(b"\x7fELF"))
+        .unwrap_or(false);
+    if ok && elf && fs::rename(&partial, out).is_ok() {
+        return true;
+    }
+    let _ = fs::remove_file(&partial);
+    false
 }
 
 /// Runs `depmod -b` when the tree has no `modules.dep` yet.
@@ -195,6 +260,15 @@ mod tests {
             parse_meta_dependency(out).as_deref(),
             Some("linux-image-6.1.0-56-amd64")
         );
+    }
+
+    #[test]
+    fn xz_payload_is_found_after_the_setup_code() {
+        let mut image = vec![0u8; 100];
+        image.extend_from_slice(XZ_MAGIC);
+        image.extend_from_slice(b"payload");
+        assert_eq!(xz_payload_offset(&image), Some(100));
+        assert_eq!(xz_payload_offset(b"no magic here"), None);
     }
 
     #[test]

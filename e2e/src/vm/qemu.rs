@@ -94,7 +94,7 @@ impl VmConfig {
             "-monitor".into(),
             format!("unix:{},server,nowait", self.monitor_path().display()),
             "-kernel".into(),
-            self.kernel.vmlinuz.display().to_string(),
+            self.kernel.boot_image.display().to_string(),
             "-initrd".into(),
             self.initramfs.display().to_string(),
             "-append".into(),
@@ -362,6 +362,7 @@ mod tests {
         let kernel = Kernel {
             version: "6.1.0-test".into(),
             vmlinuz: "/k/vmlinuz".into(),
+            boot_image: "/k/vmlinux".into(),
             modules_root: None,
         };
         let mut config = VmConfig::new(Path::new("/t"), "boot1", &kernel, Path::new("/t/initrd"));
@@ -372,6 +373,7 @@ mod tests {
         assert!(joined.contains("-monitor unix:/t/boot1.monitor.sock,server,nowait"));
         assert!(joined.contains("-drive file=/t/disk.img,format=raw,if=virtio"));
         assert!(args.contains(&"-no-reboot".to_owned()));
+        assert!(joined.contains("-kernel /k/vmlinux"));
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[append + 1], "console=ttyS0 panic=-1 datapart=auto");
         config.allow_reboot = true;
