@@ -6,8 +6,9 @@
 //! mounts an overlay (lower: the image tree of [`crate::artifacts`], shared
 //! read-only by every sandbox; upper: a per-sandbox directory holding the
 //! test's files) as the sandbox root and chroots into it exec'ing `/init`
-//! with a clean environment (`datapart=none kios.log=stderr` plus the
-//! test's boot parameters), stdin /dev/null, stdout and stderr to files.
+//! with a clean environment (`datapart=none kios.log=stderr
+//! kios.power_button=off` plus the test's boot parameters), stdin
+//! /dev/null, stdout and stderr to files.
 //!
 //! The root is an overlay of its own, never a bind of a host directory: a
 //! shutdown that remounts `/` read-only must only ever reach the sandbox's
@@ -234,7 +235,13 @@ impl Sandbox {
 
         let stdout = File::create(dir.join("init.stdout"))?;
         let stderr = File::create(dir.join("init.stderr"))?;
-        let mut env = vec!["datapart=none".to_string(), "kios.log=stderr".to_string()];
+        // The sandbox's /dev is a devtmpfs with the host's input devices:
+        // init must not watch them for a power button here.
+        let mut env = vec![
+            "datapart=none".to_string(),
+            "kios.log=stderr".to_string(),
+            "kios.power_button=off".to_string(),
+        ];
         env.extend(config.env.iter().map(|(k, v)| format!("{k}={v}")));
         let script = format!(
             "set -e\n\
@@ -308,7 +315,7 @@ impl Sandbox {
         loop {
             if let Some(ended) = self.has_ended()? {
                 bail!(
-                    "the sandbox ended before init started ({ended:?})\n{}",
+                    "the sandbox ended ({ended:?}) before the harness saw init running\n{}",
                     self.diagnostics()
                 );
             }
@@ -570,6 +577,14 @@ impl Sandbox {
     /// Runs `/bin/kiosctl ARGS` inside the sandbox through
     /// `nsenter -t <init> -a -r -w` (init's namespaces and root).
     pub fn kiosctl(&self, args: &[&str]) -> Result<Output> {
+        self.run_inside("/bin/kiosctl", args)
+    }
+
+    /// Runs a program of the sandbox inside it through
+    /// `nsenter -t <init> -a -r -w` (all of init's namespaces, its root and
+    /// working directory), with `PATH=/bin` only; killed after
+    /// [`DEFAULT_WAIT`].
+    pub fn run_inside(&self, program: &str, args: &[&str]) -> Result<Output> {
         let mut command = Command::new("nsenter");
         command
             .args([
@@ -579,7 +594,7 @@ impl Sandbox {
                 "-r",
                 "-w",
                 "--",
-                "/bin/kiosctl",
+                program,
             ])
             .args(args)
             .env_clear()

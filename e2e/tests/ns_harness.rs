@@ -205,3 +205,109 @@ fn dropping_a_sandbox_kills_its_namespace() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn nsenter_runs_inside_and_the_nobody_peer_is_uid_65534() -> Result<()> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    use std::io::{BufRead, BufReader};
+
+    let sandbox = Sandbox::boot(fake("harness-peers"))?;
+    let listener = serve_system_socket(&sandbox)?;
+
+    // nsenter: the program runs in the sandbox's root and namespaces.
+    let output = sandbox.run_inside("/bin/busybox", &["cat", "/run/kios-e2e/crio.argv"])?;
+    ensure!(output.status.success(), "nsenter: {output:?}");
+    ensure!(
+        String::from_utf8_lossy(&output.stdout).trim()
+            == r#"["/bin/crio","--listen","/var/run/crio/crio.sock"]"#,
+        "nsenter output: {output:?}"
+    );
+
+    // The kubelet stand-in connects first; then the nobody client.
+    let (_kubelet, _) = listener.accept()?;
+    let server = std::thread::spawn(move || -> Result<(u32, Vec<String>)> {
+        let (stream, _) = listener.accept()?;
+        let uid = getsockopt(&stream, PeerCredentials)?.uid();
+        let mut writer = stream.try_clone()?;
+        let mut lines = Vec::new();
+        for line in BufReader::new(stream).lines().take(2) {
+            let line = line?;
+            writer.write_all(format!("{{\"ok\":false,\"echo\":\"{line}\"}}\n").as_bytes())?;
+            lines.push(line);
+        }
+        Ok((uid, lines))
+    });
+    let replies = sandbox.request_as_nobody(&["restart kubelet", "shutdown"])?;
+    let (uid, lines) = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    ensure!(uid == 65534, "the peer's uid is {uid}");
+    ensure!(
+        lines == ["restart kubelet", "shutdown"],
+        "server got {lines:?}"
+    );
+    ensure!(
+        replies.len() == 2 && replies[1]["echo"] == "shutdown",
+        "replies {replies:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn kubelet_standin_runs_an_admin_script_like_a_debug_pod() -> Result<()> {
+    let script = "# an admin session\n\
+                  plant /tmp/planted\n\
+                  wait-file /tmp/planted 2000\n\
+                  wait-file /tmp/never 10\n\
+                  kiosctl --help\n\
+                  bogus line\n\
+                  signal TERM 999999\n";
+    let sandbox = Sandbox::boot(
+        fake("harness-script")
+            .file("/etc/kios-e2e/script", script)
+            .kubelet_conf("script=/etc/kios-e2e/script\n"),
+    )?;
+    let _listener = serve_system_socket(&sandbox)?;
+    sandbox.wait_event("debug-pod done", DEFAULT_WAIT)?;
+    let events = sandbox.events();
+    for expected in [
+        "debug-pod ready",
+        "planted /tmp/planted",
+        "wait-file /tmp/planted found",
+        "wait-file /tmp/never timeout",
+        "BEGIN 5 kiosctl --help",
+    ] {
+        ensure!(
+            events.iter().any(|e| e == expected),
+            "no '{expected}' in {events:#?}"
+        );
+    }
+    ensure!(
+        events.iter().any(|e| e.starts_with("END 5 rc=")),
+        "{events:#?}"
+    );
+    ensure!(
+        events.iter().any(|e| e.starts_with("script-error 6 ")),
+        "{events:#?}"
+    );
+    ensure!(
+        events
+            .iter()
+            .any(|e| e.starts_with("signal TERM 999999 error")),
+        "{events:#?}"
+    );
+    // The plant went through /host to the real root.
+    ensure!(
+        sandbox.path("/tmp/planted").is_file(),
+        "not planted on the host root"
+    );
+    // The debug pod's mounts stayed in its own namespace.
+    let init_mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", sandbox.init_pid()))?;
+    ensure!(
+        !init_mounts.contains("debug-root"),
+        "debug pod mounts leaked: {init_mounts}"
+    );
+    // Once per boot: a restarted kubelet does not run it again.
+    ensure!(sandbox.path("/run/kios-e2e/script.done").exists());
+    Ok(())
+}
