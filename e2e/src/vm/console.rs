@@ -180,12 +180,23 @@ impl AdminCommand {
         self.output.join("\n")
     }
 
-    /// The first output line that parses as a JSON object (`-o json`).
+    /// The JSON object the command printed (`-o json`): the first line that
+    /// parses as one, else the first object in the whole output (for
+    /// pretty-printed JSON over several lines).
     pub fn json(&self) -> Option<serde_json::Value> {
-        self.output.iter().find_map(|line| {
+        let one_line = self.output.iter().find_map(|line| {
             let start = line.find('{')?;
             serde_json::from_str::<serde_json::Value>(&line[start..]).ok()
-        })
+        });
+        if one_line.is_some() {
+            return one_line;
+        }
+        let text = self.output.join("\n");
+        let start = text.find('{')?;
+        serde_json::Deserializer::from_str(&text[start..])
+            .into_iter::<serde_json::Value>()
+            .next()
+            .and_then(Result::ok)
     }
 }
 
@@ -290,6 +301,27 @@ KIOS-E2E BEGIN 3 kiosctl shutdown
         assert_eq!(blocks[1].rc, Some(1));
         assert_eq!(blocks[2].command, "kiosctl shutdown");
         assert_eq!(blocks[2].rc, None);
+    }
+
+    #[test]
+    fn pretty_json_over_several_lines() {
+        let cmd = AdminCommand {
+            n: 1,
+            command: "kiosctl boot -o json".into(),
+            output: vec![
+                "{".into(),
+                "  \"ok\": true".into(),
+                "}".into(),
+                "trailer".into(),
+            ],
+            rc: Some(0),
+        };
+        assert_eq!(cmd.json().unwrap()["ok"], true);
+        let none = AdminCommand {
+            output: vec!["no json".into()],
+            ..cmd
+        };
+        assert!(none.json().is_none());
     }
 
     #[test]
