@@ -46,21 +46,22 @@ pub fn kernel() -> Result<&'static Kernel, VmError> {
 
 fn resolve() -> Result<Kernel, VmError> {
     if let Some(path) = std::env::var_os("KIOS_KERNEL") {
-        return from_env(PathBuf::from(path));
+        let modules = std::env::var_os("KIOS_KERNEL_MODULES").map(PathBuf::from);
+        return given_kernel(PathBuf::from(path), modules);
     }
     stock_debian_kernel(&workspace_root().join("target/kernel"))
 }
 
 /// A kernel named by `KIOS_KERNEL`; its version is taken from the basename
 /// of `KIOS_KERNEL_MODULES` (a `lib/modules/<version>` directory).
-fn from_env(vmlinuz: PathBuf) -> Result<Kernel, VmError> {
+fn given_kernel(vmlinuz: PathBuf, modules: Option<PathBuf>) -> Result<Kernel, VmError> {
     if !vmlinuz.is_file() {
         return Err(VmError::Kernel(format!(
             "KIOS_KERNEL={} is not a file",
             vmlinuz.display()
         )));
     }
-    let Some(modules) = std::env::var_os("KIOS_KERNEL_MODULES").map(PathBuf::from) else {
+    let Some(modules) = modules else {
         return Ok(Kernel {
             version: String::from("unknown"),
             boot_image: vmlinuz.clone(),
@@ -269,6 +270,31 @@ mod tests {
         image.extend_from_slice(b"payload");
         assert_eq!(xz_payload_offset(&image), Some(100));
         assert_eq!(xz_payload_offset(b"no magic here"), None);
+    }
+
+    #[test]
+    fn given_kernel_takes_its_version_from_the_modules_dir() {
+        let dir = std::env::temp_dir().join(format!("kios-vm-kernel-{}", std::process::id()));
+        let modules = dir.join("lib/modules/6.1.0-test");
+        fs::create_dir_all(&modules).unwrap();
+        fs::write(modules.join("modules.dep"), "").unwrap();
+        let vmlinuz = dir.join("bzImage");
+        fs::write(&vmlinuz, b"kernel").unwrap();
+
+        let k = given_kernel(vmlinuz.clone(), Some(modules.clone())).unwrap();
+        assert_eq!(k.version, "6.1.0-test");
+        assert_eq!(k.boot_image, vmlinuz);
+        assert_eq!(k.modules_root.as_deref(), Some(modules.as_path()));
+        let k = given_kernel(vmlinuz.clone(), None).unwrap();
+        assert!(k.modules_root.is_none());
+        let missing = given_kernel(dir.join("nope"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("KIOS_KERNEL=") && missing.contains("nope"),
+            "{missing}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
