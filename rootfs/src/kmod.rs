@@ -125,7 +125,10 @@ pub fn resolve(root: &Path, names: &[String]) -> Result<ModuleSet, KmodError> {
                 stack.push(((*path).clone(), None));
             }
             None if builtin_names.contains(&name) => builtin.push(name),
-            None => missing.push(raw.clone()),
+            None => missing.push(match alias_targets(root, &name) {
+                Some(targets) => format!("{raw} (an alias of {targets}: name the module)"),
+                None => raw.clone(),
+            }),
         }
     }
     if !missing.is_empty() {
@@ -172,6 +175,22 @@ pub fn resolve(root: &Path, names: &[String]) -> Result<ModuleSet, KmodError> {
         load_list,
         builtin,
     })
+}
+
+/// The modules an exact (non-wildcard) alias in modules.alias names, if any.
+fn alias_targets(root: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("modules.alias")).ok()?;
+    let targets: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("alias"), Some(a), Some(t)) if normalize(a) == name => Some(t),
+                _ => None,
+            }
+        })
+        .collect();
+    (!targets.is_empty()).then(|| targets.join(", "))
 }
 
 impl ModuleSet {
@@ -276,6 +295,22 @@ kernel/fs/overlayfs/overlay.ko:\n";
         );
         assert!(!dep.contains("overlay"));
         assert_eq!(set.load_list_text(), "ext4\nvirtio_blk\n");
+    }
+
+    #[test]
+    fn an_alias_is_explained() {
+        let d = tree(DEP, "");
+        std::fs::write(
+            d.path().join("modules.alias"),
+            "alias crc32c crc32c_generic\nalias crypto-crc32c crc32c_generic\n",
+        )
+        .unwrap();
+        let err = resolve(d.path(), &["crc32c".to_string()]).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("crc32c (an alias of crc32c_generic: name the module)"),
+            "{err}"
+        );
     }
 
     #[test]

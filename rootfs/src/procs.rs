@@ -31,6 +31,8 @@ pub struct ExpectedProcs {
     /// Directory of the image's binaries: helpers that cri-o or the kubelet
     /// run from it are accepted while they live.
     pub helper_dir: String,
+    /// Bound on the findings kept; the rest are counted in `omitted`.
+    pub max_findings: usize,
 }
 
 impl ExpectedProcs {
@@ -44,6 +46,7 @@ impl ExpectedProcs {
             pod_cgroup_prefixes: vec!["/kubepods".to_string()],
             conmon_exe: "/bin/conmon".to_string(),
             helper_dir: "/bin".to_string(),
+            max_findings: crate::verify::DEFAULT_MAX_FINDINGS,
         }
     }
 }
@@ -70,11 +73,7 @@ struct ProcInfo {
 }
 
 /// Checks every process listed under `proc_root` (normally `/proc`).
-pub fn verify_processes(
-    proc_root: &Path,
-    expected: &ExpectedProcs,
-    max_findings: usize,
-) -> Result<Report, ProcsError> {
+pub fn verify_processes(proc_root: &Path, expected: &ExpectedProcs) -> Result<Report, ProcsError> {
     let rd = std::fs::read_dir(proc_root).map_err(|source| ProcsError::ReadProc {
         path: proc_root.to_path_buf(),
         source,
@@ -127,7 +126,7 @@ pub fn verify_processes(
             p.ppid,
             p.cmdline
         );
-        if report.findings.len() >= max_findings {
+        if report.findings.len() >= expected.max_findings {
             report.omitted += 1;
         } else {
             report.findings.push(Finding {

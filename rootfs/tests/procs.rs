@@ -107,7 +107,7 @@ fn only_strangers_are_reported() {
     write(dir.path(), &procs);
     let mut expected = ExpectedProcs::node(1, Some(10), Some(11));
     expected.also_allowed.push(70);
-    let r = verify_processes(dir.path(), &expected, 100).unwrap();
+    let r = verify_processes(dir.path(), &expected).unwrap();
     assert_eq!(r.checked, procs.len() as u64);
     let got: Vec<&str> = r.findings.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
@@ -135,10 +135,10 @@ fn a_node_with_only_its_services_is_clean() {
             p(9, 1, "/bin/kubelet", "kubelet"),
         ],
     );
-    let r = verify_processes(dir.path(), &ExpectedProcs::node(1, Some(7), Some(9)), 100).unwrap();
+    let r = verify_processes(dir.path(), &ExpectedProcs::node(1, Some(7), Some(9))).unwrap();
     assert!(r.is_clean(), "{:#?}", r.findings);
     // A restarted kubelet is someone else until init says so.
-    let r = verify_processes(dir.path(), &ExpectedProcs::node(1, Some(7), None), 100).unwrap();
+    let r = verify_processes(dir.path(), &ExpectedProcs::node(1, Some(7), None)).unwrap();
     assert_eq!(r.findings.len(), 1);
 }
 
@@ -147,7 +147,6 @@ fn a_missing_proc_is_an_error() {
     let err = verify_processes(
         Path::new("/nonexistent/proc"),
         &ExpectedProcs::node(1, None, None),
-        10,
     )
     .unwrap_err();
     assert!(
@@ -164,7 +163,8 @@ fn the_real_proc_can_be_read() {
     let mut expected = ExpectedProcs::node(1, None, None);
     // The machine running the tests may itself be a pod.
     expected.pod_cgroup_prefixes.clear();
-    let r = verify_processes(Path::new("/proc"), &expected, 100_000).unwrap();
+    expected.max_findings = 100_000;
+    let r = verify_processes(Path::new("/proc"), &expected).unwrap();
     assert!(r.checked >= 1);
     assert!(
         r.findings.iter().any(|f| f.path == format!("/proc/{me}")),
