@@ -5,9 +5,13 @@
 //! the way `kubectl debug node` would), then a graceful shutdown, after
 //! which the data partition is checked with e2fsck.
 //!
-//! Usage: `kios-demo [--full-log]` (`--full-log` also prints every kernel
-//! message). Exit codes: 0 the demo ran to the end, 1 something failed
-//! (the message says what, and where the console log is), 2 usage.
+//! Usage: `kios-demo [--full-log] [--power-button-after SECONDS]`
+//! (`--full-log` also prints every kernel message; `--power-button-after`
+//! presses the VM's ACPI power button after that long instead of letting
+//! the admin script shut the node down: the way to end a demo with a real
+//! kubelet from `KIOS_VM_INPUTS`, which runs no script; 90 s by default
+//! then). Exit codes: 0 the demo ran to the end, 1 something failed (the
+//! message says what, and where the console log is), 2 usage.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,28 +27,55 @@ fn say(step: &str) {
     println!("\n==> {step}");
 }
 
-fn usage() -> ExitCode {
-    eprintln!("usage: kios-demo [--full-log]");
+const USAGE: &str = "usage: kios-demo [--full-log] [--power-button-after SECONDS]";
+
+fn usage(problem: &str) -> ExitCode {
+    eprintln!("kios-demo: {problem}\n{USAGE}");
     ExitCode::from(2)
 }
 
+/// Command line options.
+struct Options {
+    full_log: bool,
+    /// Press the power button this long after qemu started.
+    power_button_after: Option<Duration>,
+}
+
+/// True when `KIOS_VM_INPUTS` brings a real kubelet (which runs no admin
+/// script).
+fn real_kubelet() -> bool {
+    std::env::var_os(vm::image::INPUTS_ENV)
+        .is_some_and(|dir| std::path::Path::new(&dir).join("kubelet").is_file())
+}
+
 fn main() -> ExitCode {
-    let mut full_log = false;
-    for arg in std::env::args().skip(1) {
+    let mut options = Options {
+        full_log: false,
+        power_button_after: real_kubelet().then_some(Duration::from_secs(90)),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--full-log" => full_log = true,
+            "--full-log" => options.full_log = true,
+            "--power-button-after" => {
+                let Some(seconds) = args.next().and_then(|s| s.parse::<u64>().ok()) else {
+                    return usage("--power-button-after needs a number of seconds");
+                };
+                options.power_button_after = Some(Duration::from_secs(seconds));
+            }
             "-h" | "--help" => {
                 println!(
-                    "kios-demo: build kiOS and boot a node in qemu (see docs/vm.md)\n\n\
-                     usage: kios-demo [--full-log]\n  \
-                     --full-log  also print every kernel message of the boot"
+                    "kios-demo: build kiOS and boot a node in qemu (see docs/vm.md)\n\n{USAGE}\n  \
+                     --full-log                      also print every kernel message of the boot\n  \
+                     --power-button-after SECONDS    press the ACPI power button then (default with\n  \
+                     \x20                               a real kubelet in KIOS_VM_INPUTS: 90)"
                 );
                 return ExitCode::SUCCESS;
             }
-            _ => return usage(),
+            other => return usage(&format!("unknown argument {other:?}")),
         }
     }
-    match run(full_log) {
+    match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("\nkios-demo: {e:#}");
@@ -66,7 +97,8 @@ fn interesting(line: &str, full_log: bool) -> bool {
         || line.contains("Kernel panic")
 }
 
-fn run(full_log: bool) -> anyhow::Result<()> {
+fn run(options: &Options) -> anyhow::Result<()> {
+    let full_log = options.full_log;
     let started = Instant::now();
     say("building the static binaries of the image (kios-init, kiosctl, cri-o and kubelet stand-ins)");
     let artifacts = kios_e2e::artifacts::artifacts().context("building the binaries")?;
@@ -99,9 +131,16 @@ fn run(full_log: bool) -> anyhow::Result<()> {
         node.dir().display(),
         node.disk().image().display()
     );
-    println!(
-        "    the kubelet stand-in will run, like an admin in `kubectl debug node`:\n      kiosctl status; kiosctl boot; kiosctl files; kiosctl shutdown"
-    );
+    if real_kubelet() {
+        println!(
+            "    a real kubelet from {} runs no admin script: the demo shows the boot and\n    powers the node off with the ACPI power button",
+            vm::image::INPUTS_ENV
+        );
+    } else {
+        println!(
+            "    the kubelet stand-in will run, like an admin in `kubectl debug node`:\n      kiosctl status; kiosctl boot; kiosctl files; kiosctl shutdown"
+        );
+    }
 
     say("booting the node in qemu (software emulation; console log below)");
     let mut vm = node.boot().context("starting qemu")?;
@@ -112,6 +151,7 @@ fn run(full_log: bool) -> anyhow::Result<()> {
         console_path.display()
     );
     let deadline = Instant::now() + RUN_DEADLINE;
+    let mut power_button_at = options.power_button_after.map(|d| Instant::now() + d);
     let mut shown = 0;
     let mut in_block = false;
     let mut stdout = std::io::stdout();
@@ -141,6 +181,11 @@ fn run(full_log: bool) -> anyhow::Result<()> {
         let _ = stdout.flush();
         if let Some(status) = exit {
             break status;
+        }
+        if power_button_at.is_some_and(|at| Instant::now() >= at) {
+            power_button_at = None;
+            say("pressing the VM's ACPI power button (qemu monitor: system_powerdown)");
+            vm.power_button().context("pressing the power button")?;
         }
         if Instant::now() > deadline {
             bail!(
