@@ -60,7 +60,8 @@ pub enum ArtifactsError {
     },
     #[error("the rootfs builder failed to build the image tree at {path}: {message}")]
     Rootfs { path: PathBuf, message: String },
-    #[error("{0} (an earlier attempt in this test process failed)")]
+    /// The first attempt of this test process failed; this is its message.
+    #[error("{0}")]
     Earlier(String),
 }
 

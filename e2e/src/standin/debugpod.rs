@@ -4,11 +4,11 @@
 //!
 //! The child enters a new mount namespace (slave propagation, so nothing
 //! leaks back to the host), mounts a tmpfs root holding `/bin/kiosctl`
-//! (bind-mounted from the host) and `/host` (a recursive bind of the real
-//! `/`), and chroots into it: kiosctl must find the socket at
-//! `/host/run/system.sock`, exactly as in a debug pod. With
-//! `debug_cgroup=NAME` in kubelet.conf it first moves itself into the
-//! cgroup `/sys/fs/cgroup/NAME` (like a pod's processes).
+//! (bind-mounted from the host), `/host` (a recursive bind of the real
+//! `/`), `/dev` (a recursive bind) and a `/proc`, and chroots into it:
+//! kiosctl must find the socket at `/host/run/system.sock`, exactly as in
+//! a debug pod. With `debug_cgroup=NAME` in kubelet.conf it first moves
+//! itself into the cgroup `/sys/fs/cgroup/NAME` (like a pod's processes).
 //!
 //! Script lines (blank lines and `#` comments are skipped; `<n>` is the
 //! 1-based line number in the script; words are split on whitespace, no
@@ -195,8 +195,9 @@ fn enter_debug_root() -> std::io::Result<()> {
         Some("mode=0755"),
     )
     .map_err(|e| io_err("mount tmpfs", e))?;
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::create_dir_all(root.join("host"))?;
+    for dir in ["bin", "host", "dev", "proc"] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
     std::fs::write(root.join("bin/kiosctl"), b"")?;
     nix::mount::mount(
         Some("/bin/kiosctl"),
@@ -214,6 +215,23 @@ fn enter_debug_root() -> std::io::Result<()> {
         None::<&str>,
     )
     .map_err(|e| io_err("rbind / at /host", e))?;
+    // A pod has /dev (kiosctl's stdin is /dev/null) and /proc.
+    nix::mount::mount(
+        Some("/dev"),
+        &root.join("dev"),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| io_err("rbind /dev", e))?;
+    nix::mount::mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| io_err("mount /proc", e))?;
     nix::unistd::chroot(&root).map_err(|e| io_err("chroot", e))?;
     std::env::set_current_dir("/")?;
     Ok(())
@@ -270,7 +288,11 @@ fn run_kiosctl(n: usize, args: &[String]) {
     let rc = match spawn_merged(args) {
         Ok(rc) => rc,
         Err(e) => {
-            emit_raw(&format!("cannot run /bin/kiosctl: {e}\n"));
+            let found = match std::fs::metadata("/bin/kiosctl") {
+                Ok(meta) => format!("it exists, {} bytes", meta.len()),
+                Err(e) => format!("it cannot be found: {e}"),
+            };
+            emit_raw(&format!("cannot run /bin/kiosctl ({found}): {e}\n"));
             "127".to_string()
         }
     };
