@@ -283,7 +283,7 @@ fn kubelet_standin_runs_an_admin_script_like_a_debug_pod() -> Result<()> {
         );
     }
     ensure!(
-        events.iter().any(|e| e.starts_with("END 5 rc=")),
+        events.iter().any(|e| e == "END 5 rc=0"),
         "{events:#?}"
     );
     ensure!(
