@@ -254,3 +254,93 @@ fn the_socket_is_root_only() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn status_shows_the_kubelet_client_so_graceful_shutdown_is_armed() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("armed"))?;
+    let status = sandbox.status()?;
+    let kubelet_pid = Sandbox::service(&status, "kubelet")?["pid"].clone();
+    let clients = status["clients"]
+        .as_array()
+        .context("status without clients")?;
+    let kubelet = clients
+        .iter()
+        .find(|c| c["kubelet"] == true)
+        .with_context(|| format!("no client marked as the kubelet: {status}"))?;
+    ensure!(
+        kubelet["pid"] == kubelet_pid,
+        "kubelet client {kubelet} vs service pid {kubelet_pid}"
+    );
+    ensure!(
+        status["node"]["graceful_shutdown_armed"] == true,
+        "graceful shutdown not armed with the kubelet connected: {}",
+        status["node"]
+    );
+    Ok(())
+}
+
+#[test]
+fn watch_streams_service_events() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("watch"))?;
+    let mut watcher = sandbox.client()?;
+    let reply = watcher.request("watch")?;
+    ensure!(reply["ok"] == true, "watch: {reply}");
+    let restart = sandbox.request("restart kubelet")?;
+    ensure!(restart["ok"] == true, "restart: {restart}");
+    let deadline = Instant::now() + DEFAULT_WAIT;
+    loop {
+        let event = watcher.read_value()?;
+        if event["event"] == "service" && event["name"] == "kubelet" && event["state"] == "running"
+        {
+            let old = restart["old_pid"].clone();
+            ensure!(
+                event["pid"] != old,
+                "the running event still has the old pid: {event}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no kubelet running event before the deadline"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn too_many_connections_get_busy_and_init_recovers() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // Room for many connections in this test process.
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("busy"))?;
+    sandbox.status()?;
+    let baseline = sandbox.init_fd_count()?;
+    let mut open = Vec::new();
+    let mut busy = None;
+    for _ in 0..5000 {
+        let mut client = sandbox.client()?;
+        match client.request("version") {
+            Ok(reply) if reply["ok"] == true => open.push(client),
+            Ok(reply) => {
+                busy = Some(reply);
+                break;
+            }
+            Err(e) => return Err(e.context(format!("after {} connections", open.len()))),
+        }
+    }
+    let busy = busy.with_context(|| format!("no 'busy' after {} connections", open.len()))?;
+    ensure!(busy["error"]["code"] == "busy", "over the limit: {busy}");
+    drop(open);
+    sandbox.wait_for(
+        &format!("init's fd count back to {baseline}"),
+        DEFAULT_WAIT,
+        || (sandbox.init_fd_count().ok()? <= baseline).then_some(()),
+    )?;
+    let status = sandbox.status()?;
+    ensure!(status["ok"] == true, "status after the flood: {status}");
+    Ok(())
+}
