@@ -1,8 +1,10 @@
 //! Self-test of the qemu harness without kios-init: the stock kernel boots a
 //! tiny busybox initramfs that loads the early modules, mounts the data
-//! partition by its device, writes a file and powers off. Proves the kernel
-//! fetch, module closure, disk image, console parsing, `-no-reboot` exit,
-//! fsck and read-back, independently of the image under test.
+//! partition by its device, writes a file, waits for the ACPI power button
+//! (pressed through the qemu monitor) on its event device and powers off.
+//! Proves the kernel fetch, module closure, disk image, console parsing,
+//! the monitor, `-no-reboot` exit, fsck and read-back, independently of the
+//! image under test.
 
 use std::fs;
 use std::path::Path;
@@ -87,6 +89,10 @@ fn build_busybox_initramfs(dir: &Path, modules_root: &Path) -> Result<std::path:
          echo SELFTEST-GREETING $($b cat /mnt/meta/etc/greeting)\n\
          echo written-in-vm > /mnt/meta/log/selftest.txt\n\
          $b umount /mnt && echo SELFTEST-UNMOUNTED\n\
+         dev=\n\
+         for e in /sys/class/input/event*; do $b grep -q 'Power Button' $e/device/name && dev=/dev/input/${{e##*/}}; done\n\
+         echo SELFTEST-WAITING-POWER $dev\n\
+         $b dd if=$dev of=/dev/null bs=24 count=1 2>/dev/null && echo SELFTEST-POWER-PRESSED\n\
          $b sync\n\
          echo SELFTEST-DONE\n\
          $b poweroff -f\n"
@@ -164,6 +170,17 @@ fn stock_kernel_boots_mounts_the_data_partition_and_powers_off() {
         greeting.text
     );
     vm.wait_for("SELFTEST-UNMOUNTED", Duration::from_secs(10))
+        .unwrap();
+    let waiting = vm
+        .wait_for("SELFTEST-WAITING-POWER", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        waiting.text.contains("/dev/input/event"),
+        "{}",
+        waiting.text
+    );
+    vm.power_button().unwrap();
+    vm.wait_for("SELFTEST-POWER-PRESSED", Duration::from_secs(20))
         .unwrap();
     vm.wait_exit(Duration::from_secs(30)).unwrap();
     assert!(
