@@ -9,6 +9,9 @@
 //! - [`qemu`]: one VM process: command line, monitor, kill by pid on drop.
 //! - [`console`]: the serial console log: waiting for lines with a deadline
 //!   and parsing the kubelet stand-in's admin script blocks.
+//! - [`node`]: a kiOS node under test: image + kernel + a data disk that
+//!   persists across its boots, and the admin script the kubelet stand-in
+//!   runs like a `kubectl debug node` session.
 //!
 //! Every VM of a test lives in its own folder `target/vm/<test>/` (console
 //! logs, disk, image), kept after the test for debugging.
