@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 /// The image directory that the data partition overlays.
 pub const OVERLAY_DIR: &str = "/etc";
+/// Entries of one directory looked at; a directory with more is itself a finding.
+pub const MAX_DIR_ENTRIES: usize = 100_000;
 /// Default bound on the number of findings kept in a report.
 pub const DEFAULT_MAX_FINDINGS: usize = 1000;
 
@@ -415,7 +417,11 @@ impl Verifier<'_> {
         }
         let live_dir = self.live(dir);
         let mut names: Vec<_> = match std::fs::read_dir(&live_dir) {
-            Ok(rd) => rd.filter_map(|r| r.ok()).map(|d| d.file_name()).collect(),
+            Ok(rd) => rd
+                .filter_map(|r| r.ok())
+                .map(|d| d.file_name())
+                .take(MAX_DIR_ENTRIES + 1)
+                .collect(),
             Err(err) => {
                 if err.kind() != std::io::ErrorKind::NotFound {
                     self.finding(dir, Problem::Modified, format!("cannot list: {err}"));
@@ -423,6 +429,14 @@ impl Verifier<'_> {
                 return;
             }
         };
+        if names.len() > MAX_DIR_ENTRIES {
+            names.truncate(MAX_DIR_ENTRIES);
+            self.finding(
+                dir,
+                Problem::Unexpected,
+                format!("more than {MAX_DIR_ENTRIES} entries; only the first were checked"),
+            );
+        }
         names.sort();
         for name in names {
             let name = name.to_string_lossy();
