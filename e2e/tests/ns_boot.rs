@@ -123,13 +123,20 @@ fn crio_gets_exactly_the_original_flags_and_a_minimal_environment() -> Result<()
             .any(|v| v.starts_with("datapart=") || v.starts_with("kios.")),
         "boot parameters leaked into crio's environment: {vars:?}"
     );
-    // No inherited descriptors beyond 0-2 (the stand-in's own socket and
-    // events file aside, which it opened itself).
-    let stdin = std::fs::read_link(format!("/proc/{host_pid}/fd/0"))?;
-    ensure!(
-        stdin.to_string_lossy().ends_with("/dev/null"),
-        "crio stdin is {stdin:?}"
-    );
+    // No inherited descriptors beyond 0-2, and stdin is /dev/null (the
+    // stand-ins list what they inherited before opening anything).
+    for name in ["crio", "kubelet"] {
+        let fds = sandbox.read(&format!("/run/kios-e2e/{name}.fds"))?;
+        let numbers: Vec<&str> = fds.lines().filter_map(|l| l.split(' ').next()).collect();
+        ensure!(
+            numbers == ["0", "1", "2"],
+            "{name} inherited descriptors:\n{fds}"
+        );
+        ensure!(
+            fds.lines().next().is_some_and(|l| l.ends_with("/dev/null")),
+            "{name}'s stdin is not /dev/null:\n{fds}"
+        );
+    }
     Ok(())
 }
 

@@ -61,6 +61,11 @@ fn harness_overlay_events_processes_and_poweroff() -> Result<()> {
         "crio argv {:?}",
         sandbox.recorded_argv("crio")?
     );
+    let fds = sandbox.read("/run/kios-e2e/crio.fds")?;
+    ensure!(
+        fds.lines().next().is_some_and(|l| l.starts_with("0 ") && l.ends_with("/dev/null")),
+        "crio.fds: {fds}"
+    );
     let started = sandbox.wait_event("kubelet started", DEFAULT_WAIT)?;
     ensure!(
         started.contains(r#"argv=["/bin/kubelet","--config","/etc/kubernetes/config.yaml"]"#),

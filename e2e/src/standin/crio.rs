@@ -1,6 +1,7 @@
 //! The cri-o stand-in (`/bin/crio` in test images).
 //!
-//! Records its argv to `/run/kios-e2e/crio.argv`, prints `KIOS-E2E crio
+//! Records its argv to `/run/kios-e2e/crio.argv` and the descriptors it
+//! inherited to `/run/kios-e2e/crio.fds` (`FD TARGET` lines), prints `KIOS-E2E crio
 //! started pid=N`, listens on `/var/run/crio/crio.sock` (accepting and
 //! closing connections) and exits 0 on SIGTERM, removing the socket.
 //!
@@ -33,6 +34,7 @@ pub fn main(argv: Vec<String>) -> i32 {
         Some(ORPHAN_ARG) => return orphan(argv.get(2)),
         _ => {}
     }
+    let inherited = super::open_fds();
     watch_sigterm(|| {
         let _ = std::fs::remove_file(SOCKET);
         emit("crio sigterm");
@@ -40,6 +42,7 @@ pub fn main(argv: Vec<String>) -> i32 {
     let config = Config::load("crio");
     let start = count_start("crio");
     record_argv("crio", &argv);
+    super::record_fds("crio", &inherited);
     emit(&format!(
         "crio started pid={} start={start}",
         std::process::id()

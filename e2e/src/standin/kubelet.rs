@@ -1,7 +1,8 @@
 //! The kubelet stand-in (`/bin/kubelet` in test images): behaves like the
 //! patched kubelet on the one-byte system socket protocol.
 //!
-//! At start it records its argv to `/run/kios-e2e/kubelet.argv`, prints
+//! At start it records its argv to `/run/kios-e2e/kubelet.argv` and the
+//! descriptors it inherited to `/run/kios-e2e/kubelet.fds`, prints
 //! `KIOS-E2E kubelet started pid=N argv=<json>`, connects to
 //! `/run/system.sock` (retrying while it is absent), keeps the connection
 //! open and waits for the byte 0x01. Then it prints `KIOS-E2E kubelet
@@ -50,10 +51,12 @@ pub fn main(argv: Vec<String>) -> i32 {
     if argv.get(1).map(String::as_str) == Some(super::debugpod::ARG) {
         return super::debugpod::main(argv.get(2).map(String::as_str));
     }
+    let inherited = super::open_fds();
     watch_sigterm(|| emit("kubelet sigterm"));
     let config = Config::load("kubelet");
     let start = count_start("kubelet");
     let json = record_argv("kubelet", &argv);
+    super::record_fds("kubelet", &inherited);
     emit(&format!(
         "kubelet started pid={} argv={json}",
         std::process::id()

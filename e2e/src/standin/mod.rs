@@ -290,6 +290,41 @@ pub fn record_argv(name: &str, argv: &[String]) -> String {
     json
 }
 
+/// The file descriptors open in this process right now, as
+/// `(fd, target)` pairs (the descriptor used to list them left out). Call
+/// first thing in main to see what the parent let the process inherit.
+pub fn open_fds() -> Vec<(i32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let own_dir = format!("/proc/{}/fd", std::process::id());
+    let mut fds: Vec<(i32, String)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let target = target.to_string_lossy().into_owned();
+            (target != own_dir).then_some((fd, target))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// Writes `/run/kios-e2e/<name>.fds`: one `FD TARGET` line per descriptor
+/// inherited at start (see [`open_fds`]).
+pub fn record_fds(name: &str, fds: &[(i32, String)]) {
+    let _ = std::fs::create_dir_all(RUN_DIR);
+    let text: String = fds
+        .iter()
+        .map(|(fd, target)| format!("{fd} {target}\n"))
+        .collect();
+    let path = Path::new(RUN_DIR).join(format!("{name}.fds"));
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("{PREFIX} warning: cannot write {}: {e}", path.display());
+    }
+}
+
 /// Adds one to the counter file `/run/kios-e2e/<name>.starts` and returns
 /// the new count (1 for the first start of this boot).
 pub fn count_start(name: &str) -> u64 {
