@@ -1,1 +1,367 @@
-//! boot (to be written).
+//! The boot plan of kios-init, run before any child exists: boot
+//! parameters ([`BootConfig`]), then [`early_boot`]: base mounts, kernel
+//! log flush, early kernel modules, the data partition and its layout, the
+//! seccomp bind, hostname, `lo` up, forwarding, and Ctrl-Alt-Del to SIGINT.
+//! Each step is a boot milestone. Nothing here panics or fails as a whole:
+//! problems are kernel-logged and collected in [`BootReport::warnings`].
+
+use crate::datapart::{self, DatapartSpec};
+use crate::kmsg::{self, LogTarget};
+use crate::milestones::Milestones;
+use crate::sys::Sys;
+use crate::{modules, mounts, netsetup};
+use std::path::Path;
+use std::time::Duration;
+
+/// Default wait for the data partition.
+pub const DEFAULT_DATAPART_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest accepted `kios.datapart_timeout`.
+pub const MAX_DATAPART_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The boot parameters init understands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootConfig {
+    pub datapart: DatapartSpec,
+    pub datapart_timeout: Duration,
+    pub log: LogTarget,
+    /// Bad values met while parsing (each replaced by its default).
+    pub warnings: Vec<String>,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            datapart: DatapartSpec::Auto,
+            datapart_timeout: DEFAULT_DATAPART_TIMEOUT,
+            log: LogTarget::Kmsg,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Split a kernel command line into `key=value` words (double quotes
+/// group words, as the kernel does). Words without `=` get an empty value.
+pub fn cmdline_params(cmdline: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(cur);
+    }
+    words
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (w, String::new()),
+        })
+        .collect()
+}
+
+fn parse_timeout(v: &str) -> Result<Duration, String> {
+    let secs: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("kios.datapart_timeout={v:?}: not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 || secs > MAX_DATAPART_TIMEOUT.as_secs_f64() {
+        return Err(format!(
+            "kios.datapart_timeout={v:?}: out of range 0..={}",
+            MAX_DATAPART_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_log(v: &str) -> Result<LogTarget, String> {
+    match v {
+        "kmsg" => Ok(LogTarget::Kmsg),
+        "stderr" => Ok(LogTarget::Stderr),
+        _ => Err(format!("kios.log={v:?}: expected kmsg or stderr")),
+    }
+}
+
+impl BootConfig {
+    /// Read the boot parameters: each key from the environment first
+    /// (the kernel passes unknown `key=value` parameters without a dot to
+    /// init's environment), else from the kernel command line (the last
+    /// occurrence wins, like the kernel). Never fails: a bad value keeps
+    /// the default and adds a warning.
+    pub fn from_env_and_cmdline(env: &[(String, String)], cmdline: &str) -> BootConfig {
+        let params = cmdline_params(cmdline);
+        let lookup = |key: &str| -> Option<String> {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .or_else(|| {
+                    params
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.clone())
+                })
+        };
+        let mut cfg = BootConfig::default();
+        if let Some(v) = lookup("datapart") {
+            match DatapartSpec::parse(&v) {
+                Ok(spec) => cfg.datapart = spec,
+                Err(e) => cfg.warnings.push(format!("{e}; using datapart=auto")),
+            }
+        }
+        if let Some(v) = lookup("kios.datapart_timeout") {
+            match parse_timeout(&v) {
+                Ok(d) => cfg.datapart_timeout = d,
+                Err(e) => cfg.warnings.push(format!(
+                    "{e}; using {}s",
+                    DEFAULT_DATAPART_TIMEOUT.as_secs()
+                )),
+            }
+        }
+        if let Some(v) = lookup("kios.log") {
+            match parse_log(&v) {
+                Ok(t) => cfg.log = t,
+                Err(e) => cfg.warnings.push(format!("{e}; using kmsg")),
+            }
+        }
+        cfg
+    }
+
+    /// [`BootConfig::from_env_and_cmdline`] with this process's environment
+    /// and /proc/cmdline (read after /proc is mounted; before, pass "").
+    pub fn from_process(cmdline: &str) -> BootConfig {
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        BootConfig::from_env_and_cmdline(&env, cmdline)
+    }
+}
+
+/// The state of the data partition after boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatapartStatus {
+    /// `datapart=none`: an ephemeral node.
+    Disabled,
+    Mounted {
+        device: String,
+    },
+    /// Wanted but not mounted; the node runs without it.
+    Missing {
+        wanted: String,
+        reason: String,
+    },
+}
+
+/// What boot did, for `status` and the kernel log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootReport {
+    pub datapart: DatapartStatus,
+    pub hostname: String,
+    pub warnings: Vec<String>,
+}
+
+/// Largest /proc/cmdline read.
+const CMDLINE_LIMIT: usize = 64 * 1024;
+
+/// Read /proc/cmdline through `sys` ("" when unreadable).
+pub fn read_cmdline(sys: &dyn Sys) -> String {
+    sys.read_file(Path::new("/proc/cmdline"), CMDLINE_LIMIT)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Boot the node up to the point where services can start.
+///
+/// Order: base mounts -> kernel log flush -> early modules -> data
+/// partition (bounded wait) and layout -> seccomp bind -> hostname -> `lo`
+/// up -> forwarding -> Ctrl-Alt-Del to SIGINT. Each step is a milestone.
+/// Blocking is fine here: no children exist yet. Never panics.
+pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootReport {
+    kmsg::set_target(cfg.log);
+    crate::kinfo!("kiOS Init");
+    let mut warnings = Vec::new();
+
+    let base = mounts::mount_base(sys);
+    warnings.extend(base.failures);
+    kmsg::flush_pending();
+    if cfg.log == LogTarget::Kmsg {
+        // The kernel rate-limits user writes to /dev/kmsg (10 lines per 5 s)
+        // unless told otherwise; init's boot and shutdown lines matter.
+        // Only on a real node: in the namespace harness (kios.log=stderr)
+        // this sysctl would be the host's.
+        if let Err(e) = sys.write_existing(Path::new("/proc/sys/kernel/printk_devkmsg"), b"on") {
+            crate::kwarn!("write /proc/sys/kernel/printk_devkmsg: {e}");
+        }
+    }
+    for w in &cfg.warnings {
+        crate::kwarn!("boot parameter {w}");
+    }
+    warnings.extend(cfg.warnings.iter().cloned());
+    ms.record("mounts");
+
+    let loaded = modules::load_early_modules(sys);
+    warnings.extend(loaded.errors);
+    ms.record("modules");
+
+    let (datapart, dp_warnings) = datapart::setup(sys, &cfg.datapart, cfg.datapart_timeout);
+    warnings.extend(dp_warnings);
+    ms.record("datapart");
+
+    let net = netsetup::setup(sys);
+    warnings.extend(net.warnings);
+    ms.record("network");
+
+    crate::kinfo!(
+        "boot done in {:.1} ms: hostname {}, data partition {}",
+        ms.list().last().map(|m| m.offset_ms).unwrap_or(0.0),
+        net.hostname,
+        match &datapart {
+            DatapartStatus::Disabled => "disabled".to_string(),
+            DatapartStatus::Mounted { device } => format!("mounted from {device}"),
+            DatapartStatus::Missing { wanted, .. } => format!("MISSING ({wanted})"),
+        }
+    );
+    BootReport {
+        datapart,
+        hostname: net.hostname,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::{Call, FakeSys};
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_parameters() {
+        let c = BootConfig::from_env_and_cmdline(&[], "console=ttyS0 quiet");
+        assert_eq!(c, BootConfig::default());
+        assert_eq!(c.datapart, DatapartSpec::Auto);
+        assert_eq!(c.datapart_timeout, Duration::from_secs(30));
+        assert_eq!(c.log, LogTarget::Kmsg);
+    }
+
+    #[test]
+    fn environment_wins_over_cmdline() {
+        let c = BootConfig::from_env_and_cmdline(
+            &env(&[("datapart", "none"), ("kios.log", "stderr")]),
+            "datapart=/dev/vda1 kios.log=kmsg kios.datapart_timeout=5",
+        );
+        assert_eq!(c.datapart, DatapartSpec::None);
+        assert_eq!(c.log, LogTarget::Stderr);
+        assert_eq!(c.datapart_timeout, Duration::from_secs(5));
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn cmdline_values_and_last_occurrence() {
+        let c = BootConfig::from_env_and_cmdline(
+            &[],
+            "datapart=auto datapart=/dev/nvme0n1p3 kios.datapart_timeout=0.5\n",
+        );
+        assert_eq!(c.datapart, DatapartSpec::Device("/dev/nvme0n1p3".into()));
+        assert_eq!(c.datapart_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_fall_back_with_warnings() {
+        let c = BootConfig::from_env_and_cmdline(
+            &env(&[("datapart", "sda1")]),
+            "kios.datapart_timeout=soon kios.log=syslog",
+        );
+        assert_eq!(c.datapart, DatapartSpec::Auto);
+        assert_eq!(c.datapart_timeout, DEFAULT_DATAPART_TIMEOUT);
+        assert_eq!(c.log, LogTarget::Kmsg);
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        let c = BootConfig::from_env_and_cmdline(&[], "kios.datapart_timeout=-1");
+        assert_eq!(c.warnings.len(), 1);
+        let c = BootConfig::from_env_and_cmdline(&[], "kios.datapart_timeout=99999");
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn cmdline_quotes_group_words() {
+        let p = cmdline_params(r#"a=1 "b=two words" c single"#);
+        assert_eq!(
+            p,
+            env(&[("a", "1"), ("b", "two words"), ("c", ""), ("single", "")])
+        );
+    }
+
+    #[test]
+    fn early_boot_runs_the_steps_in_order() {
+        let sys = FakeSys::new();
+        sys.add_file("/etc/hostname", "node-1\n");
+        sys.add_file("/proc/sys/net/ipv4/ip_forward", "0");
+        sys.add_file("/proc/sys/net/ipv6/conf/all/forwarding", "0");
+        let cfg = BootConfig {
+            datapart: DatapartSpec::None,
+            log: LogTarget::Stderr,
+            ..BootConfig::default()
+        };
+        let mut ms = Milestones::new();
+        let r = early_boot(&sys, &cfg, &mut ms);
+        assert_eq!(r.datapart, DatapartStatus::Disabled);
+        assert_eq!(r.hostname, "node-1");
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let names: Vec<&str> = ms.list().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["mounts", "modules", "datapart", "network"]);
+        let calls = sys.calls();
+        let pos = |c: &Call| calls.iter().position(|x| x == c).unwrap_or(usize::MAX);
+        let proc_mount = calls
+            .iter()
+            .position(|c| matches!(c, Call::Mount { target, .. } if target == "/proc"))
+            .expect("proc");
+        assert_eq!(
+            proc_mount,
+            calls
+                .iter()
+                .position(|c| matches!(c, Call::Mount { .. }))
+                .expect("first mount")
+        );
+        assert!(pos(&Call::SetHostname("node-1".into())) > proc_mount);
+        assert!(pos(&Call::LinkUp("lo".into())) < pos(&Call::DisableCad));
+        assert_eq!(
+            sys.file("/proc/sys/net/ipv4/ip_forward").as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            sys.file("/proc/sys/net/ipv6/conf/all/forwarding")
+                .as_deref(),
+            Some(&b"1"[..])
+        );
+        // The harness logs to stderr: the host's printk sysctl is untouched.
+        assert!(!calls
+            .iter()
+            .any(|c| matches!(c, Call::Write(p, _) if p.contains("printk"))));
+    }
+}

@@ -1,1 +1,1 @@
-//! gpt (to be written).
+//! GPT partition table reading (stub; being written).

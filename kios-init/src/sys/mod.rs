@@ -1,1 +1,433 @@
-//! Syscall layer (to be written).
+//! The syscall layer of kios-init: the only module with `unsafe`.
+//!
+//! Every operation of the boot and teardown plans that touches the machine
+//! goes through the [`Sys`] trait, so the plans are unit-tested against the
+//! recording fake in [`fake`] without root. [`LinuxSys`] is the real
+//! implementation. The free functions below are process-wide actions of
+//! PID 1 (renaming itself, signalling every process, the final reboot) that
+//! have no useful fake.
+
+pub mod fake;
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Mount flags, as the kernel's `MS_*` bits.
+pub type MountFlags = u64;
+
+pub const MS_RDONLY: MountFlags = libc::MS_RDONLY as MountFlags;
+pub const MS_NOSUID: MountFlags = libc::MS_NOSUID as MountFlags;
+pub const MS_NODEV: MountFlags = libc::MS_NODEV as MountFlags;
+pub const MS_NOEXEC: MountFlags = libc::MS_NOEXEC as MountFlags;
+pub const MS_REMOUNT: MountFlags = libc::MS_REMOUNT as MountFlags;
+pub const MS_BIND: MountFlags = libc::MS_BIND as MountFlags;
+pub const MS_REC: MountFlags = libc::MS_REC as MountFlags;
+pub const MS_SHARED: MountFlags = libc::MS_SHARED as MountFlags;
+
+/// `finit_module` flag: the file is compressed and the kernel decompresses
+/// it (Linux 6.4+, CONFIG_MODULE_DECOMPRESS).
+pub const MODULE_INIT_COMPRESSED_FILE: i32 = 4;
+
+/// One mount(2) call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountCall<'a> {
+    pub source: Option<&'a str>,
+    pub target: &'a Path,
+    pub fstype: Option<&'a str>,
+    pub flags: MountFlags,
+    pub data: Option<&'a str>,
+}
+
+/// The machine as the boot and teardown plans see it.
+///
+/// Errors are `io::Error` carrying the errno (`raw_os_error`), so callers
+/// can tell EBUSY, EEXIST or ENOENT apart.
+pub trait Sys {
+    fn mount(&self, call: &MountCall<'_>) -> io::Result<()>;
+    /// umount2(target, 0).
+    fn umount(&self, target: &Path) -> io::Result<()>;
+    /// mkdir -p with `mode` for every directory created.
+    fn create_dir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
+    fn path_exists(&self, path: &Path) -> bool;
+    /// Read a whole (small) file, failing when it is larger than `limit`.
+    fn read_file(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>>;
+    /// Read `len` bytes at `offset` (block devices, image files).
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Names of the entries of a directory (unsorted, without . and ..).
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Write to an existing file (sysctls under /proc/sys).
+    fn write_existing(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// finit_module(open(path), params, flags).
+    fn finit_module(&self, path: &Path, params: &str, flags: i32) -> io::Result<()>;
+    fn sethostname(&self, name: &str) -> io::Result<()>;
+    fn hostname(&self) -> io::Result<String>;
+    /// uname -r.
+    fn kernel_release(&self) -> io::Result<String>;
+    /// Set IFF_UP on a network interface.
+    fn set_link_up(&self, ifname: &str) -> io::Result<()>;
+    /// reboot(RB_DISABLE_CAD): Ctrl-Alt-Del sends SIGINT to init instead
+    /// of rebooting at once.
+    fn disable_ctrl_alt_del(&self) -> io::Result<()>;
+    /// Wait until something is created in `dir` or `timeout` passes
+    /// (whichever first). Used while waiting for a block device.
+    fn wait_for_dir_change(&self, dir: &Path, timeout: Duration) -> io::Result<()>;
+}
+
+/// The real machine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSys;
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// An inotify descriptor kept for the life of the process: closing one
+/// waits for an RCU grace period (~19 ms), which the boot path must not pay.
+struct DirWatch {
+    fd: OwnedFd,
+    dir: std::path::PathBuf,
+}
+
+static DIR_WATCH: Mutex<Option<DirWatch>> = Mutex::new(None);
+
+impl LinuxSys {
+    fn ensure_watch(dir: &Path) -> io::Result<RawFd> {
+        let mut guard = DIR_WATCH.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = guard.as_ref() {
+            if w.dir == dir {
+                return Ok(w.fd.as_raw_fd());
+            }
+        }
+        let fd = match guard.take() {
+            Some(w) => w.fd,
+            None => {
+                // SAFETY: inotify_init1 takes only flags and returns a new fd or -1.
+                let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+                if raw < 0 {
+                    return Err(last_err());
+                }
+                // SAFETY: raw is a fresh descriptor that nothing else owns.
+                unsafe { OwnedFd::from_raw_fd(raw) }
+            }
+        };
+        let c = cpath(dir)?;
+        let mask = libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ATTRIB;
+        // SAFETY: fd is a valid inotify descriptor, c a NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) };
+        if wd < 0 {
+            let e = last_err();
+            *guard = Some(DirWatch {
+                fd,
+                dir: std::path::PathBuf::new(),
+            });
+            return Err(e);
+        }
+        let raw = fd.as_raw_fd();
+        *guard = Some(DirWatch {
+            fd,
+            dir: dir.to_path_buf(),
+        });
+        Ok(raw)
+    }
+}
+
+impl Sys for LinuxSys {
+    fn mount(&self, call: &MountCall<'_>) -> io::Result<()> {
+        let source = call.source.map(cstring).transpose()?;
+        let target = cpath(call.target)?;
+        let fstype = call.fstype.map(cstring).transpose()?;
+        let data = call.data.map(cstring).transpose()?;
+        // SAFETY: every pointer is either null or a NUL-terminated string that
+        // outlives the call; mount(2) does not keep them.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+                target.as_ptr(),
+                fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+                call.flags as libc::c_ulong,
+                data.as_ref()
+                    .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(last_err())
+        }
+    }
+
+    fn umount(&self, target: &Path) -> io::Result<()> {
+        let t = cpath(target)?;
+        // SAFETY: t is a NUL-terminated path valid for the call.
+        let rc = unsafe { libc::umount2(t.as_ptr(), 0) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(last_err())
+        }
+    }
+
+    fn create_dir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+    }
+
+    fn path_exists(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok()
+    }
+
+    fn read_file(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+        let f = File::open(path)?;
+        let mut buf = Vec::new();
+        f.take(limit as u64 + 1).read_to_end(&mut buf)?;
+        if buf.len() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file larger than {limit} bytes"),
+            ));
+        }
+        Ok(buf)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0u8; len];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        Ok(out)
+    }
+
+    fn write_existing(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all(data)
+    }
+
+    fn finit_module(&self, path: &Path, params: &str, flags: i32) -> io::Result<()> {
+        let f = File::open(path)?;
+        let p = cstring(params)?;
+        // SAFETY: finit_module takes a valid open fd (f lives past the call),
+        // a NUL-terminated parameter string and integer flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                f.as_raw_fd(),
+                p.as_ptr(),
+                flags as libc::c_int,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(last_err())
+        }
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        // SAFETY: the pointer and length describe the bytes of `name`.
+        let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(last_err())
+        }
+    }
+
+    fn hostname(&self) -> io::Result<String> {
+        Ok(uname_field(|u| &u.nodename)?)
+    }
+
+    fn kernel_release(&self) -> io::Result<String> {
+        Ok(uname_field(|u| &u.release)?)
+    }
+
+    fn set_link_up(&self, ifname: &str) -> io::Result<()> {
+        let name = ifname.as_bytes();
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: plain socket(2) call; the result is checked below.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(last_err());
+        }
+        // SAFETY: raw is a fresh descriptor owned by nobody else.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of `req`,
+        // which lives for the whole call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+            return Err(last_err());
+        }
+        // SAFETY: the kernel filled ifru_flags above; reading the union field
+        // that was written.
+        unsafe {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        }
+        // SAFETY: SIOCSIFFLAGS reads `req`, valid for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+            return Err(last_err());
+        }
+        Ok(())
+    }
+
+    fn disable_ctrl_alt_del(&self) -> io::Result<()> {
+        // SAFETY: reboot(2) with RB_DISABLE_CAD only flips the kernel's
+        // Ctrl-Alt-Del behaviour (EINVAL in a child PID namespace).
+        let rc = unsafe { libc::reboot(libc::RB_DISABLE_CAD) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(last_err())
+        }
+    }
+
+    fn wait_for_dir_change(&self, dir: &Path, timeout: Duration) -> io::Result<()> {
+        let fd = LinuxSys::ensure_watch(dir)?;
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: pfd is one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+        // Drain the events; their content does not matter, the caller rescans.
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: buf is writable for its full length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn uname_field(pick: impl Fn(&libc::utsname) -> &[libc::c_char; 65]) -> io::Result<String> {
+    // SAFETY: utsname is plain old data; all-zero is valid.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid, writable utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return Err(last_err());
+    }
+    let field = pick(&u);
+    let bytes: Vec<u8> = field
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// How the machine ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerMode {
+    PowerOff,
+    Restart,
+}
+
+/// Rename the process: `comm` via PR_SET_NAME and, when the kernel allows
+/// it, the command line (`/proc/1/cmdline`) via PR_SET_MM_ARG_START/END
+/// pointing at a buffer that lives for the rest of the process.
+/// Best effort: failures are ignored (the name is cosmetic).
+pub fn set_process_name(name: &str) {
+    let mut comm = [0u8; 16];
+    for (dst, src) in comm.iter_mut().zip(name.as_bytes().iter().take(15)) {
+        *dst = *src;
+    }
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+    let Ok(c) = CString::new(name) else { return };
+    let bytes: &'static [u8] = Box::leak(c.into_bytes_with_nul().into_boxed_slice());
+    let start = bytes.as_ptr() as libc::c_ulong;
+    let end = start + bytes.len() as libc::c_ulong;
+    let set = |opt: libc::c_int, v: libc::c_ulong| -> bool {
+        // SAFETY: PR_SET_MM_ARG_* only records addresses; they point into a
+        // leaked buffer that stays valid and readable for the process life.
+        unsafe { libc::prctl(libc::PR_SET_MM, opt as libc::c_ulong, v, 0, 0) == 0 }
+    };
+    // The kernel checks start <= end after each call: try both orders.
+    if !(set(libc::PR_SET_MM_ARG_START, start) && set(libc::PR_SET_MM_ARG_END, end)) {
+        let _ = set(libc::PR_SET_MM_ARG_END, end) && set(libc::PR_SET_MM_ARG_START, start);
+    }
+}
+
+/// kill(-1, sig): every process except init itself.
+pub fn kill_all(sig: nix::sys::signal::Signal) -> nix::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig)
+}
+
+/// Whether any process other than init is left (kill(-1, 0) != ESRCH).
+pub fn any_process_left() -> bool {
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// sync(2).
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() }
+}
+
+/// Sync, then reboot(2) with POWER_OFF or RESTART. In a child PID namespace
+/// the kernel ends init with SIGINT (power off) or SIGHUP (restart). If
+/// reboot returns (it failed), exit with status 1.
+pub fn final_reboot(mode: PowerMode) -> ! {
+    sync();
+    let cmd = match mode {
+        PowerMode::PowerOff => libc::RB_POWER_OFF,
+        PowerMode::Restart => libc::RB_AUTOBOOT,
+    };
+    // SAFETY: reboot(2) with a valid command; it does not return on success.
+    unsafe {
+        libc::reboot(cmd);
+    }
+    std::process::exit(1)
+}
+
+/// Whether an OS string is a plain file name component.
+pub fn is_plain_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/')
+}
