@@ -527,7 +527,7 @@ impl Sandbox {
 
     /// A line-dialect client.
     pub fn client(&self) -> Result<LineClient> {
-        Ok(LineClient::new(self.connect()?))
+        LineClient::new(self.connect()?)
     }
 
     /// Sends one request on a fresh connection and returns the parsed reply.
@@ -887,17 +887,10 @@ pub struct LineClient {
 }
 
 impl LineClient {
-    pub fn new(stream: UnixStream) -> LineClient {
-        let reader =
-            match stream.try_clone() {
-                Ok(clone) => BufReader::new(clone),
-                // try_clone only fails when out of fds; the test fails on the
-                // first read instead of here.
-                Err(_) => BufReader::new(stream.try_clone().unwrap_or_else(|_| {
-                    UnixStream::pair().map(|(a, _)| a).expect("a socket pair")
-                })),
-            };
-        LineClient { stream, reader }
+    /// Wraps a connected stream.
+    pub fn new(stream: UnixStream) -> Result<LineClient> {
+        let reader = BufReader::new(stream.try_clone().context("cannot clone the socket")?);
+        Ok(LineClient { stream, reader })
     }
 
     /// Sends a request line and reads one reply line as JSON.
