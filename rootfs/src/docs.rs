@@ -2,7 +2,7 @@
 //! in spec order (like the original kiOS "Files" page), each component with
 //! its explanation and a table of its paths.
 
-use crate::inventory::Kind;
+use crate::inventory::{Contents, Kind};
 use crate::spec::{Spec, SpecEntry};
 
 /// Where the generated page lives, relative to the workspace root.
@@ -93,8 +93,13 @@ owners, new setuid bits, and any path the inventory does not list.\n\n",
                     mode.push_str(&format!(" {}:{}", e.uid, e.gid));
                 }
                 let mut why = e.why.clone();
-                if let Some(m) = &e.mount {
-                    why.push_str(&format!(" Mounted: {}.", m.what));
+                if let Some(m) = &e.mounted {
+                    why.push_str(&format!(" Mounted: {m}."));
+                }
+                if e.kind == Kind::Dir && e.contents.is_some_and(|c| c != Contents::Image) {
+                    why.push_str(
+                        " Its contents are created at run time and not checked by verify.",
+                    );
                 }
                 out.push_str(&format!(
                     "| `{}` | {} | {} | {} | {} |\n",

@@ -60,7 +60,7 @@ impl Kind {
     }
 }
 
-/// How verify treats what is below a mount point.
+/// How verify treats what is below a directory or mount point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Contents {
     /// Kernel filesystems (/proc, /sys, /dev): never entered.
@@ -138,14 +138,6 @@ pub struct Device {
     pub minor: u32,
 }
 
-/// What is mounted on a `mount` entry and how its contents are verified.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountInfo {
-    /// Human description, e.g. `tmpfs (nosuid,nodev,noexec)`.
-    pub what: String,
-    pub contents: Contents,
-}
-
 /// One path of the image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -162,7 +154,11 @@ pub struct Entry {
     /// Symlink target as stored, or the path a hard link shares its inode with.
     pub target: Option<String>,
     pub device: Option<Device>,
-    pub mount: Option<MountInfo>,
+    /// Mount points: what kios-init mounts there, e.g. `tmpfs (nosuid,nodev,noexec)`.
+    pub mounted: Option<String>,
+    /// Directories and mount points: how verify treats what is below
+    /// (None: the image's contents, checked).
+    pub contents: Option<Contents>,
     pub presence: Presence,
     /// Where it came from at build time, for humans (e.g. `input crio`).
     pub source: String,

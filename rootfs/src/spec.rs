@@ -17,14 +17,14 @@
 //! | `target` | symlink target as stored, or the path a hard link shares its inode with |
 //! | `device` | `"c MAJOR MINOR"` or `"b MAJOR MINOR"` |
 //! | `mounted` | mount points: what kios-init mounts there |
-//! | `contents` | mount points: `skip`, `runtime`, `image` or `overlay` (how verify treats what is below) |
+//! | `contents` | mount points (required) and directories: `skip`, `runtime`, `image` (default for directories) or `overlay`: how verify treats what is below |
 //! | `component`, `why`, `used_by`, `notes` | what an administrator reads |
 //! | `optional` | present only when its input is given (links: when their target is present; directories: when something is placed in them) |
 //! | `runtime` | not in the image: created at boot or while the node runs (documented, never checked) |
 //! | `removed_at_boot` | kios-init deletes it after boot; verify accepts it absent |
 //! | `replaceable` | the ELF closure of an input may put the real file here (see the rule in the spec's header) |
 
-use crate::inventory::{Contents, Device, Kind, MountInfo};
+use crate::inventory::{Contents, Device, Kind};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -125,7 +125,8 @@ pub struct SpecEntry {
     pub fallback: Vec<PathBuf>,
     pub target: Option<String>,
     pub device: Option<Device>,
-    pub mount: Option<MountInfo>,
+    pub mounted: Option<String>,
+    pub contents: Option<Contents>,
     pub component: String,
     pub why: String,
     pub used_by: Vec<String>,
@@ -515,24 +516,9 @@ impl Validator<'_> {
             }
             (None, _) => None,
         };
-        let mount = match (kind, &r.mounted, &r.contents) {
-            (Kind::Mount, Some(m), Some(c)) => {
-                let what = self.non_empty(m, "mounted");
-                match Contents::parse(c.get_ref()) {
-                    Some(contents) => Some(MountInfo { what, contents }),
-                    None => {
-                        let names: Vec<_> = Contents::ALL.iter().map(|c| c.as_str()).collect();
-                        let msg = format!(
-                            "unknown contents '{}'; one of {}",
-                            c.get_ref(),
-                            names.join(", ")
-                        );
-                        self.err(c, "contents", msg);
-                        None
-                    }
-                }
-            }
-            (Kind::Mount, None, _) => {
+        let mounted = match (kind, &r.mounted) {
+            (Kind::Mount, Some(m)) => Some(self.non_empty(m, "mounted")),
+            (Kind::Mount, None) => {
                 self.err(
                     &r.path,
                     "mounted",
@@ -540,19 +526,39 @@ impl Validator<'_> {
                 );
                 None
             }
-            (Kind::Mount, _, None) => {
-                self.err(&r.path, "contents", "a mount point needs 'contents'");
-                None
-            }
-            (_, Some(m), _) => {
+            (_, Some(m)) => {
                 self.err(m, "mounted", "only a mount point has 'mounted'");
                 None
             }
-            (_, _, Some(c)) => {
-                self.err(c, "contents", "only a mount point has 'contents'");
+            (_, None) => None,
+        };
+        let contents = match (kind, &r.contents) {
+            (Kind::Mount | Kind::Dir, Some(c)) => match Contents::parse(c.get_ref()) {
+                Some(contents) => Some(contents),
+                None => {
+                    let names: Vec<_> = Contents::ALL.iter().map(|c| c.as_str()).collect();
+                    let msg = format!(
+                        "unknown contents '{}'; one of {}",
+                        c.get_ref(),
+                        names.join(", ")
+                    );
+                    self.err(c, "contents", msg);
+                    None
+                }
+            },
+            (Kind::Mount, None) => {
+                self.err(&r.path, "contents", "a mount point needs 'contents'");
                 None
             }
-            _ => None,
+            (_, Some(c)) => {
+                self.err(
+                    c,
+                    "contents",
+                    "only a directory or mount point has 'contents'",
+                );
+                None
+            }
+            (_, None) => None,
         };
         if let Some(b) = &r.removed_at_boot {
             if *b.get_ref() && (kind != Kind::File || runtime) {
@@ -590,7 +596,8 @@ impl Validator<'_> {
             fallback,
             target,
             device,
-            mount,
+            mounted,
+            contents,
             component,
             why,
             used_by: r.used_by.clone(),

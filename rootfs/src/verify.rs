@@ -187,7 +187,7 @@ struct Verifier<'a> {
     inv: &'a Inventory,
     opts: &'a VerifyOptions,
     report: Report,
-    /// Mount points whose contents are not checked.
+    /// Directories and mount points whose contents are not checked.
     blocked: BTreeSet<String>,
 }
 
@@ -203,17 +203,17 @@ impl Verifier<'_> {
 
     fn find_blocked_mounts(&mut self, root_dev: u64) {
         for e in &self.inv.entries {
-            if e.kind != Kind::Mount {
-                continue;
-            }
-            let contents = e.mount.as_ref().map(|m| m.contents);
-            let blocked = match contents {
-                Some(Contents::Skip) | Some(Contents::Runtime) | None => true,
-                Some(Contents::Overlay) => false,
+            let blocked = match (e.kind, e.contents) {
+                (Kind::Dir | Kind::Mount, Some(Contents::Skip | Contents::Runtime)) => true,
+                // A mount point must say; treat an unspecified one as runtime.
+                (Kind::Mount, None) => true,
                 // Something mounted over it hides the image's files.
-                Some(Contents::Image) => std::fs::symlink_metadata(self.live(&e.path))
-                    .map(|m| m.dev() != root_dev)
-                    .unwrap_or(false),
+                (Kind::Mount, Some(Contents::Image)) => {
+                    std::fs::symlink_metadata(self.live(&e.path))
+                        .map(|m| m.dev() != root_dev)
+                        .unwrap_or(false)
+                }
+                _ => false,
             };
             if blocked {
                 self.blocked.insert(e.path.clone());

@@ -1,7 +1,7 @@
 //! The inventory's binary form: round trip, header checks, lookup.
 
 use kios_rootfs::inventory::{
-    self, Component, Contents, Device, Entry, Inventory, InventoryError, Kind, MountInfo, Presence,
+    self, Component, Contents, Device, Entry, Inventory, InventoryError, Kind, Presence,
 };
 
 fn entry(path: &str, kind: Kind) -> Entry {
@@ -15,7 +15,8 @@ fn entry(path: &str, kind: Kind) -> Entry {
         sha256: None,
         target: None,
         device: None,
-        mount: None,
+        mounted: None,
+        contents: None,
         presence: Presence::Image,
         source: "input:x".to_string(),
         component: "C".to_string(),
@@ -38,10 +39,8 @@ fn sample() -> Inventory {
         minor: 1,
     });
     let mut mount = entry("/run", Kind::Mount);
-    mount.mount = Some(MountInfo {
-        what: "tmpfs".to_string(),
-        contents: Contents::Runtime,
-    });
+    mount.mounted = Some("tmpfs".to_string());
+    mount.contents = Some(Contents::Runtime);
     mount.presence = Presence::Runtime;
     let mut init = entry("/init", Kind::File);
     init.presence = Presence::RemovedAtBoot;

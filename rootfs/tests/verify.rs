@@ -217,6 +217,11 @@ fn runtime_mounts_are_not_walked_but_image_dirs_are() {
     std::fs::write(t.live("/run/system.sock"), b"").unwrap();
     std::fs::create_dir(t.live("/var/log/pods")).unwrap();
     std::fs::write(t.live("/proc/1"), b"").unwrap();
+    // Runtime directories of the image (not mounts) are not walked either.
+    chmod(&t.live("/opt/cni/bin"), 0o700);
+    std::fs::write(t.live("/opt/cni/bin/bridge"), b"cni").unwrap();
+    chmod(&t.live("/opt/cni/bin"), 0o500);
+    std::fs::write(t.live("/var/lib/crio/version"), b"1").unwrap();
     assert!(t.findings().is_empty());
     std::fs::create_dir(t.live("/opt")).unwrap();
     let f = t.findings();
