@@ -305,10 +305,10 @@ fn extra_files_land_in_their_directory() {
     let mut nodir = fake_inputs(dir.path());
     nodir
         .extra_files
-        .push((conf, "/opt/x.conf".to_string(), 0o444));
+        .push((conf, "/srv/x.conf".to_string(), 0o444));
     let err = build::plan(&nodir).unwrap_err().to_string();
     assert!(
-        err.contains("its directory /opt is not a directory of the spec"),
+        err.contains("its directory /srv is not a directory of the spec"),
         "{err}"
     );
 }
