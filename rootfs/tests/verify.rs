@@ -223,11 +223,11 @@ fn runtime_mounts_are_not_walked_but_image_dirs_are() {
     chmod(&t.live("/opt/cni/bin"), 0o500);
     std::fs::write(t.live("/var/lib/crio/version"), b"1").unwrap();
     assert!(t.findings().is_empty());
-    std::fs::create_dir(t.live("/opt")).unwrap();
+    std::fs::create_dir(t.live("/srv")).unwrap();
     let f = t.findings();
     assert_eq!(
         (f[0].path.as_str(), f[0].problem),
-        ("/opt", Problem::Unexpected)
+        ("/srv", Problem::Unexpected)
     );
 }
 
