@@ -6,7 +6,7 @@
 //! sorted, times are fixed, inode numbers are assigned in path order.
 
 use crate::cpio;
-use crate::elf::{self, Resolver};
+use crate::elf::Resolver;
 use crate::hash;
 use crate::inventory::{
     Component, Entry, Inventory, InventoryError, Kind, Presence, INVENTORY_PATH,
@@ -871,16 +871,21 @@ pub fn build_cpio(
     compression: Compression,
 ) -> Result<Inventory, BuildError> {
     let plan = plan(opts)?;
-    let file = std::fs::File::create(out).map_err(|source| BuildError::Write {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    write_cpio(&plan, BufWriter::with_capacity(1 << 20, file), compression).map_err(|source| {
-        BuildError::Write {
+    // Written next to `out` and renamed into place: a failed build never
+    // leaves a truncated image behind.
+    let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = out.with_file_name(tmp_name);
+    let result = std::fs::File::create(&tmp)
+        .and_then(|file| write_cpio(&plan, BufWriter::with_capacity(1 << 20, file), compression))
+        .and_then(|()| std::fs::rename(&tmp, out));
+    if let Err(source) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BuildError::Write {
             path: out.to_path_buf(),
             source,
-        }
-    })?;
+        });
+    }
     Ok(plan.inventory)
 }
 
@@ -1005,13 +1010,4 @@ fn write_archive<W: Write>(plan: &Plan, out: W) -> std::io::Result<W> {
         }
     }
     w.finish()
-}
-
-/// True when `path` is a regular file starting with the ELF magic.
-pub fn is_elf_file(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && elf::is_elf(&magic)
 }

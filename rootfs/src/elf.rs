@@ -54,10 +54,21 @@ pub fn is_elf(bytes: &[u8]) -> bool {
 /// Reads the interpreter and DT_NEEDED entries of a 64-bit ELF file. A file
 /// that is not ELF yields an empty [`Dynamic`].
 pub fn inspect(path: &Path) -> Result<Dynamic, ElfError> {
-    let data = std::fs::read(path).map_err(|source| ElfError::Read {
+    use std::io::Read;
+    let read_err = |source| ElfError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Most files of an image are not ELF: look at the magic before reading it all.
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    match file.read_exact(&mut magic) {
+        Ok(()) if is_elf(&magic) => {}
+        Ok(()) => return Ok(Dynamic::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Dynamic::default()),
+        Err(e) => return Err(read_err(e)),
+    }
+    let data = std::fs::read(path).map_err(read_err)?;
     inspect_bytes(&data).map_err(|message| ElfError::Parse {
         path: path.to_path_buf(),
         message,
