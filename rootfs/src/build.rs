@@ -176,25 +176,10 @@ fn entry_from_spec(e: &SpecEntry, presence: Presence, source: String) -> Entry {
 }
 
 fn generated_entry(path: String, kind: Kind, mode: u32, component: &str, why: String) -> Entry {
-    Entry {
-        path,
-        kind,
-        mode,
-        uid: 0,
-        gid: 0,
-        size: None,
-        sha256: None,
-        target: None,
-        device: None,
-        mounted: None,
-        contents: None,
-        presence: Presence::Image,
-        source: String::new(),
-        component: component.to_string(),
-        why,
-        used_by: Vec::new(),
-        notes: None,
-    }
+    let mut entry = Entry::new(path, kind, mode);
+    entry.component = component.to_string();
+    entry.why = why;
+    entry
 }
 
 /// Resolves everything; fails with one error listing every missing input.

@@ -169,6 +169,30 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry of the image owned by 0:0 with every optional field empty
+    /// (for tests and generated entries; fill in the rest as needed).
+    pub fn new(path: impl Into<String>, kind: Kind, mode: u32) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            size: None,
+            sha256: None,
+            target: None,
+            device: None,
+            mounted: None,
+            contents: None,
+            presence: Presence::Image,
+            source: String::new(),
+            component: String::new(),
+            why: String::new(),
+            used_by: Vec::new(),
+            notes: None,
+        }
+    }
+
     /// Mode as four octal digits, e.g. `0500`.
     pub fn mode_string(&self) -> String {
         format!("{:04o}", self.mode)
