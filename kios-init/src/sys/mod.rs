@@ -8,6 +8,7 @@
 //! have no useful fake.
 
 pub mod fake;
+pub mod process;
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
