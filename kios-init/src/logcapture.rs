@@ -27,7 +27,7 @@ pub const MAX_LINE_BYTES: usize = 4096;
 /// Bytes of output kept in memory per service for `logs`.
 pub const TAIL_BYTES: usize = 64 * 1024;
 /// Lines waiting for the writer thread before new ones are dropped.
-pub const WRITER_QUEUE: usize = 1024;
+pub const WRITER_QUEUE: usize = 128;
 /// A log file is rotated (to `NAME.1`) when it reaches this size.
 pub const ROTATE_BYTES: u64 = 10 * 1024 * 1024;
 /// How often the writer checks whether `/var/log` changed under it.
@@ -280,7 +280,7 @@ impl WriterState {
                 Ok(file) => {
                     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
                     self.files[i] = Some(OpenLog {
-                        file: io::BufWriter::with_capacity(8 * 1024, file),
+                        file: io::BufWriter::with_capacity(4 * 1024, file),
                         size,
                     });
                     self.last_open_failure[i] = None;

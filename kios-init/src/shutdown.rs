@@ -1,1 +1,457 @@
-//! shutdown (to be written).
+//! The graceful node shutdown: its state (phase, mode, who asked, force)
+//! and the driver that walks the phases.
+//!
+//! Phases, in order:
+//! 1. `draining`: the legacy byte 0x01 goes to every legacy or silent client
+//!    (the patched kubelet) and a `shutdown` event to watchers; init waits
+//!    for `continue-shutdown` (0x02), at most the kubelet's
+//!    shutdownGracePeriod plus [`DRAIN_MARGIN`]. Skipped when no client that
+//!    could be the kubelet is connected, or with `force`; cut short when the
+//!    last such client disconnects.
+//! 2. `stopping`: services are no longer restarted; TERM to every process,
+//!    KILL to what is left after [`STOP_GRACE`] (at once with `force`), and
+//!    every child reaped.
+//! 3. `unmounting`: the log writer closes its files, then every filesystem
+//!    is unmounted children first (read-only remount as the fallback).
+//! 4. `syncing`, 5. `final`: sync, then reboot(2) to power off or restart.
+//!
+//! A second request with `force` skips the waits still ahead. Every phase is
+//! logged with how long the previous one took, and shown in `status`/`watch`.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kios_protocol::{PowerMode, ShutdownPhase, ShutdownStatus};
+use tokio::sync::Notify;
+
+use crate::state::Shared;
+use crate::supervisor::Now;
+
+/// Added to the kubelet's shutdownGracePeriod before init stops waiting.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+/// The longest grace period init honours (a typo like `30000h` in the
+/// kubelet's config must not keep a node from powering off for years).
+pub const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
+/// Between TERM and KILL for every process.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long init waits for the KILLed processes to be reaped.
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Bound on the log writer's final flush.
+pub const LOG_CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Bound on unmounting and on syncing (each): a hung disk must not keep the
+/// node from powering off.
+pub const DISK_WAIT: Duration = Duration::from_secs(30);
+
+/// What a shutdown request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// A new shutdown began (in `draining`).
+    Started,
+    /// One was in progress; `force` now skips its remaining waits.
+    Forced,
+    /// One was in progress already; nothing changed.
+    AlreadyInProgress,
+}
+
+/// The shutdown state shared by handlers, signals and the driver.
+#[derive(Debug)]
+pub struct Shutdown {
+    status: Option<ShutdownStatus>,
+    continued: bool,
+    phase_started: Option<Instant>,
+    /// Wakes the driver: continue-shutdown, force, a client gone.
+    pub progress: Rc<Notify>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown {
+            status: None,
+            continued: false,
+            phase_started: None,
+            progress: Rc::new(Notify::new()),
+        }
+    }
+
+    /// The wire view; `None` unless a shutdown is in progress.
+    pub fn status(&self) -> Option<&ShutdownStatus> {
+        self.status.as_ref()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status.is_some()
+    }
+
+    pub fn phase(&self) -> Option<ShutdownPhase> {
+        self.status.as_ref().map(|s| s.phase)
+    }
+
+    pub fn mode(&self) -> Option<PowerMode> {
+        self.status.as_ref().map(|s| s.mode)
+    }
+
+    pub fn force(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.force)
+    }
+
+    pub fn continued(&self) -> bool {
+        self.continued
+    }
+
+    /// A shutdown request from a signal, the power button or the socket.
+    /// The first one decides the mode; later ones can only add `force`.
+    pub fn request(
+        &mut self,
+        mode: PowerMode,
+        force: bool,
+        requested_by: &str,
+        now_ms: u64,
+    ) -> Requested {
+        match self.status.as_mut() {
+            None => {
+                self.status = Some(ShutdownStatus {
+                    phase: ShutdownPhase::Draining,
+                    mode,
+                    since_ms: now_ms,
+                    requested_by: requested_by.to_string(),
+                    force,
+                    phase_since_ms: now_ms,
+                });
+                self.phase_started = Some(Instant::now());
+                Requested::Started
+            }
+            Some(status) if force && !status.force => {
+                status.force = true;
+                self.progress.notify_one();
+                Requested::Forced
+            }
+            Some(_) => Requested::AlreadyInProgress,
+        }
+    }
+
+    /// `continue-shutdown` / 0x02. `None` when no shutdown is in progress
+    /// (nothing changes: the kubelet sends it when refreshing its lock).
+    pub fn continue_shutdown(&mut self) -> Option<ShutdownPhase> {
+        let phase = self.phase()?;
+        if phase == ShutdownPhase::Draining && !self.continued {
+            self.continued = true;
+            self.progress.notify_one();
+        }
+        Some(phase)
+    }
+
+    /// Moves to `phase`; returns how long the previous phase took.
+    pub fn enter(&mut self, phase: ShutdownPhase, now_ms: u64) -> Option<Duration> {
+        let status = self.status.as_mut()?;
+        status.phase = phase;
+        status.phase_since_ms = now_ms;
+        let took = self.phase_started.map(|at| at.elapsed());
+        self.phase_started = Some(Instant::now());
+        took
+    }
+}
+
+/// How the driver's draining wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// The kubelet sent continue-shutdown.
+    Continued,
+    /// `force`.
+    Forced,
+    /// No client that could be the kubelet was (or is still) connected.
+    NoKubelet,
+    /// The grace period plus margin ran out.
+    TimedOut,
+}
+
+impl DrainEnd {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DrainEnd::Continued => "the kubelet finished its graceful node shutdown",
+            DrainEnd::Forced => "forced: not waiting for the kubelet",
+            DrainEnd::NoKubelet => "no kubelet connected to the system socket: nothing to wait for",
+            DrainEnd::TimedOut => {
+                "the kubelet did not answer within its grace period: going on without it"
+            }
+        }
+    }
+}
+
+/// Decides whether draining is over, given the facts at this moment.
+pub fn drain_end(
+    shutdown: &Shutdown,
+    kubelet_candidates: usize,
+    deadline_passed: bool,
+) -> Option<DrainEnd> {
+    if shutdown.continued() {
+        Some(DrainEnd::Continued)
+    } else if shutdown.force() {
+        Some(DrainEnd::Forced)
+    } else if kubelet_candidates == 0 {
+        Some(DrainEnd::NoKubelet)
+    } else if deadline_passed {
+        Some(DrainEnd::TimedOut)
+    } else {
+        None
+    }
+}
+
+/// Moves the shutdown to `phase`, logs how long the last one took, tells
+/// watchers.
+fn enter(shared: &Shared, phase: ShutdownPhase) {
+    let mut state = shared.borrow_mut();
+    let now = Now::current();
+    let previous = state.shutdown.phase();
+    if let Some(took) = state.shutdown.enter(phase, now.epoch_ms) {
+        match previous {
+            Some(prev) => {
+                crate::kinfo!("shutdown: {prev} took {} ms; now {phase}", took.as_millis())
+            }
+            None => crate::kinfo!("shutdown: now {phase}"),
+        }
+    }
+    state.shutdown_changed();
+}
+
+/// Waits until `done` holds, `progress` or `reaped` fire and it is checked
+/// again, or `deadline` passes. Returns whether `done` held.
+async fn wait_until(
+    shared: &Shared,
+    reaped: &Notify,
+    deadline: tokio::time::Instant,
+    done: impl Fn(&Shared) -> bool,
+) -> bool {
+    let progress = shared.borrow().shutdown.progress.clone();
+    loop {
+        if done(shared) {
+            return true;
+        }
+        tokio::select! {
+            _ = progress.notified() => {}
+            _ = reaped.notified() => {}
+            // A safety net for exits that raise no SIGCHLD here (processes
+            // that are not descendants of init, e.g. in another namespace).
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep_until(deadline) => return done(shared),
+        }
+    }
+}
+
+fn to_sys_mode(mode: PowerMode) -> crate::sys::PowerMode {
+    match mode {
+        PowerMode::Poweroff => crate::sys::PowerMode::PowerOff,
+        PowerMode::Reboot => crate::sys::PowerMode::Restart,
+    }
+}
+
+/// Runs a blocking step on the blocking pool with a bound; `false` if it
+/// did not finish in time (it is left running; the node goes on).
+async fn blocking_step<F: FnOnce() + Send + 'static>(what: &str, bound: Duration, step: F) -> bool {
+    match tokio::time::timeout(bound, tokio::task::spawn_blocking(step)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            crate::kerr!("shutdown: {what} failed: {e}");
+            false
+        }
+        Err(_) => {
+            crate::kerr!(
+                "shutdown: {what} did not finish within {} s; going on",
+                bound.as_secs()
+            );
+            false
+        }
+    }
+}
+
+/// Walks the shutdown phases to the end: the machine powers off or
+/// reboots. `reaped` is notified by the runtime after every reap.
+pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
+    let Some(mode) = shared.borrow().shutdown.mode() else {
+        // Never spawned without a shutdown; still, power off rather than hang.
+        crate::kerr!("bug: shutdown driver started without a shutdown");
+        crate::sys::final_reboot(crate::sys::PowerMode::PowerOff);
+    };
+
+    // 1. Draining.
+    let (sent, grace) = {
+        let mut state = shared.borrow_mut();
+        let sent = state.clients.broadcast_legacy_shutdown();
+        let config = state.paths.etc_kubernetes.join("config.yaml");
+        (sent, crate::grace::kubelet_shutdown_grace(&config))
+    };
+    let bound = grace.min(MAX_DRAIN) + DRAIN_MARGIN;
+    crate::kinfo!(
+        "shutdown: draining: shutdown event sent to {sent} client(s); waiting up to {} ms for the kubelet",
+        bound.as_millis()
+    );
+    let deadline = tokio::time::Instant::now() + bound;
+    wait_until(&shared, &reaped, deadline, |shared| {
+        let state = shared.borrow();
+        let candidates = state.clients.could_be_kubelet(state.kubelet_pid());
+        drain_end(&state.shutdown, candidates, false).is_some()
+    })
+    .await;
+    let end = {
+        let state = shared.borrow();
+        let candidates = state.clients.could_be_kubelet(state.kubelet_pid());
+        drain_end(&state.shutdown, candidates, true).unwrap_or(DrainEnd::TimedOut)
+    };
+    match end {
+        DrainEnd::TimedOut => crate::kwarn!("shutdown: {}", end.describe()),
+        _ => crate::kinfo!("shutdown: {}", end.describe()),
+    }
+
+    // 2. Stopping.
+    enter(&shared, ShutdownPhase::Stopping);
+    {
+        let mut state = shared.borrow_mut();
+        state.supervisor.stop_all(Now::current());
+        for name in kios_protocol::ServiceName::ALL {
+            state.service_changed(name);
+        }
+    }
+    let nothing_left = |_: &Shared| !crate::sys::any_process_left();
+    if let Err(e) = crate::sys::kill_all(nix::sys::signal::Signal::SIGTERM) {
+        crate::kwarn!("shutdown: SIGTERM to every process: {e}");
+    }
+    let term_deadline = tokio::time::Instant::now() + STOP_GRACE;
+    let all_gone = wait_until(&shared, &reaped, term_deadline, |shared| {
+        shared.borrow().shutdown.force() || nothing_left(shared)
+    })
+    .await
+        && nothing_left(&shared);
+    if !all_gone {
+        crate::kinfo!("shutdown: sending SIGKILL to every process left");
+        if let Err(e) = crate::sys::kill_all(nix::sys::signal::Signal::SIGKILL) {
+            crate::kwarn!("shutdown: SIGKILL to every process: {e}");
+        }
+        let kill_deadline = tokio::time::Instant::now() + KILL_WAIT;
+        if !wait_until(&shared, &reaped, kill_deadline, nothing_left).await {
+            crate::kerr!("shutdown: processes are left after SIGKILL; going on");
+        }
+    }
+
+    // 3. Unmounting: the log files first, they live on the data partition.
+    enter(&shared, ShutdownPhase::Unmounting);
+    let writer = shared.borrow_mut().logs.close_writer();
+    if let Some(handle) = writer {
+        blocking_step("closing the log files", LOG_CLOSE_WAIT, move || {
+            let _ = handle.join();
+        })
+        .await;
+    }
+    blocking_step("unmounting", DISK_WAIT, || {
+        let report = crate::teardown::unmount_all(&crate::sys::LinuxSys);
+        crate::kinfo!(
+            "shutdown: unmounted {}, remounted read-only {}, failed {}",
+            report.unmounted,
+            report.remounted_ro.len(),
+            report.failed.len()
+        );
+        for (target, error) in &report.failed {
+            crate::kerr!("shutdown: cannot unmount {target}: {error}");
+        }
+    })
+    .await;
+
+    // 4. Syncing.
+    enter(&shared, ShutdownPhase::Syncing);
+    blocking_step("sync", DISK_WAIT, crate::teardown::sync_all).await;
+
+    // 5. Final.
+    enter(&shared, ShutdownPhase::Final);
+    // Let the client tasks write the last event before the machine stops.
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    crate::kinfo!(
+        "shutdown: {}",
+        match mode {
+            PowerMode::Poweroff => "powering off",
+            PowerMode::Reboot => "rebooting",
+        }
+    );
+    crate::sys::final_reboot(to_sys_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_request_decides_mode_later_ones_only_force() {
+        let mut s = Shutdown::new();
+        assert!(!s.is_active());
+        assert_eq!(s.continue_shutdown(), None, "no shutdown: nothing changes");
+        assert!(!s.continued());
+        assert_eq!(
+            s.request(PowerMode::Reboot, false, "ctrl-alt-del", 10),
+            Requested::Started
+        );
+        assert_eq!(s.phase(), Some(ShutdownPhase::Draining));
+        assert_eq!(
+            s.request(PowerMode::Poweroff, false, "SIGTERM", 11),
+            Requested::AlreadyInProgress
+        );
+        assert_eq!(s.mode(), Some(PowerMode::Reboot));
+        assert_eq!(
+            s.request(PowerMode::Poweroff, true, "socket", 12),
+            Requested::Forced
+        );
+        assert!(s.force());
+        assert_eq!(
+            s.request(PowerMode::Poweroff, true, "socket", 13),
+            Requested::AlreadyInProgress
+        );
+        let status = s.status().unwrap();
+        assert_eq!(status.requested_by, "ctrl-alt-del");
+        assert_eq!(status.since_ms, 10);
+    }
+
+    #[test]
+    fn continue_only_counts_while_draining() {
+        let mut s = Shutdown::new();
+        s.request(PowerMode::Poweroff, false, "SIGTERM", 1);
+        assert_eq!(s.continue_shutdown(), Some(ShutdownPhase::Draining));
+        assert!(s.continued());
+        s.enter(ShutdownPhase::Stopping, 2);
+        assert_eq!(s.continue_shutdown(), Some(ShutdownPhase::Stopping));
+        assert_eq!(s.status().unwrap().phase_since_ms, 2);
+    }
+
+    #[test]
+    fn drain_ends_for_the_right_reason() {
+        let mut s = Shutdown::new();
+        s.request(PowerMode::Poweroff, false, "SIGTERM", 1);
+        assert_eq!(drain_end(&s, 1, false), None);
+        assert_eq!(drain_end(&s, 0, false), Some(DrainEnd::NoKubelet));
+        assert_eq!(drain_end(&s, 1, true), Some(DrainEnd::TimedOut));
+        s.request(PowerMode::Poweroff, true, "socket", 2);
+        assert_eq!(drain_end(&s, 1, false), Some(DrainEnd::Forced));
+        s.continue_shutdown();
+        assert_eq!(drain_end(&s, 1, true), Some(DrainEnd::Continued));
+    }
+
+    #[test]
+    fn force_and_continue_wake_the_driver() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut s = Shutdown::new();
+        s.request(PowerMode::Poweroff, false, "x", 1);
+        let progress = s.progress.clone();
+        s.continue_shutdown();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), progress.notified())
+                .await
+                .unwrap();
+        });
+    }
+}

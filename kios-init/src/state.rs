@@ -1,1 +1,292 @@
-//! state (to be written).
+//! Everything the runtime knows, in one place: node facts, the boot
+//! timeline, the supervisor, the shutdown, the connected clients and the
+//! service output. Shared on the single-threaded event loop as
+//! `Rc<RefCell<State>>` ([`Shared`]); nobody holds a borrow across an
+//! `.await`.
+//!
+//! The methods here are the state changes that must also tell someone
+//! (watchers get events, the runtime loop is woken to re-arm its timers).
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use kios_protocol::{
+    BootReply, DatapartStatus, ErrorBody, ErrorCode, Event, NodeStatus, PowerMode, RestartReply,
+    ServiceName, StatusReply,
+};
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use tokio::sync::Notify;
+
+use crate::logcapture::LogHub;
+use crate::milestones::Milestones;
+use crate::server::clients::Clients;
+use crate::shutdown::{Requested, Shutdown};
+use crate::supervisor::{Now, RestartAction, StopReason, Supervisor};
+
+pub type Shared = Rc<RefCell<State>>;
+
+/// Sends a signal to one pid. The real one is `kill(2)`; tests record.
+pub type Signaller = Rc<dyn Fn(u32, Signal) -> Result<(), Errno>>;
+
+/// The real signaller: `kill(pid, sig)`, refusing pids that would address
+/// a group or every process.
+pub fn kill_signaller() -> Signaller {
+    Rc::new(|pid, signal| {
+        let Ok(raw) = i32::try_from(pid) else {
+            return Err(Errno::EINVAL);
+        };
+        if raw <= 1 {
+            return Err(Errno::EINVAL);
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal)
+    })
+}
+
+/// Where the runtime finds things (tests point these into temp dirs).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub socket: PathBuf,
+    pub crio_socket: PathBuf,
+    pub etc_kubernetes: PathBuf,
+    pub log_dir: PathBuf,
+    pub inventory: PathBuf,
+    /// The root `verify` walks.
+    pub root: PathBuf,
+    pub proc_root: PathBuf,
+    /// The overlay upper dir of /etc, when the data partition is mounted.
+    pub etc_upper: Option<PathBuf>,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            socket: PathBuf::from(kios_protocol::SOCKET_PATH),
+            crio_socket: PathBuf::from("/var/run/crio/crio.sock"),
+            etc_kubernetes: PathBuf::from("/etc/kubernetes"),
+            log_dir: PathBuf::from("/var/log"),
+            inventory: PathBuf::from("/lib/kios/inventory"),
+            root: PathBuf::from("/"),
+            proc_root: PathBuf::from("/proc"),
+            etc_upper: None,
+        }
+    }
+}
+
+/// Facts about the node fixed at boot.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub kernel: String,
+    pub datapart: Option<DatapartStatus>,
+    pub boot_warnings: Vec<String>,
+}
+
+pub struct State {
+    pub node: NodeInfo,
+    pub milestones: Milestones,
+    pub supervisor: Supervisor,
+    pub shutdown: Shutdown,
+    pub clients: Clients,
+    pub logs: LogHub,
+    pub paths: Paths,
+    pub signaller: Signaller,
+    /// Wakes the runtime loop after a change it must act on (a service to
+    /// start, a KILL deadline, a shutdown to drive).
+    pub wake: Rc<Notify>,
+}
+
+impl State {
+    pub fn new(
+        node: NodeInfo,
+        milestones: Milestones,
+        supervisor: Supervisor,
+        logs: LogHub,
+        paths: Paths,
+        signaller: Signaller,
+    ) -> State {
+        State {
+            node,
+            milestones,
+            supervisor,
+            shutdown: Shutdown::new(),
+            clients: Clients::new(),
+            logs,
+            paths,
+            signaller,
+            wake: Rc::new(Notify::new()),
+        }
+    }
+
+    pub fn kubelet_pid(&self) -> Option<u32> {
+        self.supervisor.kubelet.pid
+    }
+
+    /// The `status` reply.
+    pub fn status(&self, now: Now) -> StatusReply {
+        let kubelet_pid = self.kubelet_pid();
+        let boot_ms = self.milestones.start_epoch_ms();
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        StatusReply {
+            node: NodeStatus {
+                hostname,
+                kernel: self.node.kernel.clone(),
+                boot_ms,
+                uptime_ms: now.epoch_ms.saturating_sub(boot_ms),
+                datapart: self.node.datapart.clone(),
+                shutdown: self.shutdown.status().cloned(),
+                graceful_shutdown_armed: self.clients.could_be_kubelet(kubelet_pid) > 0,
+            },
+            services: self.supervisor.statuses(),
+            clients: self.clients.infos(kubelet_pid),
+        }
+    }
+
+    /// The `boot` reply.
+    pub fn boot_reply(&self) -> BootReply {
+        BootReply {
+            milestones: self
+                .milestones
+                .list()
+                .iter()
+                .map(to_wire_milestone)
+                .collect(),
+        }
+    }
+
+    /// Records a boot milestone and tells watchers.
+    pub fn milestone(&mut self, name: &str) {
+        self.milestones.record(name);
+        if let Some(last) = self.milestones.list().last() {
+            let event = Event::Milestone(to_wire_milestone(last));
+            self.clients.emit(&event);
+        }
+    }
+
+    /// Tells watchers a service changed.
+    pub fn service_changed(&mut self, name: ServiceName) {
+        let event = Event::Service(self.supervisor.service(name).status());
+        self.clients.emit(&event);
+    }
+
+    /// Tells watchers the shutdown began or changed phase.
+    pub fn shutdown_changed(&mut self) {
+        if let Some(status) = self.shutdown.status().cloned() {
+            self.clients.emit(&Event::Shutdown(status));
+        }
+    }
+
+    /// One line of a service's output.
+    pub fn log_line(&mut self, service: ServiceName, line: String, now_ms: u64) {
+        self.clients.emit_log(service, now_ms, &line);
+        self.logs.line(service, line);
+    }
+
+    /// `restart <service>` (and the legacy 0x03/0x04, and the kubelet
+    /// config restart): TERM now, start again as soon as it is reaped.
+    pub fn restart(
+        &mut self,
+        name: ServiceName,
+        reason: StopReason,
+        now: Now,
+    ) -> Result<RestartReply, ErrorBody> {
+        if self.shutdown.is_active() {
+            return Err(shutting_down());
+        }
+        let old_pid = match self.supervisor.request_restart(name, reason, now) {
+            RestartAction::Terminate { pid } => {
+                if let Err(errno) = (self.signaller)(pid, Signal::SIGTERM) {
+                    crate::kwarn!("restart {name}: cannot send SIGTERM to pid {pid}: {errno}");
+                }
+                Some(pid)
+            }
+            RestartAction::AlreadyStopping { pid } => Some(pid),
+            RestartAction::StartWhenReady => None,
+            RestartAction::ShuttingDown => return Err(shutting_down()),
+        };
+        self.service_changed(name);
+        self.wake.notify_one();
+        Ok(RestartReply {
+            service: name,
+            old_pid,
+        })
+    }
+
+    /// A shutdown request from anywhere. Returns what it did.
+    pub fn request_shutdown(
+        &mut self,
+        mode: PowerMode,
+        force: bool,
+        requested_by: &str,
+        now: Now,
+    ) -> Requested {
+        let requested = self
+            .shutdown
+            .request(mode, force, requested_by, now.epoch_ms);
+        match requested {
+            Requested::Started => {
+                crate::kinfo!(
+                    "shutdown ({mode}{}) requested by {requested_by}",
+                    if force { ", force" } else { "" }
+                );
+                self.shutdown_changed();
+                self.wake.notify_one();
+            }
+            Requested::Forced => {
+                crate::kinfo!("shutdown forced by {requested_by}: skipping the remaining waits");
+                self.shutdown_changed();
+            }
+            Requested::AlreadyInProgress => {}
+        }
+        requested
+    }
+}
+
+fn shutting_down() -> ErrorBody {
+    ErrorBody::new(ErrorCode::ShuttingDown, "the node is shutting down")
+}
+
+fn to_wire_milestone(m: &crate::milestones::Milestone) -> kios_protocol::Milestone {
+    kios_protocol::Milestone {
+        name: m.name.clone(),
+        at_ms: m.at_ms,
+        offset_ms: m.offset_ms,
+    }
+}
+
+#[cfg(test)]
+pub mod testing {
+    //! A `State` for unit tests: no processes, signals recorded.
+    use super::*;
+    use crate::supervisor::BackoffPolicy;
+
+    pub struct TestState {
+        pub state: State,
+        pub signals: Rc<RefCell<Vec<(u32, Signal)>>>,
+    }
+
+    pub fn test_state() -> TestState {
+        let signals: Rc<RefCell<Vec<(u32, Signal)>>> = Rc::new(RefCell::new(Vec::new()));
+        let recorded = signals.clone();
+        let signaller: Signaller = Rc::new(move |pid, sig| {
+            recorded.borrow_mut().push((pid, sig));
+            Ok(())
+        });
+        let state = State::new(
+            NodeInfo {
+                kernel: "6.1.0-test".into(),
+                datapart: None,
+                boot_warnings: vec![],
+            },
+            Milestones::new(),
+            Supervisor::new(BackoffPolicy::default(), Now::current()),
+            LogHub::new(None),
+            Paths::default(),
+            signaller,
+        );
+        TestState { state, signals }
+    }
+}

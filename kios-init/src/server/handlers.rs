@@ -1,0 +1,466 @@
+//! Request handlers: each takes the state, the peer and a request and
+//! RETURNS the response. Handlers never see the socket; subscriptions
+//! (`watch`, `logs ... follow`) are recorded in the client registry and the
+//! connection task streams what arrives in the client's queue.
+//!
+//! Permission: verbs that change state need uid 0 (SO_PEERCRED); each such
+//! request is written to the kernel log with the peer's pid, uid and command.
+
+use kios_protocol::{
+    ContinueShutdownReply, ErrorBody, ErrorCode, Event, HelpReply, LegacyCommand, LogsReply,
+    PowerMode, Reply, Request, Response, ServiceName, ShutdownReply, VersionReply, WatchReply,
+    PROTOCOL_VERSION,
+};
+
+use crate::server::clients::Peer;
+use crate::shutdown::Requested;
+use crate::state::State;
+use crate::supervisor::{Now, StopReason};
+
+/// What the connection does with a handled request.
+#[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived, one per request
+pub enum Outcome {
+    /// Send this response.
+    Reply(Response),
+    /// Run `verify` off the event loop, then send its response.
+    Verify,
+}
+
+fn not_permitted(verb: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::NotPermitted,
+        format!("'{verb}' changes the node's state and needs uid 0"),
+    )
+}
+
+/// Handles one line-dialect request.
+pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Outcome {
+    if request.changes_state() {
+        if !peer.is_root() {
+            crate::kwarn!(
+                "refused '{}' from {}: not uid 0",
+                request.to_line(),
+                peer.describe()
+            );
+            return Outcome::Reply(Err(not_permitted(request.verb())));
+        }
+        crate::kinfo!("request '{}' from {}", request.to_line(), peer.describe());
+    }
+    let response = match request {
+        Request::Help => Ok(Reply::Help(HelpReply::all_verbs())),
+        Request::Version => Ok(Reply::Version(VersionReply {
+            protocol: PROTOCOL_VERSION,
+            init: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+        Request::Status => Ok(Reply::Status(state.status(now))),
+        Request::Boot => Ok(Reply::Boot(state.boot_reply())),
+        Request::Restart { service } => state
+            .restart(service, StopReason::AdminRestart, now)
+            .map(Reply::Restart),
+        Request::Shutdown { mode, force } => {
+            let by = format!("socket {}", peer.describe());
+            state.request_shutdown(mode, force, &by, now);
+            match (state.shutdown.mode(), state.shutdown.phase()) {
+                (Some(mode), Some(phase)) => Ok(Reply::Shutdown(ShutdownReply { mode, phase })),
+                _ => Err(ErrorBody::new(
+                    ErrorCode::Internal,
+                    "shutdown state missing after a request",
+                )),
+            }
+        }
+        Request::ContinueShutdown => match state.shutdown.continue_shutdown() {
+            Some(phase) => Ok(Reply::ContinueShutdown(ContinueShutdownReply { phase })),
+            None => Err(ErrorBody::new(
+                ErrorCode::NoShutdown,
+                "no shutdown is in progress; nothing changed",
+            )),
+        },
+        Request::Logs {
+            service,
+            lines,
+            follow,
+        } => {
+            let reply = LogsReply {
+                service,
+                lines: state.logs.tail(service).last(lines),
+            };
+            if follow {
+                state.clients.subscribe_logs(peer.id, service);
+            }
+            Ok(Reply::Logs(reply))
+        }
+        Request::Watch => {
+            state.clients.subscribe_watch(peer.id);
+            // The current picture first, then changes as they happen: queued
+            // now, written after the success line.
+            for name in ServiceName::ALL {
+                state.service_changed(name);
+            }
+            state.shutdown_changed();
+            Ok(Reply::Watch(WatchReply {
+                events: vec!["service".into(), "shutdown".into(), "milestone".into()],
+            }))
+        }
+        Request::Files { path } => crate::server::inventory::files(&state.paths, path.as_deref()),
+        Request::Verify => return Outcome::Verify,
+    };
+    Outcome::Reply(response)
+}
+
+/// Handles one legacy byte. The legacy dialect has no responses; refused
+/// and meaningless commands are logged (or, for a 0x02 outside a shutdown,
+/// silently ignored: the kubelet sends it when refreshing its lock).
+pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now: Now) {
+    if command == LegacyCommand::ContinueShutdown && !state.shutdown.is_active() {
+        return;
+    }
+    if !peer.is_root() {
+        crate::kwarn!(
+            "refused legacy command 0x{:02x} from {}: not uid 0",
+            command.to_byte(),
+            peer.describe()
+        );
+        return;
+    }
+    crate::kinfo!(
+        "legacy command 0x{:02x} from {}",
+        command.to_byte(),
+        peer.describe()
+    );
+    match command {
+        LegacyCommand::SoftShutdown => {
+            let by = format!("socket {} (legacy 0x01)", peer.describe());
+            if state.request_shutdown(PowerMode::Poweroff, false, &by, now)
+                == Requested::AlreadyInProgress
+            {
+                crate::kinfo!("a shutdown is already in progress");
+            }
+        }
+        LegacyCommand::ContinueShutdown => {
+            state.shutdown.continue_shutdown();
+        }
+        LegacyCommand::RestartKubelet | LegacyCommand::RestartCrio => {
+            let service = if command == LegacyCommand::RestartKubelet {
+                ServiceName::Kubelet
+            } else {
+                ServiceName::Crio
+            };
+            if let Err(e) = state.restart(service, StopReason::AdminRestart, now) {
+                crate::kwarn!("legacy restart {service}: {}", e.message);
+            }
+        }
+    }
+}
+
+/// The watch events a subscriber would get for the current state (used in
+/// tests to check what `watch` queues).
+pub fn snapshot_events(state: &State) -> Vec<Event> {
+    let mut events: Vec<Event> = state
+        .supervisor
+        .statuses()
+        .into_iter()
+        .map(Event::Service)
+        .collect();
+    if let Some(status) = state.shutdown.status() {
+        events.push(Event::Shutdown(status.clone()));
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing::test_state;
+    use kios_protocol::{ServiceState, ShutdownPhase};
+    use nix::sys::signal::Signal;
+
+    fn root(state: &mut State) -> Peer {
+        Peer {
+            id: state.clients.next_id(),
+            pid: Some(4242),
+            uid: Some(0),
+            command: Some("kiosctl".into()),
+        }
+    }
+
+    fn nobody(state: &mut State) -> Peer {
+        Peer {
+            id: state.clients.next_id(),
+            pid: Some(4243),
+            uid: Some(65534),
+            command: Some("sh".into()),
+        }
+    }
+
+    fn reply(outcome: Outcome) -> Response {
+        match outcome {
+            Outcome::Reply(r) => r,
+            Outcome::Verify => panic!("unexpected verify"),
+        }
+    }
+
+    fn code(outcome: Outcome) -> ErrorCode {
+        match reply(outcome) {
+            Err(e) => e.code,
+            Ok(r) => panic!("expected an error, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn non_root_cannot_change_state_and_nothing_changes() {
+        let mut t = test_state();
+        let now = Now::current();
+        let p = nobody(&mut t.state);
+        for request in [
+            Request::Restart {
+                service: ServiceName::Kubelet,
+            },
+            Request::Shutdown {
+                mode: PowerMode::Poweroff,
+                force: false,
+            },
+            Request::ContinueShutdown,
+        ] {
+            assert_eq!(
+                code(handle(&mut t.state, &p, request, now)),
+                ErrorCode::NotPermitted
+            );
+        }
+        assert!(!t.state.shutdown.is_active());
+        assert!(t.signals.borrow().is_empty());
+        // Reading is fine.
+        assert!(reply(handle(&mut t.state, &p, Request::Status, now)).is_ok());
+        // Legacy commands from non-root are ignored too.
+        handle_legacy(&mut t.state, &p, LegacyCommand::SoftShutdown, now);
+        assert!(!t.state.shutdown.is_active());
+    }
+
+    #[test]
+    fn restart_terms_the_running_service() {
+        let mut t = test_state();
+        let now = Now::current();
+        t.state.supervisor.due(now);
+        t.state
+            .supervisor
+            .started(ServiceName::Crio, 777, vec![], now);
+        let p = root(&mut t.state);
+        let r = reply(handle(
+            &mut t.state,
+            &p,
+            Request::Restart {
+                service: ServiceName::Crio,
+            },
+            now,
+        ))
+        .unwrap();
+        assert_eq!(
+            r,
+            Reply::Restart(kios_protocol::RestartReply {
+                service: ServiceName::Crio,
+                old_pid: Some(777)
+            })
+        );
+        assert_eq!(*t.signals.borrow(), vec![(777, Signal::SIGTERM)]);
+        assert_eq!(t.state.supervisor.crio.state, ServiceState::Stopping);
+        // Not running: old_pid null, no signal.
+        let r = reply(handle(
+            &mut t.state,
+            &p,
+            Request::Restart {
+                service: ServiceName::Kubelet,
+            },
+            now,
+        ))
+        .unwrap();
+        assert_eq!(
+            r,
+            Reply::Restart(kios_protocol::RestartReply {
+                service: ServiceName::Kubelet,
+                old_pid: None
+            })
+        );
+        assert_eq!(t.signals.borrow().len(), 1);
+    }
+
+    #[test]
+    fn continue_without_shutdown_is_no_shutdown_and_changes_nothing() {
+        let mut t = test_state();
+        let now = Now::current();
+        let p = root(&mut t.state);
+        assert_eq!(
+            code(handle(&mut t.state, &p, Request::ContinueShutdown, now)),
+            ErrorCode::NoShutdown
+        );
+        handle_legacy(&mut t.state, &p, LegacyCommand::ContinueShutdown, now);
+        assert!(!t.state.shutdown.is_active());
+        assert!(!t.state.shutdown.continued());
+    }
+
+    #[test]
+    fn shutdown_then_force_then_restart_is_refused() {
+        let mut t = test_state();
+        let now = Now::current();
+        let p = root(&mut t.state);
+        let r = reply(handle(
+            &mut t.state,
+            &p,
+            Request::Shutdown {
+                mode: PowerMode::Reboot,
+                force: false,
+            },
+            now,
+        ));
+        assert_eq!(
+            r.unwrap(),
+            Reply::Shutdown(ShutdownReply {
+                mode: PowerMode::Reboot,
+                phase: ShutdownPhase::Draining
+            })
+        );
+        assert!(t
+            .state
+            .shutdown
+            .status()
+            .unwrap()
+            .requested_by
+            .contains("pid 4242 uid 0 (kiosctl)"));
+        let r = reply(handle(
+            &mut t.state,
+            &p,
+            Request::Shutdown {
+                mode: PowerMode::Poweroff,
+                force: true,
+            },
+            now,
+        ));
+        assert_eq!(
+            r.unwrap(),
+            Reply::Shutdown(ShutdownReply {
+                mode: PowerMode::Reboot,
+                phase: ShutdownPhase::Draining
+            })
+        );
+        assert!(t.state.shutdown.force());
+        assert_eq!(
+            code(handle(
+                &mut t.state,
+                &p,
+                Request::Restart {
+                    service: ServiceName::Crio
+                },
+                now
+            )),
+            ErrorCode::ShuttingDown
+        );
+        let r = reply(handle(&mut t.state, &p, Request::ContinueShutdown, now)).unwrap();
+        assert_eq!(
+            r,
+            Reply::ContinueShutdown(ContinueShutdownReply {
+                phase: ShutdownPhase::Draining
+            })
+        );
+        assert!(t.state.shutdown.continued());
+    }
+
+    #[test]
+    fn legacy_soft_shutdown_and_continue() {
+        let mut t = test_state();
+        let now = Now::current();
+        let p = root(&mut t.state);
+        handle_legacy(&mut t.state, &p, LegacyCommand::SoftShutdown, now);
+        assert_eq!(t.state.shutdown.mode(), Some(PowerMode::Poweroff));
+        handle_legacy(&mut t.state, &p, LegacyCommand::ContinueShutdown, now);
+        assert!(t.state.shutdown.continued());
+    }
+
+    #[test]
+    fn logs_returns_the_tail_and_follow_subscribes() {
+        let mut t = test_state();
+        let now = Now::current();
+        for i in 0..5 {
+            t.state
+                .log_line(ServiceName::Kubelet, format!("line {i}"), 1);
+        }
+        let p = root(&mut t.state);
+        let mut reg = t.state.clients.register(p.clone(), 0);
+        let r = reply(handle(
+            &mut t.state,
+            &p,
+            Request::Logs {
+                service: ServiceName::Kubelet,
+                lines: 2,
+                follow: true,
+            },
+            now,
+        ))
+        .unwrap();
+        assert_eq!(
+            r,
+            Reply::Logs(LogsReply {
+                service: ServiceName::Kubelet,
+                lines: vec!["line 3".into(), "line 4".into()]
+            })
+        );
+        t.state.log_line(ServiceName::Kubelet, "new".into(), 2);
+        t.state.log_line(ServiceName::Crio, "other".into(), 2);
+        let got = reg.rx.try_recv().unwrap();
+        assert!(std::str::from_utf8(&got)
+            .unwrap()
+            .contains(r#""line":"new""#));
+        assert!(reg.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn watch_queues_the_current_picture() {
+        let mut t = test_state();
+        let now = Now::current();
+        let p = root(&mut t.state);
+        let mut reg = t.state.clients.register(p.clone(), 0);
+        let r = reply(handle(&mut t.state, &p, Request::Watch, now)).unwrap();
+        assert!(matches!(r, Reply::Watch(_)));
+        let want = snapshot_events(&t.state);
+        for event in want {
+            let got = reg.rx.try_recv().unwrap();
+            let text = std::str::from_utf8(&got).unwrap().trim_end().to_string();
+            assert_eq!(Event::decode(&text).unwrap(), event);
+        }
+        t.state.milestone("test-milestone");
+        let got = reg.rx.try_recv().unwrap();
+        assert!(std::str::from_utf8(&got)
+            .unwrap()
+            .contains("test-milestone"));
+    }
+
+    #[test]
+    fn help_version_status_boot() {
+        let mut t = test_state();
+        let now = Now::current();
+        let p = nobody(&mut t.state);
+        match reply(handle(&mut t.state, &p, Request::Help, now)).unwrap() {
+            Reply::Help(h) => assert!(h.verbs.iter().any(|v| v.name == "continue-shutdown")),
+            other => panic!("{other:?}"),
+        }
+        match reply(handle(&mut t.state, &p, Request::Version, now)).unwrap() {
+            Reply::Version(v) => assert_eq!(v.protocol, 1),
+            other => panic!("{other:?}"),
+        }
+        match reply(handle(&mut t.state, &p, Request::Status, now)).unwrap() {
+            Reply::Status(s) => {
+                assert_eq!(s.services.len(), 2);
+                assert_eq!(s.node.kernel, "6.1.0-test");
+                assert!(s.node.shutdown.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        t.state.milestone("socket");
+        match reply(handle(&mut t.state, &p, Request::Boot, now)).unwrap() {
+            Reply::Boot(b) => assert!(b.milestones.iter().any(|m| m.name == "socket")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            handle(&mut t.state, &p, Request::Verify, now),
+            Outcome::Verify
+        );
+    }
+}
