@@ -245,6 +245,19 @@ impl Verifier<'_> {
         Some(candidate)
     }
 
+    /// The upper-directory path (the path itself or the nearest ancestor
+    /// below /etc) that explains why `path` is gone from the overlay.
+    fn override_of_removed(&self, path: &str) -> Option<PathBuf> {
+        let mut p = path;
+        while p.len() > OVERLAY_DIR.len() {
+            if let Some(upper) = self.override_of(p) {
+                return Some(upper);
+            }
+            p = &p[..p.rfind('/')?];
+        }
+        None
+    }
+
     fn check_entry(&mut self, e: &Entry) {
         self.report.checked += 1;
         let live = self.live(&e.path);
@@ -254,7 +267,9 @@ impl Verifier<'_> {
                 if e.presence == Presence::RemovedAtBoot {
                     return;
                 }
-                match self.override_of(&e.path) {
+                // Through the overlay a lower file can only vanish by a whiteout
+                // or an opaque directory in the upper layer.
+                match self.override_of_removed(&e.path) {
                     Some(upper) => self.finding(
                         &e.path,
                         Problem::Overridden,

@@ -301,6 +301,36 @@ fn etc_overrides_are_overridden_not_tampering() {
 }
 
 #[test]
+fn files_hidden_by_the_overlay_are_overridden() {
+    let t = Tree::new("overlay-gone");
+    let upper = t.dir.join("upper");
+    // An opaque upper directory (or a whiteout) hides the image's files.
+    std::fs::create_dir_all(upper.join("containers")).unwrap();
+    chmod(&t.live("/etc/containers"), 0o755);
+    std::fs::remove_file(t.live("/etc/containers/policy.json")).unwrap();
+    chmod(&t.live("/etc/containers"), 0o555);
+    let opts = VerifyOptions {
+        etc_upper: Some(upper.clone()),
+        ..VerifyOptions::default()
+    };
+    let r = t.verify(&opts);
+    let f = only(&r.findings);
+    assert_eq!(
+        (f.path.as_str(), f.problem),
+        ("/etc/containers/policy.json", Problem::Overridden)
+    );
+    assert!(
+        f.detail
+            .contains(&upper.join("containers").display().to_string()),
+        "{}",
+        f.detail
+    );
+    // Without an upper layer that explains it, it is missing.
+    let f = t.findings();
+    assert_eq!(only(&f).problem, Problem::Missing);
+}
+
+#[test]
 fn setuid_through_the_overlay_is_still_reported() {
     let t = Tree::new("overlay-suid");
     let upper = t.dir.join("upper");
