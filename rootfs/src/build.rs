@@ -128,6 +128,8 @@ pub enum BuildError {
     DestNotEmpty(PathBuf),
     #[error(transparent)]
     Inventory(#[from] InventoryError),
+    #[error("the written tree does not match its inventory:\n  {}", .0.join("\n  "))]
+    SelfCheck(Vec<String>),
 }
 
 /// Where an item's bytes come from.
@@ -772,6 +774,18 @@ fn open_content(item: &Item) -> Result<(u64, Box<dyn Read>), BuildError> {
 pub fn build_tree(opts: &BuildOptions, dest: &Path) -> Result<Inventory, BuildError> {
     let plan = plan(opts)?;
     write_tree(&plan, dest)?;
+    // Self-check: the tree must verify clean against its own inventory.
+    let report =
+        crate::verify::verify_tree(dest, &plan.inventory, &crate::VerifyOptions::default())
+            .map_err(|e| BuildError::SelfCheck(vec![e.to_string()]))?;
+    if !report.is_clean() {
+        let lines = report
+            .findings
+            .iter()
+            .map(|f| format!("{} {}: {}", f.problem.as_str(), f.path, f.detail))
+            .collect();
+        return Err(BuildError::SelfCheck(lines));
+    }
     Ok(plan.inventory)
 }
 
