@@ -1,24 +1,52 @@
-//! The data partition (stub; being written).
+//! The data partition: which device (`datapart=`), finding it by GPT TYPE
+//! GUID when `auto`, waiting for it with a bound, mounting it (ext4) and
+//! mounting its layout over the image:
+//!
+//! | on the partition | at runtime                               |
+//! |------------------|------------------------------------------|
+//! | meta/etc         | /etc (overlay upper; work meta/.etc.work)|
+//! | meta/log         | /var/log                                 |
+//! | data/oci         | /var/lib/containers/storage              |
+//! | data/pods        | /var/lib/kubelet/pods                    |
+//! | modules          | /lib/modules (ro,nosuid,nodev; only when non-empty) |
+//! | meta             | /var/meta (nodev,noexec,nosuid)          |
+//!
+//! and, with or without a partition, /etc/seccomp bound onto
+//! /var/lib/kubelet/seccomp. Missing directories on the partition are
+//! created. The partition itself is mounted at [`DATAPART_MOUNT`].
 
 use crate::boot::DatapartStatus;
-use crate::sys::Sys;
-use std::path::PathBuf;
-use std::time::Duration;
+use crate::gpt;
+use crate::sys::{MountCall, Sys, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where the partition itself is mounted.
+pub const DATAPART_MOUNT: &str = "/run/kios/datapart";
+/// Longest single wait between two scans for the device.
+pub const RESCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// Most block devices looked at in one scan.
+pub const MAX_DISKS: usize = 256;
 
 /// The `datapart=` boot parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatapartSpec {
+    /// Scan every disk for a GPT partition of the kiOS data TYPE GUID.
     Auto,
+    /// No data partition: an ephemeral node.
     None,
+    /// This device (a path under /dev).
     Device(PathBuf),
 }
 
 impl DatapartSpec {
+    /// Parse a `datapart=` value: `auto`, `none` or `/dev/...`.
     pub fn parse(v: &str) -> Result<DatapartSpec, String> {
         match v {
-            "auto" | "" => Ok(DatapartSpec::Auto),
+            "auto" => Ok(DatapartSpec::Auto),
             "none" => Ok(DatapartSpec::None),
-            p if p.starts_with("/dev/") && p.len() > 5 => {
+            p if p.starts_with("/dev/") && p.len() > 5 && !p.split('/').any(|c| c == "..") => {
                 Ok(DatapartSpec::Device(PathBuf::from(p)))
             }
             other => Err(format!(
@@ -26,21 +54,573 @@ impl DatapartSpec {
             )),
         }
     }
+
+    /// The text form, as in the boot parameter.
+    pub fn describe(&self) -> String {
+        match self {
+            DatapartSpec::Auto => format!("auto (gpt type {})", gpt::DATAPART_TYPE_GUID),
+            DatapartSpec::None => "none".into(),
+            DatapartSpec::Device(p) => p.display().to_string(),
+        }
+    }
 }
 
-pub fn setup(
-    _sys: &dyn Sys,
+/// The device mounted as data partition, for teardown (which may remount
+/// exactly this file system read-only at the superblock level).
+static MOUNTED_DEVICE: Mutex<Option<String>> = Mutex::new(None);
+
+/// The data partition device mounted at boot, if any.
+pub fn mounted_device() -> Option<String> {
+    MOUNTED_DEVICE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+fn remember_device(dev: &str) {
+    *MOUNTED_DEVICE.lock().unwrap_or_else(|e| e.into_inner()) = Some(dev.to_string());
+}
+
+/// What a scan of /sys/block found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanResult {
+    /// Matching partition devices (/dev/...), in disk name order.
+    pub matches: Vec<String>,
+    /// Disks whose table could not be read (not an error: most are not GPT).
+    pub unreadable: Vec<String>,
+}
+
+/// Find the partition name of partition `n` of `disk` in sysfs (the
+/// `partition` file of each child directory), falling back to the naming
+/// rule when sysfs does not list it (yet).
+fn partition_device(sys: &dyn Sys, disk: &str, n: u32) -> String {
+    let dir = Path::new("/sys/block").join(disk);
+    if let Ok(children) = sys.list_dir(&dir) {
+        for child in children.iter().filter(|c| c.starts_with(disk)) {
+            if let Ok(b) = sys.read_file(&dir.join(child).join("partition"), 32) {
+                if String::from_utf8_lossy(&b).trim().parse::<u32>().ok() == Some(n) {
+                    return child.clone();
+                }
+            }
+        }
+    }
+    gpt::partition_name(disk, n)
+}
+
+/// Scan every disk in /sys/block for partitions with the data TYPE GUID.
+pub fn scan_for_datapart(sys: &dyn Sys) -> ScanResult {
+    let mut result = ScanResult::default();
+    let Ok(guid) = gpt::parse_guid(gpt::DATAPART_TYPE_GUID) else {
+        return result;
+    };
+    let mut disks = sys.list_dir(Path::new("/sys/block")).unwrap_or_default();
+    disks.sort();
+    disks.truncate(MAX_DISKS);
+    for disk in disks {
+        // RAM disks never hold the data partition; skip the reads.
+        if disk.starts_with("ram") || disk.starts_with("zram") || disk.contains('/') {
+            continue;
+        }
+        let dev = Path::new("/dev").join(&disk);
+        match gpt::find_partitions_by_type(sys, &dev, &guid) {
+            Ok(numbers) => {
+                for n in numbers {
+                    result
+                        .matches
+                        .push(format!("/dev/{}", partition_device(sys, &disk, n)));
+                }
+            }
+            Err(_) => result.unreadable.push(disk),
+        }
+    }
+    result
+}
+
+/// Wait (bounded) until the wanted device exists; returns its path.
+fn wait_for_device(
+    sys: &dyn Sys,
     spec: &DatapartSpec,
-    _timeout: Duration,
-) -> (DatapartStatus, Vec<String>) {
-    match spec {
-        DatapartSpec::None => (DatapartStatus::Disabled, Vec::new()),
-        other => (
-            DatapartStatus::Missing {
-                wanted: format!("{other:?}"),
-                reason: "not implemented yet".into(),
-            },
-            Vec::new(),
+    timeout: Duration,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    let mut waited = false;
+    loop {
+        let found = match spec {
+            DatapartSpec::Device(p) => sys.path_exists(p).then(|| p.display().to_string()),
+            DatapartSpec::Auto => {
+                let scan = scan_for_datapart(sys);
+                if scan.matches.len() > 1 {
+                    let msg = format!(
+                        "several data partitions found ({}); using {}",
+                        scan.matches.join(", "),
+                        scan.matches[0]
+                    );
+                    crate::kwarn!("{msg}");
+                    warnings.push(msg);
+                }
+                scan.matches
+                    .into_iter()
+                    .find(|m| sys.path_exists(Path::new(m)))
+            }
+            DatapartSpec::None => return None,
+        };
+        if found.is_some() {
+            return found;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        if !waited {
+            crate::kinfo!(
+                "waiting up to {}s for the data partition {}",
+                timeout.as_secs(),
+                spec.describe()
+            );
+            waited = true;
+        }
+        if let Err(e) =
+            sys.wait_for_dir_change(Path::new("/dev"), (deadline - now).min(RESCAN_INTERVAL))
+        {
+            // No watch (no inotify?): rescan once per interval instead. This
+            // only happens on an error path, inside the bounded wait.
+            crate::kwarn!(
+                "watch /dev: {e}; rescanning every {} ms",
+                RESCAN_INTERVAL.as_millis()
+            );
+            std::thread::sleep((deadline - now).min(RESCAN_INTERVAL));
+        }
+    }
+}
+
+fn bind(sys: &dyn Sys, source: &Path, target: &Path) -> std::io::Result<()> {
+    let s = source.to_string_lossy();
+    sys.mount(&MountCall {
+        source: Some(&s),
+        target,
+        fstype: None,
+        flags: MS_BIND,
+        data: None,
+    })
+}
+
+fn remount_bind(sys: &dyn Sys, target: &Path, flags: u64) -> std::io::Result<()> {
+    sys.mount(&MountCall {
+        source: None,
+        target,
+        fstype: None,
+        flags: MS_REMOUNT | MS_BIND | flags,
+        data: None,
+    })
+}
+
+/// Mount the layout of a mounted partition at `root`. Failures are logged
+/// and returned; the other mounts still happen.
+pub fn mount_layout(sys: &dyn Sys, root: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut fail = |msg: String| {
+        crate::kerr!("{msg}");
+        warnings.push(msg);
+    };
+    for (dir, mode) in [
+        ("meta/etc", 0o755),
+        ("meta/.etc.work", 0o700),
+        ("meta/log", 0o755),
+        ("data/oci", 0o700),
+        ("data/pods", 0o750),
+        ("modules", 0o755),
+    ] {
+        if let Err(e) = sys.create_dir_all(&root.join(dir), mode) {
+            fail(format!("create {}: {e}", root.join(dir).display()));
+        }
+    }
+
+    let upper = root.join("meta/etc");
+    let work = root.join("meta/.etc.work");
+    let opts = format!(
+        "lowerdir=/etc,upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    let etc = Path::new("/etc");
+    if let Err(e) = sys.mount(&MountCall {
+        source: Some("overlay"),
+        target: etc,
+        fstype: Some("overlay"),
+        flags: 0,
+        data: Some(&opts),
+    }) {
+        fail(format!("mount overlay on /etc: {e}"));
+    }
+
+    for (src, target) in [
+        ("meta/log", "/var/log"),
+        ("data/oci", "/var/lib/containers/storage"),
+        ("data/pods", "/var/lib/kubelet/pods"),
+    ] {
+        let t = Path::new(target);
+        let r = sys
+            .create_dir_all(t, 0o755)
+            .and_then(|()| bind(sys, &root.join(src), t));
+        if let Err(e) = r {
+            fail(format!(
+                "bind {} on {target}: {e}",
+                root.join(src).display()
+            ));
+        }
+    }
+
+    // The image's own early modules live in /lib/modules too: an empty
+    // modules directory on the partition must not hide them.
+    let modules = root.join("modules");
+    match sys.list_dir(&modules) {
+        Ok(entries) if !entries.is_empty() => {
+            let t = Path::new("/lib/modules");
+            let r = sys
+                .create_dir_all(t, 0o755)
+                .and_then(|()| bind(sys, &modules, t))
+                .and_then(|()| remount_bind(sys, t, MS_RDONLY | MS_NOSUID | MS_NODEV));
+            if let Err(e) = r {
+                fail(format!("bind {} on /lib/modules: {e}", modules.display()));
+            }
+        }
+        Ok(_) => crate::kinfo!(
+            "{} is empty: keeping the image's /lib/modules",
+            modules.display()
         ),
+        Err(e) => fail(format!("list {}: {e}", modules.display())),
+    }
+
+    let meta = root.join("meta");
+    let t = Path::new("/var/meta");
+    let r = sys
+        .create_dir_all(t, 0o755)
+        .and_then(|()| bind(sys, &meta, t))
+        .and_then(|()| remount_bind(sys, t, MS_NODEV | MS_NOEXEC | MS_NOSUID));
+    if let Err(e) = r {
+        fail(format!("bind {} on /var/meta: {e}", meta.display()));
+    }
+    warnings
+}
+
+/// Bind /etc/seccomp (after the /etc overlay) onto /var/lib/kubelet/seccomp,
+/// where the kubelet looks for seccomp profiles.
+pub fn bind_seccomp(sys: &dyn Sys) -> Option<String> {
+    let src = Path::new("/etc/seccomp");
+    if !sys.path_exists(src) {
+        return None;
+    }
+    let t = Path::new("/var/lib/kubelet/seccomp");
+    let r = sys
+        .create_dir_all(t, 0o755)
+        .and_then(|()| bind(sys, src, t));
+    r.err().map(|e| {
+        let msg = format!("bind /etc/seccomp on /var/lib/kubelet/seccomp: {e}");
+        crate::kerr!("{msg}");
+        msg
+    })
+}
+
+/// Find, wait for and mount the data partition and its layout, then the
+/// seccomp bind. Returns the status and the problems met (kernel-logged).
+pub fn setup(
+    sys: &dyn Sys,
+    spec: &DatapartSpec,
+    timeout: Duration,
+) -> (DatapartStatus, Vec<String>) {
+    let mut warnings = Vec::new();
+    let status = match spec {
+        DatapartSpec::None => {
+            crate::kinfo!("datapart=none: no data partition, node state is ephemeral");
+            DatapartStatus::Disabled
+        }
+        _ => match wait_for_device(sys, spec, timeout, &mut warnings) {
+            None => {
+                let reason = format!("not found within {}s", timeout.as_secs_f64());
+                crate::kerr!("DATA PARTITION MISSING: {} {reason}; continuing without it (node state is ephemeral)", spec.describe());
+                DatapartStatus::Missing {
+                    wanted: spec.describe(),
+                    reason,
+                }
+            }
+            Some(device) => mount_device(sys, &device, &mut warnings),
+        },
+    };
+    if let Some(w) = bind_seccomp(sys) {
+        warnings.push(w);
+    }
+    (status, warnings)
+}
+
+fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> DatapartStatus {
+    let root = Path::new(DATAPART_MOUNT);
+    let r = sys.create_dir_all(root, 0o700).and_then(|()| {
+        sys.mount(&MountCall {
+            source: Some(device),
+            target: root,
+            fstype: Some("ext4"),
+            flags: 0,
+            data: None,
+        })
+    });
+    match r {
+        Err(e) => {
+            let reason = format!("mount ext4 {device} on {DATAPART_MOUNT}: {e}");
+            crate::kerr!(
+                "DATA PARTITION MISSING: {reason}; continuing without it (node state is ephemeral)"
+            );
+            DatapartStatus::Missing {
+                wanted: device.to_string(),
+                reason,
+            }
+        }
+        Ok(()) => {
+            remember_device(device);
+            crate::kinfo!("data partition {device} mounted on {DATAPART_MOUNT}");
+            warnings.extend(mount_layout(sys, root));
+            DatapartStatus::Mounted {
+                device: device.to_string(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpt::tests::build_image;
+    use crate::gpt::DATAPART_TYPE_GUID;
+    use crate::sys::fake::{Call, FakeSys};
+
+    const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+
+    #[test]
+    fn spec_parse_table() {
+        assert_eq!(DatapartSpec::parse("auto"), Ok(DatapartSpec::Auto));
+        assert_eq!(DatapartSpec::parse("none"), Ok(DatapartSpec::None));
+        assert_eq!(
+            DatapartSpec::parse("/dev/vda1"),
+            Ok(DatapartSpec::Device("/dev/vda1".into()))
+        );
+        for bad in ["", "vda1", "/dev/", "/etc/passwd", "/dev/../etc/x", "AUTO"] {
+            assert!(DatapartSpec::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn disk(sys: &FakeSys, name: &str, parts: &[(u32, &str)]) {
+        sys.add_file(&format!("/dev/{name}"), build_image(512, parts));
+        sys.add_dir(&format!("/sys/block/{name}"));
+    }
+
+    #[test]
+    fn scan_finds_partitions_by_type_with_kernel_names() {
+        let sys = FakeSys::new();
+        disk(&sys, "sda", &[(1, LINUX), (2, DATAPART_TYPE_GUID)]);
+        disk(&sys, "nvme0n1", &[(1, DATAPART_TYPE_GUID)]);
+        disk(&sys, "vda", &[(1, LINUX)]);
+        sys.add_dir("/sys/block/loop0"); // no /dev node: unreadable
+        sys.add_dir("/sys/block/ram0"); // skipped
+        let r = scan_for_datapart(&sys);
+        assert_eq!(r.matches, ["/dev/nvme0n1p1", "/dev/sda2"]);
+        assert_eq!(r.unreadable, ["loop0"]);
+    }
+
+    #[test]
+    fn scan_uses_the_sysfs_partition_number() {
+        let sys = FakeSys::new();
+        disk(&sys, "mmcblk0", &[(2, DATAPART_TYPE_GUID)]);
+        sys.add_file("/sys/block/mmcblk0/mmcblk0p1/partition", "1\n");
+        sys.add_file("/sys/block/mmcblk0/mmcblk0p2/partition", "2\n");
+        assert_eq!(scan_for_datapart(&sys).matches, ["/dev/mmcblk0p2"]);
+    }
+
+    fn layout_targets(sys: &FakeSys) -> Vec<(String, u64)> {
+        sys.mounts().into_iter().map(|(t, _, f)| (t, f)).collect()
+    }
+
+    #[test]
+    fn auto_mounts_partition_and_layout() {
+        let sys = FakeSys::new();
+        disk(&sys, "vda", &[(1, DATAPART_TYPE_GUID)]);
+        sys.add_file("/dev/vda1", "");
+        sys.add_file("/run/kios/datapart/modules/6.1.0/modules.dep", "");
+        sys.add_dir("/etc/seccomp");
+        let (status, warnings) = setup(&sys, &DatapartSpec::Auto, Duration::from_secs(1));
+        assert_eq!(
+            status,
+            DatapartStatus::Mounted {
+                device: "/dev/vda1".into()
+            }
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(mounted_device().as_deref(), Some("/dev/vda1"));
+        let m = layout_targets(&sys);
+        let want: Vec<(String, u64)> = vec![
+            ("/run/kios/datapart".into(), 0),
+            ("/etc".into(), 0),
+            ("/var/log".into(), MS_BIND),
+            ("/var/lib/containers/storage".into(), MS_BIND),
+            ("/var/lib/kubelet/pods".into(), MS_BIND),
+            ("/lib/modules".into(), MS_BIND),
+            (
+                "/lib/modules".into(),
+                MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV,
+            ),
+            ("/var/meta".into(), MS_BIND),
+            (
+                "/var/meta".into(),
+                MS_REMOUNT | MS_BIND | MS_NODEV | MS_NOEXEC | MS_NOSUID,
+            ),
+            ("/var/lib/kubelet/seccomp".into(), MS_BIND),
+        ];
+        assert_eq!(m, want);
+        let calls = sys.calls();
+        assert!(calls.iter().any(|c| matches!(c, Call::Mount { source: Some(s), fstype: Some(f), .. } if s == "/dev/vda1" && f == "ext4")));
+        assert!(calls.iter().any(|c| matches!(c, Call::Mount { fstype: Some(f), data: Some(d), .. }
+            if f == "overlay" && d == "lowerdir=/etc,upperdir=/run/kios/datapart/meta/etc,workdir=/run/kios/datapart/meta/.etc.work")));
+        for dir in [
+            "meta/etc",
+            "meta/.etc.work",
+            "meta/log",
+            "data/oci",
+            "data/pods",
+        ] {
+            let p = format!("/run/kios/datapart/{dir}");
+            assert!(
+                calls
+                    .iter()
+                    .any(|c| matches!(c, Call::Mkdir(d, _) if *d == p)),
+                "{p} created"
+            );
+        }
+        assert!(calls.iter().any(|c| matches!(c, Call::Mount { source: Some(s), target, .. } if s == "/run/kios/datapart/data/oci" && target == "/var/lib/containers/storage")));
+    }
+
+    #[test]
+    fn empty_modules_dir_does_not_hide_the_image_modules() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vdb1", "");
+        let (status, _) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vdb1".into()),
+            Duration::ZERO,
+        );
+        assert_eq!(
+            status,
+            DatapartStatus::Mounted {
+                device: "/dev/vdb1".into()
+            }
+        );
+        assert!(!layout_targets(&sys)
+            .iter()
+            .any(|(t, _)| t == "/lib/modules"));
+        // No /etc/seccomp in this image: no bind.
+        assert!(!layout_targets(&sys)
+            .iter()
+            .any(|(t, _)| t == "/var/lib/kubelet/seccomp"));
+    }
+
+    #[test]
+    fn device_appearing_while_waiting_is_used() {
+        let sys = FakeSys::new();
+        sys.appear_after_waits(3, "/dev/vdc1", "");
+        let (status, _) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vdc1".into()),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            status,
+            DatapartStatus::Mounted {
+                device: "/dev/vdc1".into()
+            }
+        );
+        let waits = sys
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::WaitDir(d) if d == "/dev"))
+            .count();
+        assert_eq!(waits, 3);
+    }
+
+    #[test]
+    fn auto_partition_appearing_while_waiting_is_found() {
+        let sys = FakeSys::new();
+        sys.add_dir("/sys/block");
+        sys.appear_after_waits(1, "/dev/sdb", build_image(512, &[(1, DATAPART_TYPE_GUID)]));
+        sys.appear_after_waits(1, "/sys/block/sdb/sdb1/partition", "1");
+        sys.appear_after_waits(2, "/dev/sdb1", "");
+        let (status, _) = setup(&sys, &DatapartSpec::Auto, Duration::from_secs(30));
+        assert_eq!(
+            status,
+            DatapartStatus::Mounted {
+                device: "/dev/sdb1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn timeout_reports_missing_and_mounts_nothing_of_the_layout() {
+        let sys = FakeSys::new();
+        sys.add_dir("/sys/block");
+        let started = Instant::now();
+        let (status, _) = setup(&sys, &DatapartSpec::Auto, Duration::from_millis(30));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        match status {
+            DatapartStatus::Missing { wanted, reason } => {
+                assert!(wanted.starts_with("auto"), "{wanted}");
+                assert!(reason.contains("not found"), "{reason}");
+            }
+            other => panic!("expected Missing, got {other:?}"),
+        }
+        assert!(sys.mounts().is_empty());
+    }
+
+    #[test]
+    fn mount_failure_reports_missing() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.fail("mount", "/run/kios/datapart", libc::EINVAL);
+        let (status, _) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        assert!(
+            matches!(status, DatapartStatus::Missing { ref reason, .. } if reason.contains("mount ext4 /dev/vda1")),
+            "{status:?}"
+        );
+        assert_eq!(
+            sys.mounts().len(),
+            1,
+            "nothing of the layout after a failed mount"
+        );
+    }
+
+    #[test]
+    fn none_is_disabled_and_touches_no_disk() {
+        let sys = FakeSys::new();
+        disk(&sys, "sda", &[(1, DATAPART_TYPE_GUID)]);
+        let (status, w) = setup(&sys, &DatapartSpec::None, Duration::from_secs(30));
+        assert_eq!(status, DatapartStatus::Disabled);
+        assert!(w.is_empty());
+        assert!(sys.calls().is_empty());
+    }
+
+    #[test]
+    fn layout_failures_are_reported_and_the_rest_still_mounts() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.fail("mount", "/etc", libc::EINVAL);
+        let (status, w) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        assert!(matches!(status, DatapartStatus::Mounted { .. }));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("overlay on /etc"));
+        assert!(layout_targets(&sys).iter().any(|(t, _)| t == "/var/meta"));
     }
 }

@@ -1,19 +1,332 @@
-//! The end of the node (stub; being written): unmount everything, children
-//! before parents, and sync.
+//! The end of the node's file systems: unmount everything listed in
+//! /proc/self/mountinfo, children before parents (by the parent ids of
+//! mountinfo, newest first among siblings), and remount read-only what
+//! cannot be unmounted; then sync.
+//!
+//! Read-only fallback, and why it is careful: pseudo file systems (proc,
+//! sysfs, devtmpfs, cgroup2, tmpfs, ...) share their superblock with the
+//! rest of the machine in the namespace harness, so they are never
+//! remounted. A block-backed mount gets a per-mount read-only bind remount
+//! (MS_REMOUNT|MS_BIND|MS_RDONLY), which touches only this mount; only the
+//! data partition device that init itself mounted at boot also gets the
+//! superblock remount (MS_REMOUNT|MS_RDONLY) that flushes its journal.
 
-use crate::sys::Sys;
+use crate::sys::{MountCall, Sys, MS_BIND, MS_RDONLY, MS_REMOUNT};
+use std::path::Path;
 
+/// Largest mountinfo read.
+pub const MOUNTINFO_LIMIT: usize = 4 * 1024 * 1024;
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub id: u32,
+    pub parent: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Undo mountinfo's octal escapes (`\040` for space, ...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if let Some(oct) = b.get(i + 1..i + 4) {
+                if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                    let v = u32::from(oct[0] - b'0') * 64
+                        + u32::from(oct[1] - b'0') * 8
+                        + u32::from(oct[2] - b'0');
+                    if let Ok(byte) = u8::try_from(v) {
+                        out.push(byte);
+                        i += 4;
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parse mountinfo text; malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if f.len() < 6 || r.len() < 2 {
+            continue;
+        }
+        let (Ok(id), Ok(parent)) = (f[0].parse(), f[1].parse()) else {
+            continue;
+        };
+        let Some((maj, min)) = f[2].split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (maj.parse(), min.parse()) else {
+            continue;
+        };
+        out.push(MountEntry {
+            id,
+            parent,
+            major,
+            minor,
+            mount_point: unescape(f[4]),
+            fstype: r[0].to_string(),
+            source: unescape(r[1]),
+        });
+    }
+    out
+}
+
+/// The order to unmount in: every mount after all of its children, newer
+/// mounts (higher id) first among those ready. The root of the view (`/`
+/// and anything mounted over it) is left out.
+pub fn unmount_order(entries: &[MountEntry]) -> Vec<MountEntry> {
+    let mut left: Vec<MountEntry> = entries
+        .iter()
+        .filter(|e| e.mount_point != "/")
+        .cloned()
+        .collect();
+    let mut order = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        // Mounts no remaining mount has as parent.
+        let ready: Vec<usize> = (0..left.len())
+            .filter(|&i| {
+                !left
+                    .iter()
+                    .any(|c| c.parent == left[i].id && c.id != left[i].id)
+            })
+            .collect();
+        let pick = if ready.is_empty() {
+            // A parent cycle cannot happen in a real table; break it anyway.
+            (0..left.len()).max_by_key(|&i| left[i].id).unwrap_or(0)
+        } else {
+            ready
+                .iter()
+                .copied()
+                .max_by_key(|&i| left[i].id)
+                .unwrap_or(ready[0])
+        };
+        order.push(left.swap_remove(pick));
+    }
+    order
+}
+
+/// What unmounting did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnmountReport {
     pub unmounted: usize,
     pub remounted_ro: Vec<String>,
+    /// (mount point, reason).
     pub failed: Vec<(String, String)>,
 }
 
-pub fn unmount_all(_sys: &dyn Sys) -> UnmountReport {
-    UnmountReport::default()
+/// Unmount everything, children first; see the module docs for the
+/// read-only fallback. Never fails as a whole; each problem is logged.
+pub fn unmount_all(sys: &dyn Sys) -> UnmountReport {
+    let device = crate::datapart::mounted_device();
+    unmount_all_with(sys, device.as_deref())
 }
 
+/// [`unmount_all`] with the data partition device given explicitly.
+pub fn unmount_all_with(sys: &dyn Sys, datapart_device: Option<&str>) -> UnmountReport {
+    let mut report = UnmountReport::default();
+    let text = match sys.read_file(Path::new("/proc/self/mountinfo"), MOUNTINFO_LIMIT) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            crate::kerr!("read /proc/self/mountinfo: {e}; nothing unmounted");
+            report
+                .failed
+                .push(("/proc/self/mountinfo".into(), e.to_string()));
+            return report;
+        }
+    };
+    for m in unmount_order(&parse_mountinfo(&text)) {
+        let target = Path::new(&m.mount_point);
+        let err = match sys.umount(target) {
+            Ok(()) => {
+                report.unmounted += 1;
+                continue;
+            }
+            // Gone already (a propagated unmount took it along).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
+                continue
+            }
+            Err(e) => e,
+        };
+        if m.major == 0 {
+            // Pseudo file system busy (e.g. /dev holding /dev/kmsg open):
+            // nothing to flush, never remounted.
+            crate::kinfo!("{} ({}) stays mounted: {err}", m.mount_point, m.fstype);
+            report.failed.push((m.mount_point.clone(), err.to_string()));
+            continue;
+        }
+        let mut flags = MS_REMOUNT | MS_RDONLY;
+        if datapart_device != Some(m.source.as_str()) {
+            flags |= MS_BIND;
+        }
+        match sys.mount(&MountCall {
+            source: None,
+            target,
+            fstype: None,
+            flags,
+            data: None,
+        }) {
+            Ok(()) => {
+                crate::kwarn!("{} busy ({err}): remounted read-only", m.mount_point);
+                report.remounted_ro.push(m.mount_point.clone());
+            }
+            Err(e2) => {
+                crate::kerr!(
+                    "{} busy ({err}) and read-only remount failed: {e2}",
+                    m.mount_point
+                );
+                report.failed.push((
+                    m.mount_point.clone(),
+                    format!("{err}; remount read-only: {e2}"),
+                ));
+            }
+        }
+    }
+    report
+}
+
+/// sync(2): flush every file system.
 pub fn sync_all() {
     crate::sys::sync();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fake::{Call, FakeSys};
+
+    const INFO: &str = "\
+1 0 0:2 / / rw - rootfs rootfs rw
+20 1 0:20 / /proc rw,nosuid,nodev,noexec - proc proc rw
+21 1 0:21 / /sys rw - sysfs sysfs rw
+22 1 0:5 / /dev rw - devtmpfs devtmpfs rw
+23 22 0:22 / /dev/pts rw - devpts devpts rw
+24 21 0:23 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
+25 1 0:24 / /run rw - tmpfs tmpfs rw
+30 25 253:1 / /run/kios/datapart rw - ext4 /dev/vda1 rw
+31 1 0:31 / /etc rw - overlay overlay rw,lowerdir=/etc
+32 1 253:1 /meta/log /var/log rw - ext4 /dev/vda1 rw
+33 1 253:1 /meta /var/meta rw - ext4 /dev/vda1 rw
+34 1 0:25 / /var/lib/kubelet rw - tmpfs tmpfs rw
+35 34 253:1 /data/pods /var/lib/kubelet/pods rw - ext4 /dev/vda1 rw
+36 35 0:40 / /var/lib/kubelet/pods/x/volumes/a\\040b rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn parse_fields_and_escapes() {
+        let e = parse_mountinfo(INFO);
+        assert_eq!(e.len(), 14);
+        assert_eq!(
+            e[7],
+            MountEntry {
+                id: 30,
+                parent: 25,
+                major: 253,
+                minor: 1,
+                mount_point: "/run/kios/datapart".into(),
+                fstype: "ext4".into(),
+                source: "/dev/vda1".into()
+            }
+        );
+        assert_eq!(e[13].mount_point, "/var/lib/kubelet/pods/x/volumes/a b");
+        assert!(parse_mountinfo("garbage\n1 2\n").is_empty());
+    }
+
+    #[test]
+    fn children_before_parents() {
+        let order = unmount_order(&parse_mountinfo(INFO));
+        let names: Vec<&str> = order.iter().map(|m| m.mount_point.as_str()).collect();
+        assert!(!names.contains(&"/"));
+        assert_eq!(names.len(), 13);
+        let pos = |p: &str| names.iter().position(|n| *n == p).expect("present");
+        for e in &order {
+            if let Some(parent) = order.iter().find(|p| p.id == e.parent) {
+                assert!(
+                    pos(&e.mount_point) < pos(&parent.mount_point),
+                    "{} before {}",
+                    e.mount_point,
+                    parent.mount_point
+                );
+            }
+        }
+        assert_eq!(names[0], "/var/lib/kubelet/pods/x/volumes/a b");
+    }
+
+    #[test]
+    fn unmounts_everything_and_falls_back_carefully() {
+        let sys = FakeSys::new();
+        sys.add_file("/proc/self/mountinfo", INFO);
+        for e in parse_mountinfo(INFO) {
+            sys.add_dir(&e.mount_point);
+        }
+        sys.fail("umount", "/dev", libc::EBUSY);
+        sys.fail("umount", "/var/log", libc::EBUSY);
+        sys.fail("umount", "/run/kios/datapart", libc::EBUSY);
+        sys.fail("umount", "/sys/fs/cgroup", libc::EINVAL);
+        let r = unmount_all_with(&sys, Some("/dev/vda1"));
+        assert_eq!(r.unmounted, 9);
+        let mut ro = r.remounted_ro.clone();
+        ro.sort();
+        assert_eq!(ro, ["/run/kios/datapart", "/var/log"]);
+        assert_eq!(r.failed.len(), 1);
+        assert_eq!(r.failed[0].0, "/dev");
+        let remounts: Vec<(String, u64)> = sys
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Mount { target, flags, .. } => Some((target, flags)),
+                _ => None,
+            })
+            .collect();
+        // The data partition device itself: superblock read-only; every
+        // remount here is of a block-backed mount, never of /dev.
+        assert!(remounts.contains(&("/run/kios/datapart".into(), MS_REMOUNT | MS_RDONLY)));
+        assert!(remounts.contains(&("/var/log".into(), MS_REMOUNT | MS_RDONLY)));
+        assert!(!remounts.iter().any(|(t, _)| t == "/dev"));
+    }
+
+    #[test]
+    fn other_block_mounts_only_get_a_per_mount_read_only_flag() {
+        let sys = FakeSys::new();
+        sys.add_file("/proc/self/mountinfo", INFO);
+        for e in parse_mountinfo(INFO) {
+            sys.add_dir(&e.mount_point);
+        }
+        sys.fail("umount", "/var/meta", libc::EBUSY);
+        let r = unmount_all_with(&sys, None);
+        assert_eq!(r.remounted_ro, ["/var/meta"]);
+        assert!(sys.calls().contains(&Call::Mount {
+            source: None,
+            target: "/var/meta".into(),
+            fstype: None,
+            flags: MS_REMOUNT | MS_BIND | MS_RDONLY,
+            data: None
+        }));
+    }
+
+    #[test]
+    fn unreadable_mountinfo_changes_nothing() {
+        let sys = FakeSys::new();
+        let r = unmount_all_with(&sys, None);
+        assert_eq!(r.unmounted, 0);
+        assert_eq!(r.failed.len(), 1);
+        assert!(sys.calls().is_empty());
+    }
 }
