@@ -1,7 +1,8 @@
 //! Verification of the processes in init's PID namespace: on a kiOS node
 //! only init, cri-o, the kubelet, conmon monitors and containers may run.
-//! Kernel threads, zombies, short-lived helpers that cri-o or the kubelet
-//! run from /bin (crun, pinns, mount, ...) and the pids the caller names
+//! Kernel threads, zombies, short-lived helpers that cri-o, the kubelet or
+//! a conmon run from /bin or /opt/cni/bin (crun, pinns, mount, CNI plugins)
+//! and the pids the caller names
 //! (e.g. the client that asked) are accepted; anything else is a `process`
 //! finding with its pid, exe and command line.
 
@@ -28,9 +29,10 @@ pub struct ExpectedProcs {
     pub pod_cgroup_prefixes: Vec<String>,
     /// Executable of the container monitor.
     pub conmon_exe: String,
-    /// Directory of the image's binaries: helpers that cri-o or the kubelet
-    /// run from it are accepted while they live.
-    pub helper_dir: String,
+    /// Directories of programs that cri-o, the kubelet or a conmon may run as
+    /// short-lived helpers (the image's /bin, the CNI plugins): accepted while
+    /// they live.
+    pub helper_dirs: Vec<String>,
     /// Bound on the findings kept; the rest are counted in `omitted`.
     pub max_findings: usize,
 }
@@ -45,7 +47,7 @@ impl ExpectedProcs {
             also_allowed: Vec::new(),
             pod_cgroup_prefixes: vec!["/kubepods".to_string()],
             conmon_exe: "/bin/conmon".to_string(),
-            helper_dir: "/bin".to_string(),
+            helper_dirs: vec!["/bin".to_string(), "/opt/cni/bin".to_string()],
             max_findings: crate::verify::DEFAULT_MAX_FINDINGS,
         }
     }
@@ -95,6 +97,14 @@ pub fn verify_processes(proc_root: &Path, expected: &ExpectedProcs) -> Result<Re
         .into_iter()
         .flatten()
         .collect();
+    // Helpers run by cri-o, the kubelet or a conmon (crun under conmon).
+    let mut helper_parents = services.clone();
+    helper_parents.extend(
+        procs
+            .iter()
+            .filter(|p| p.exe.as_deref() == Some(expected.conmon_exe.as_str()))
+            .map(|p| p.pid),
+    );
 
     let mut report = Report::default();
     for p in &procs {
@@ -113,10 +123,13 @@ pub fn verify_processes(proc_root: &Path, expected: &ExpectedProcs) -> Result<Re
             .pod_cgroup_prefixes
             .iter()
             .any(|prefix| under_prefix(&p.cgroup, prefix));
-        let helper =
-            p.exe.as_deref().is_some_and(|exe| {
-                Path::new(exe).parent() == Some(Path::new(&expected.helper_dir))
-            }) && descends_from(p.pid, &services, parent_of);
+        let helper = p.exe.as_deref().is_some_and(|exe| {
+            let dir = Path::new(exe).parent();
+            expected
+                .helper_dirs
+                .iter()
+                .any(|d| dir == Some(Path::new(d)))
+        }) && descends_from(p.pid, &helper_parents, parent_of);
         if known || kernel_thread || zombie || conmon || other_ns || in_pod_cgroup || helper {
             continue;
         }

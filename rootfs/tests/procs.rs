@@ -96,6 +96,9 @@ fn only_strangers_are_reported() {
         p(31, 10, "/bin/crun", "/bin/crun create"),
         p(32, 31, "/bin/pinns", "/bin/pinns -d /var/run"),
         p(33, 11, "/bin/mount", "mount -t tmpfs"),
+        p(34, 30, "/bin/crun", "/bin/crun exec"),
+        p(35, 10, "/opt/cni/bin/bridge", "bridge"),
+        p(36, 1, "/opt/cni/bin/bridge", "bridge"),
         zombie,
         container,
         pod_cgroup,
@@ -112,13 +115,13 @@ fn only_strangers_are_reported() {
     let got: Vec<&str> = r.findings.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(
         got,
-        ["/proc/52", "/proc/60", "/proc/61"],
+        ["/proc/36", "/proc/52", "/proc/60", "/proc/61"],
         "{:#?}",
         r.findings
     );
     assert!(r.findings.iter().all(|f| f.problem == Problem::Process));
     assert_eq!(
-        r.findings[1].detail,
+        r.findings[2].detail,
         "exe /bin/busybox, ppid 1, cmdline \"busybox sh\""
     );
     assert!(!r.is_clean());
