@@ -13,6 +13,9 @@ use crate::{modules, mounts, netsetup};
 use std::path::Path;
 use std::time::Duration;
 
+/// The boot parameter keys init reads.
+pub const BOOT_KEYS: [&str; 3] = ["datapart", "kios.datapart_timeout", "kios.log"];
+
 /// Default wait for the data partition.
 pub const DEFAULT_DATAPART_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest accepted `kios.datapart_timeout`.
@@ -26,6 +29,10 @@ pub struct BootConfig {
     pub log: LogTarget,
     /// Bad values met while parsing (each replaced by its default).
     pub warnings: Vec<String>,
+    /// The boot parameters found in the environment (only the keys above),
+    /// kept so [`BootConfig::with_cmdline`] can re-read the command line
+    /// once /proc is mounted without losing the environment's priority.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for BootConfig {
@@ -35,6 +42,7 @@ impl Default for BootConfig {
             datapart_timeout: DEFAULT_DATAPART_TIMEOUT,
             log: LogTarget::Kmsg,
             warnings: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -119,6 +127,11 @@ impl BootConfig {
                 })
         };
         let mut cfg = BootConfig::default();
+        cfg.env = env
+            .iter()
+            .filter(|(k, _)| BOOT_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
         if let Some(v) = lookup("datapart") {
             match DatapartSpec::parse(&v) {
                 Ok(spec) => cfg.datapart = spec,
@@ -141,6 +154,32 @@ impl BootConfig {
             }
         }
         cfg
+    }
+
+    /// The same environment with a (new) kernel command line: init starts
+    /// before /proc is mounted, so parameters with a dot (which the kernel
+    /// never puts in init's environment) are only seen after the base
+    /// mounts. [`early_boot`] calls this.
+    /// Keys that neither source sets keep their current value.
+    pub fn with_cmdline(&self, cmdline: &str) -> BootConfig {
+        let fresh = BootConfig::from_env_and_cmdline(&self.env, cmdline);
+        let params = cmdline_params(cmdline);
+        let set = |key: &str| self.env.iter().chain(params.iter()).any(|(k, _)| k == key);
+        BootConfig {
+            datapart: if set("datapart") {
+                fresh.datapart
+            } else {
+                self.datapart.clone()
+            },
+            datapart_timeout: if set("kios.datapart_timeout") {
+                fresh.datapart_timeout
+            } else {
+                self.datapart_timeout
+            },
+            log: if set("kios.log") { fresh.log } else { self.log },
+            warnings: fresh.warnings,
+            env: self.env.clone(),
+        }
     }
 
     /// [`BootConfig::from_env_and_cmdline`] with this process's environment
@@ -204,6 +243,9 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
 
     let base = mounts::mount_base(sys);
     warnings.extend(base.failures);
+    // /proc is there now: re-read the parameters with the command line.
+    let cfg = &cfg.with_cmdline(&read_cmdline(sys));
+    kmsg::set_target(cfg.log);
     kmsg::flush_pending();
     if cfg.log == LogTarget::Kmsg {
         // The kernel rate-limits user writes to /dev/kmsg (10 lines per 5 s)
@@ -306,6 +348,36 @@ mod tests {
         assert_eq!(c.warnings.len(), 1);
         let c = BootConfig::from_env_and_cmdline(&[], "kios.datapart_timeout=99999");
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn dotted_parameters_from_a_later_cmdline_keep_env_priority() {
+        // Before /proc: only the environment (dotted keys never reach it).
+        let early =
+            BootConfig::from_env_and_cmdline(&env(&[("datapart", "/dev/vdb1"), ("HOME", "/")]), "");
+        assert_eq!(early.env, env(&[("datapart", "/dev/vdb1")]));
+        let later = early.with_cmdline("datapart=auto kios.datapart_timeout=7 kios.log=stderr");
+        assert_eq!(later.datapart, DatapartSpec::Device("/dev/vdb1".into()));
+        assert_eq!(later.datapart_timeout, Duration::from_secs(7));
+        assert_eq!(later.log, LogTarget::Stderr);
+    }
+
+    #[test]
+    fn early_boot_reads_the_cmdline_after_mounting_proc() {
+        let sys = FakeSys::new();
+        sys.add_file(
+            "/proc/cmdline",
+            "console=ttyS0 datapart=/dev/vdz1 kios.datapart_timeout=0 kios.log=stderr\n",
+        );
+        let cfg = BootConfig::from_env_and_cmdline(&[], "");
+        let r = early_boot(&sys, &cfg, &mut Milestones::new());
+        assert_eq!(
+            r.datapart,
+            DatapartStatus::Missing {
+                wanted: "/dev/vdz1".into(),
+                reason: "not found within 0s".into()
+            }
+        );
     }
 
     #[test]
