@@ -62,6 +62,7 @@ owners, new setuid bits, and any path the inventory does not list.\n\n",
             anchor(&section.name)
         ));
     }
+    out.push_str("- [What verify reports](#what-verify-reports)\n");
     out.push('\n');
     for section in &spec.sections {
         out.push_str(&format!(
@@ -120,8 +121,33 @@ owners, new setuid bits, and any path the inventory does not list.\n\n",
             }
         }
     }
+    out.push_str(VERIFY_SECTION);
     out
 }
+
+const VERIFY_SECTION: &str = "## What verify reports
+
+`kiosctl verify` walks the node's root filesystem and compares it with the inventory of the \
+image the node booted. It does not enter /proc, /sys and /dev, nor directories whose contents \
+are created at run time (the scratch space, the data partition's directories, /opt/cni/bin, \
+...); it does look inside /etc (through the data partition's overlay) and every other image \
+directory. Each finding has one of these problems:
+
+| Problem | Meaning |
+|---|---|
+| `missing` | a path of the image is gone (/init is the exception: kios-init removes it) |
+| `modified` | a file's content (size or SHA-256), a link's target or a device number differs |
+| `mode` | permission bits differ |
+| `owner` | owner or group differ |
+| `kind` | a different kind of file, e.g. a symlink where a program belongs, or a hard link that became a separate file |
+| `setuid` | a setuid or setgid bit the image does not have (reported even for overridden files) |
+| `unexpected` | a path the image does not have, e.g. an extra program in /bin |
+| `overridden` | an /etc difference that the data partition's overlay explains: the detail names the file in meta/etc that replaces, adds or hides it |
+| `process` | a process that is neither init, cri-o, the kubelet, a conmon, a container nor a short-lived helper of theirs |
+
+A node is clean when every finding is `overridden`: operator configuration is expected, \
+tampering is not.
+";
 
 /// GitHub's heading anchors: lower-case, spaces to dashes, punctuation dropped.
 fn anchor(heading: &str) -> String {
