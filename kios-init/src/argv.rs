@@ -2,10 +2,15 @@
 //! flags derived from /etc/kubernetes exactly like the original init, plus
 //! the node-labels parser.
 //!
-//! Decision on invalid node-labels: the file is all or nothing. One bad
-//! line makes [`parse_node_labels`] fail with its line number, and the
-//! kubelet then starts WITHOUT `--node-labels` (and the error goes to the
-//! kernel log): bad input changes nothing rather than half-applying labels.
+//! node-labels semantics (the original's, made explicit): `#` starts a
+//! comment anywhere on a line; the first `:` separates key and value; every
+//! other character outside A-Z a-z 0-9 . _ - / is dropped (so whitespace,
+//! quotes, a second ':' vanish), as the original's character filter did.
+//! Decision on lines the original left undefined: a line without `:` or
+//! with an empty key (after filtering) is skipped. Every dropped character
+//! and skipped line is a warning in the kernel log naming the line, so a
+//! typo is visible. Only a file with more than [`LABEL_LIMIT`] labels is an
+//! error: the kubelet then starts without `--node-labels`.
 
 use std::path::Path;
 
@@ -42,15 +47,18 @@ pub fn crio_argv() -> Vec<String> {
 pub const CREDENTIAL_PROVIDER_BIN_DIR: &str =
     "/usr/libexec/kubernetes/kubelet-plugins/credential-provider/exec";
 
-/// A node-labels line that cannot be used.
+/// A problem in node-labels. Only [`LabelError::TooMany`] makes the file
+/// unusable; the others are warnings (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LabelError {
-    #[error("node-labels line {line}: missing ':' between key and value")]
+    #[error("node-labels line {line}: no ':' between key and value, line skipped")]
     MissingColon { line: usize },
-    #[error("node-labels line {line}: empty key")]
+    #[error("node-labels line {line}: empty key, line skipped")]
     EmptyKey { line: usize },
-    #[error("node-labels line {line}: invalid character {ch:?} (allowed: A-Z a-z 0-9 . _ - /)")]
-    InvalidCharacter { line: usize, ch: char },
+    #[error(
+        "node-labels line {line}: dropped characters {dropped:?} (allowed: A-Z a-z 0-9 . _ - /)"
+    )]
+    DroppedCharacters { line: usize, dropped: String },
     #[error("node-labels: more than {limit} labels")]
     TooMany { limit: usize },
 }
@@ -59,39 +67,70 @@ fn label_char_ok(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
 }
 
-fn check_label_part(part: &str, line: usize) -> Result<(), LabelError> {
-    match part.chars().find(|c| !label_char_ok(*c)) {
-        Some(ch) => Err(LabelError::InvalidCharacter { line, ch }),
-        None => Ok(()),
-    }
+/// Labels and the warnings met parsing them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ParsedLabels {
+    pub labels: Vec<(String, String)>,
+    pub warnings: Vec<LabelError>,
 }
 
-/// Parse node-labels: `key: value` per line; `#` starts a comment anywhere;
-/// blank lines and surrounding whitespace ignored; keys and values only
-/// use A-Z a-z 0-9 . _ - /; a value may be empty. Line numbers start at 1.
-pub fn parse_node_labels(text: &str) -> Result<Vec<(String, String)>, LabelError> {
-    let mut out = Vec::new();
+/// Parse node-labels with warnings; see the module docs for the rules.
+pub fn parse_node_labels_detailed(text: &str) -> ParsedLabels {
+    let mut out = ParsedLabels::default();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
-        let content = raw.split('#').next().unwrap_or("").trim();
-        if content.is_empty() {
+        let content = raw.split('#').next().unwrap_or("");
+        if content.trim().is_empty() {
             continue;
         }
-        let (key, value) = content
-            .split_once(':')
-            .ok_or(LabelError::MissingColon { line })?;
-        let (key, value) = (key.trim(), value.trim());
+        let Some((key_raw, value_raw)) = content.split_once(':') else {
+            out.warnings.push(LabelError::MissingColon { line });
+            continue;
+        };
+        let mut dropped = String::new();
+        let mut filter = |part: &str| -> String {
+            let mut kept = String::new();
+            for c in part.chars() {
+                if label_char_ok(c) {
+                    kept.push(c);
+                } else if !c.is_whitespace() {
+                    dropped.push(c);
+                }
+            }
+            kept
+        };
+        let key = filter(key_raw);
+        let value = filter(value_raw);
+        if !dropped.is_empty() {
+            out.warnings
+                .push(LabelError::DroppedCharacters { line, dropped });
+        }
         if key.is_empty() {
-            return Err(LabelError::EmptyKey { line });
+            out.warnings.push(LabelError::EmptyKey { line });
+            continue;
         }
-        check_label_part(key, line)?;
-        check_label_part(value, line)?;
-        if out.len() >= LABEL_LIMIT {
-            return Err(LabelError::TooMany { limit: LABEL_LIMIT });
+        if out.labels.len() >= LABEL_LIMIT {
+            out.warnings
+                .push(LabelError::TooMany { limit: LABEL_LIMIT });
+            break;
         }
-        out.push((key.to_string(), value.to_string()));
+        out.labels.push((key, value));
     }
-    Ok(out)
+    out
+}
+
+/// Parse node-labels: `key: value` per line; see the module docs. Fails
+/// only when there are more than [`LABEL_LIMIT`] labels.
+pub fn parse_node_labels(text: &str) -> Result<Vec<(String, String)>, LabelError> {
+    let parsed = parse_node_labels_detailed(text);
+    if let Some(e) = parsed
+        .warnings
+        .iter()
+        .find(|w| matches!(w, LabelError::TooMany { .. }))
+    {
+        return Err(e.clone());
+    }
+    Ok(parsed.labels)
 }
 
 /// What the kubelet argv derivation noticed, for the kernel log.
@@ -129,18 +168,28 @@ pub fn derive_kubelet_argv(etc_kubernetes: &Path) -> KubeletArgv {
     let labels_path = etc_kubernetes.join("node-labels");
     match read_text(&labels_path) {
         Ok(None) => {}
-        Ok(Some(text)) => match parse_node_labels(&text) {
-            Ok(labels) if labels.is_empty() => {}
-            Ok(labels) => {
-                let joined: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Ok(Some(text)) => {
+            let parsed = parse_node_labels_detailed(&text);
+            let too_many = parsed
+                .warnings
+                .iter()
+                .any(|w| matches!(w, LabelError::TooMany { .. }));
+            for w in &parsed.warnings {
+                r.warnings.push(format!("{w} in {}", labels_path.display()));
+            }
+            if too_many {
+                r.warnings
+                    .push("starting the kubelet without --node-labels".into());
+            } else if !parsed.labels.is_empty() {
+                let joined: Vec<String> = parsed
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 r.argv.push("--node-labels".into());
                 r.argv.push(joined.join(","));
             }
-            Err(e) => r.warnings.push(format!(
-                "{e} in {}; starting the kubelet without --node-labels",
-                labels_path.display()
-            )),
-        },
+        }
         Err(e) => r
             .warnings
             .push(format!("{e}; starting the kubelet without --node-labels")),
@@ -241,23 +290,36 @@ mod tests {
             ("A.b_c-d/E: 0.9_x-Y/z", &[("A.b_c-d/E", "0.9_x-Y/z")]),
             ("#a: b\nc: d", &[("c", "d")]),
             ("a: b\r\nc: d\r\n", &[("a", "b"), ("c", "d")]),
+            ("te am : a b", &[("team", "ab")]),
+            (
+                "tier: \"gold\"\nzone: 'eu-1'!\n",
+                &[("tier", "gold"), ("zone", "eu-1")],
+            ),
+            ("a: b: c", &[("a", "bc")]),
+            ("no colon here\nok: 1\n", &[("ok", "1")]),
+            (": b\n!!: c\nk: v", &[("k", "v")]),
+            ("ä: b", &[]),
         ];
         for (input, want) in ok {
-            assert_eq!(labels(input), Ok(kv(want)), "input {input:?}");
+            assert_eq!(parse_node_labels(input), Ok(kv(want)), "input {input:?}");
         }
-        let bad: &[(&str, LabelError)] = &[
-            ("a b", LabelError::MissingColon { line: 1 }),
-            ("ok: 1\nnocolon", LabelError::MissingColon { line: 2 }),
-            (": b", LabelError::EmptyKey { line: 1 }),
-            ("a: b c", LabelError::InvalidCharacter { line: 1, ch: ' ' }),
-            ("a: b: c", LabelError::InvalidCharacter { line: 1, ch: ':' }),
-            ("a=b: c", LabelError::InvalidCharacter { line: 1, ch: '=' }),
-            ("a: b,c", LabelError::InvalidCharacter { line: 1, ch: ',' }),
-            ("ä: b", LabelError::InvalidCharacter { line: 1, ch: 'ä' }),
-        ];
-        for (input, want) in bad {
-            assert_eq!(labels(input).as_ref(), Err(want), "input {input:?}");
-        }
+    }
+
+    #[test]
+    fn label_warnings_name_the_line() {
+        let p = parse_node_labels_detailed("ok: 1\nno colon\n: x\nq: \"v\"\n");
+        assert_eq!(p.labels, kv(&[("ok", "1"), ("q", "v")]));
+        assert_eq!(
+            p.warnings,
+            [
+                LabelError::MissingColon { line: 2 },
+                LabelError::EmptyKey { line: 3 },
+                LabelError::DroppedCharacters {
+                    line: 4,
+                    dropped: "\"\"".into()
+                },
+            ]
+        );
     }
 
     #[test]
@@ -267,6 +329,8 @@ mod tests {
             labels(&text),
             Err(LabelError::TooMany { limit: LABEL_LIMIT })
         );
+        let text: String = (0..LABEL_LIMIT).map(|i| format!("k{i}: v\n")).collect();
+        assert_eq!(labels(&text).map(|l| l.len()), Ok(LABEL_LIMIT));
     }
 
     fn tempdir(name: &str) -> std::path::PathBuf {
@@ -294,7 +358,12 @@ mod tests {
                 0,
             ),
             ("labels-empty", &[("node-labels", "# nothing\n")], &[], 0),
-            ("labels-bad", &[("node-labels", "a: b\nbad line\n")], &[], 1),
+            (
+                "labels-bad-line",
+                &[("node-labels", "a: b\nbad line\n")],
+                &["--node-labels", "a=b"],
+                1,
+            ),
             (
                 "ip",
                 &[("node-ip", "  10.0.0.5  \nignored\n")],
