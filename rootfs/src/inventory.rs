@@ -314,13 +314,59 @@ impl Inventory {
         Inventory::decode(&bytes)
     }
 
-    /// The entry at `path` (a trailing slash is ignored).
+    /// The entry at `path` (a trailing slash is ignored). When `path` is not
+    /// listed but goes through a symlink of the image (`/sbin/modprobe`,
+    /// `/lib64/ld-linux-x86-64.so.2`), the entry it resolves to.
     pub fn get(&self, path: &str) -> Option<&Entry> {
         let path = normalize_lookup(path);
+        self.exact(path)
+            .or_else(|| self.exact(&self.resolve_dirs(path)?))
+    }
+
+    /// The entry listed at exactly `path` (no symlink resolution).
+    pub fn exact(&self, path: &str) -> Option<&Entry> {
         self.entries
             .binary_search_by(|e| e.path.as_str().cmp(path))
             .ok()
             .and_then(|i| self.entries.get(i))
+    }
+
+    /// Resolves symlinks of the inventory in the directory part of `path`
+    /// (relative targets only, a bounded number of times).
+    fn resolve_dirs(&self, path: &str) -> Option<String> {
+        let mut parts: Vec<String> = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect();
+        let mut changed = false;
+        let mut i = 0;
+        let mut budget = 16;
+        while i + 1 < parts.len() {
+            let prefix = format!("/{}", parts[..=i].join("/"));
+            match self.exact(&prefix) {
+                Some(e) if e.kind == Kind::Symlink && budget > 0 => {
+                    let target = e.target.as_deref()?;
+                    if target.starts_with('/') || target.split('/').any(|p| p == "..") {
+                        return None;
+                    }
+                    budget -= 1;
+                    let rest = parts.split_off(i + 1);
+                    parts.truncate(i);
+                    parts.extend(
+                        target
+                            .split('/')
+                            .filter(|p| !p.is_empty() && *p != ".")
+                            .map(String::from),
+                    );
+                    parts.extend(rest);
+                    changed = true;
+                    i = 0;
+                }
+                _ => i += 1,
+            }
+        }
+        changed.then(|| format!("/{}", parts.join("/")))
     }
 
     pub fn component(&self, name: &str) -> Option<&Component> {

@@ -460,7 +460,7 @@ impl Verifier<'_> {
             } else {
                 format!("{dir}/{name}")
             };
-            let entry = self.inv.get(&path).filter(|e| e.presence.in_image());
+            let entry = self.inv.exact(&path).filter(|e| e.presence.in_image());
             let Ok(meta) = std::fs::symlink_metadata(self.live(&path)) else {
                 continue;
             };

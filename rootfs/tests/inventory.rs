@@ -79,6 +79,10 @@ fn entries_are_sorted_and_found_by_path() {
     assert_eq!(inv.get("/run/").unwrap().kind, Kind::Mount);
     assert_eq!(inv.get("/").unwrap().kind, Kind::Dir);
     assert!(inv.get("/bin/ls").is_none());
+    // Through the image's symlinks (/sbin -> bin).
+    assert_eq!(inv.get("/sbin/crio").unwrap().path, "/bin/crio");
+    assert_eq!(inv.get("/sbin").unwrap().kind, Kind::Symlink);
+    assert!(inv.get("/sbin/nothing").is_none());
     assert_eq!(inv.component("C").unwrap().section, "S");
     let crio = inv.get("/bin/crio").unwrap();
     assert_eq!(crio.mode_string(), "0500");
