@@ -57,7 +57,10 @@ const fn mnt(
 pub const BASE_PLAN: &[MountStep] = &[
     mnt("proc", "/proc", "proc", NSED, None),
     mnt("sysfs", "/sys", "sysfs", NSED, None),
-    mnt("devtmpfs", "/dev", "devtmpfs", NSE, Some("mode=0755")),
+    // No options: devtmpfs has ONE superblock per kernel and a new mount
+    // reconfigures it, so options here would also change the host's /dev
+    // in the namespace harness.
+    mnt("devtmpfs", "/dev", "devtmpfs", NSE, None),
     mnt(
         "devpts",
         "/dev/pts",
