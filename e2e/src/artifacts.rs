@@ -6,7 +6,8 @@
 //! assembles an inputs directory for the rootfs builder: `kios-init`,
 //! `kiosctl`, `crio`, `kubelet`, `pinns` (the stand-ins) and Debian's
 //! `crun`, `conmon` and static `busybox`. `KIOS_E2E_PREBUILT=1` skips the
-//! build (CI builds first; see scripts/test). A missing tool is an error
+//! build (CI builds first; see scripts/test); `KIOS_E2E_BIN_DIR=DIR` takes
+//! the binaries from DIR instead (and skips the build). A missing tool is an error
 //! naming the Debian package to install, never a skip.
 //!
 //! The musl build is two cargo runs: kios-init and kiosctl, then the e2e
@@ -28,6 +29,10 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// Set to `1` when the musl binaries are already built.
 pub const PREBUILT_ENV: &str = "KIOS_E2E_PREBUILT";
+
+/// A directory holding the musl binaries to use instead of building them
+/// (implies [`PREBUILT_ENV`]), e.g. to test another build of kios-init.
+pub const BIN_DIR_ENV: &str = "KIOS_E2E_BIN_DIR";
 
 #[derive(Debug, Error)]
 pub enum ArtifactsError {
@@ -139,7 +144,10 @@ pub fn artifacts() -> Result<&'static Artifacts, ArtifactsError> {
 
 fn prepare() -> Result<Artifacts, ArtifactsError> {
     let workspace = workspace_root();
-    let bin_dir = musl_target_dir().join(MUSL_TARGET).join("release");
+    let given_bin_dir = std::env::var_os(BIN_DIR_ENV).map(PathBuf::from);
+    let bin_dir = given_bin_dir
+        .clone()
+        .unwrap_or_else(|| musl_target_dir().join(MUSL_TARGET).join("release"));
     let scratch = scratch_root();
     std::fs::create_dir_all(&scratch).map_err(io("create", &scratch))?;
     remove_stale_run_dirs(&scratch);
@@ -153,7 +161,7 @@ fn prepare() -> Result<Artifacts, ArtifactsError> {
         check_host_tool(Path::new(path), package)?;
     }
 
-    if std::env::var(PREBUILT_ENV).as_deref() != Ok("1") {
+    if given_bin_dir.is_none() && std::env::var(PREBUILT_ENV).as_deref() != Ok("1") {
         build_musl(&workspace)?;
     }
 
