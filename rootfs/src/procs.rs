@@ -97,12 +97,15 @@ pub fn verify_processes(proc_root: &Path, expected: &ExpectedProcs) -> Result<Re
         .into_iter()
         .flatten()
         .collect();
-    // Helpers run by cri-o, the kubelet or a conmon (crun under conmon).
+    // Helpers run by cri-o, the kubelet, a conmon (crun under conmon) or the
+    // kernel (usermode helpers such as /sbin/modprobe are children of kthreadd).
     let mut helper_parents = services.clone();
     helper_parents.extend(
         procs
             .iter()
-            .filter(|p| p.exe.as_deref() == Some(expected.conmon_exe.as_str()))
+            .filter(|p| {
+                p.exe.as_deref() == Some(expected.conmon_exe.as_str()) || p.flags & PF_KTHREAD != 0
+            })
             .map(|p| p.pid),
     );
 

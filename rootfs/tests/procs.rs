@@ -97,6 +97,7 @@ fn only_strangers_are_reported() {
         p(32, 31, "/bin/pinns", "/bin/pinns -d /var/run"),
         p(33, 11, "/bin/mount", "mount -t tmpfs"),
         p(34, 30, "/bin/crun", "/bin/crun exec"),
+        p(37, 2, "/bin/busybox", "/sbin/modprobe -q -- fs-ext4"),
         p(35, 10, "/opt/cni/bin/bridge", "bridge"),
         p(36, 1, "/opt/cni/bin/bridge", "bridge"),
         zombie,
