@@ -286,7 +286,7 @@ impl Sys for LinuxSys {
         }
         // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of `req`,
         // which lives for the whole call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
             return Err(last_err());
         }
         // SAFETY: the kernel filled ifru_flags above; reading the union field
@@ -295,7 +295,7 @@ impl Sys for LinuxSys {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         }
         // SAFETY: SIOCSIFFLAGS reads `req`, valid for the call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
             return Err(last_err());
         }
         Ok(())
