@@ -132,10 +132,12 @@ impl fmt::Display for Unreachable {
         }
         write!(
             f,
-            "kiosctl talks to kios-init (PID 1 of the node) through that socket. To reach it:\n\
-             \x20 - from a workstation, open a debug pod on the node (it mounts the node's root at /host):\n\
-             \x20     kubectl debug node/NODE -it --profile=sysadmin --image=IMAGE-WITH-KIOSCTL\n\
-             \x20 - from a root shell on the node, enter PID 1's namespaces:\n\
+            "kiosctl talks to kios-init (PID 1 of the node) through that socket, as root. To reach it:\n\
+             \x20 - from a workstation, open a debug pod on the node; it mounts the node's root at /host\n\
+             \x20   and the node's own static kiosctl runs there:\n\
+             \x20     kubectl debug node/NODE -it --profile=sysadmin --image=busybox -- /host/bin/kiosctl status\n\
+             \x20 - from a root shell that sees the node's processes (such a debug pod, or a hostPID pod),\n\
+             \x20   enter PID 1's namespaces:\n\
              \x20     nsenter -t 1 -m -p kiosctl status\n\
              \x20 - or name the socket: --socket PATH or {SOCKET_ENV}=PATH"
         )

@@ -162,7 +162,7 @@ fn shutdown_text(shutdown: Option<&ShutdownStatus>, now_ms: u64) -> String {
         Some(s) => {
             let force = if s.force { ", force" } else { "" };
             format!(
-                "{} ({}{force}) since {}, requested by {}",
+                "{} ({}{force}), requested {} by {}",
                 s.phase,
                 s.mode,
                 age(s.since_ms, now_ms),

@@ -141,7 +141,7 @@ pub fn frame(
         Some(s) => painter.paint(
             &clip(
                 &format!(
-                    "shutdown: {} ({}) since {}, requested by {}",
+                    "shutdown: {} ({}), requested {} by {}",
                     s.phase,
                     s.mode,
                     render::age(s.since_ms, now),
@@ -299,7 +299,7 @@ mod tests {
         let text = lines.join("\n");
         assert!(text.starts_with("node-a   up 1m 2s   "), "{text}");
         assert!(
-            text.contains("shutdown: draining (poweroff) since 1s ago, requested by SIGTERM"),
+            text.contains("shutdown: draining (poweroff), requested 1s ago by SIGTERM"),
             "{text}"
         );
         assert!(text.contains("kubelet   backoff   -"), "{text}");
