@@ -10,6 +10,8 @@
 //! (MS_REMOUNT|MS_BIND|MS_RDONLY), which touches only this mount; only the
 //! data partition device that init itself mounted at boot also gets the
 //! superblock remount (MS_REMOUNT|MS_RDONLY) that flushes its journal.
+//! A busy pseudo file system (/dev holding /dev/kmsg open, /run holding the
+//! system socket) holds no data: it is detached lazily (MNT_DETACH).
 
 use crate::sys::{MountCall, Sys, MS_BIND, MS_RDONLY, MS_REMOUNT};
 use std::path::Path;
@@ -89,6 +91,33 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     out
 }
 
+/// File systems with no backing data: safe to detach lazily when busy.
+pub fn is_pseudo(fstype: &str) -> bool {
+    matches!(
+        fstype,
+        "proc"
+            | "sysfs"
+            | "devtmpfs"
+            | "devpts"
+            | "securityfs"
+            | "cgroup"
+            | "cgroup2"
+            | "tmpfs"
+            | "ramfs"
+            | "mqueue"
+            | "debugfs"
+            | "tracefs"
+            | "bpf"
+            | "configfs"
+            | "pstore"
+            | "efivarfs"
+            | "hugetlbfs"
+            | "fusectl"
+            | "binfmt_misc"
+            | "nsfs"
+    )
+}
+
 /// The order to unmount in: every mount after all of its children, newer
 /// mounts (higher id) first among those ready. The root of the view (`/`
 /// and anything mounted over it) is left out.
@@ -126,7 +155,10 @@ pub fn unmount_order(entries: &[MountEntry]) -> Vec<MountEntry> {
 /// What unmounting did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnmountReport {
+    /// Mounts gone (including the lazily detached ones).
     pub unmounted: usize,
+    /// Busy pseudo file systems detached lazily (MNT_DETACH).
+    pub detached: Vec<String>,
     pub remounted_ro: Vec<String>,
     /// (mount point, reason).
     pub failed: Vec<(String, String)>,
@@ -166,10 +198,33 @@ pub fn unmount_all_with(sys: &dyn Sys, datapart_device: Option<&str>) -> Unmount
             Err(e) => e,
         };
         if m.major == 0 {
-            // Pseudo file system busy (e.g. /dev holding /dev/kmsg open):
-            // nothing to flush, never remounted.
-            crate::kinfo!("{} ({}) stays mounted: {err}", m.mount_point, m.fstype);
-            report.failed.push((m.mount_point.clone(), err.to_string()));
+            if is_pseudo(&m.fstype) {
+                // Busy pseudo file system (/dev holding /dev/kmsg, /run
+                // holding the system socket): no data to flush, so detach
+                // it lazily; never remount it (its superblock may be
+                // shared with the host in the namespace harness).
+                match sys.umount_detach(target) {
+                    Ok(()) => {
+                        report.unmounted += 1;
+                        report.detached.push(m.mount_point.clone());
+                    }
+                    Err(e2) => {
+                        crate::kinfo!(
+                            "{} ({}) stays mounted: {err}; detach: {e2}",
+                            m.mount_point,
+                            m.fstype
+                        );
+                        report
+                            .failed
+                            .push((m.mount_point.clone(), format!("{err}; detach: {e2}")));
+                    }
+                }
+            } else {
+                // overlay and other virtual file systems over real data:
+                // report, the file systems below get their own fallback.
+                crate::kerr!("{} ({}) busy: {err}", m.mount_point, m.fstype);
+                report.failed.push((m.mount_point.clone(), err.to_string()));
+            }
             continue;
         }
         let mut flags = MS_REMOUNT | MS_RDONLY;
@@ -280,13 +335,26 @@ mod tests {
         sys.fail("umount", "/var/log", libc::EBUSY);
         sys.fail("umount", "/run/kios/datapart", libc::EBUSY);
         sys.fail("umount", "/sys/fs/cgroup", libc::EINVAL);
+        sys.fail("umount", "/etc", libc::EBUSY);
+        sys.fail("umount", "/run", libc::EBUSY);
+        sys.fail("umount_detach", "/run", libc::EINVAL);
         let r = unmount_all_with(&sys, Some("/dev/vda1"));
-        assert_eq!(r.unmounted, 9);
+        // 13 mounts: cgroup2 already gone, /var/log and the partition
+        // remounted read-only, /etc and /run failed, /dev detached.
+        assert_eq!(r.unmounted, 8);
+        assert_eq!(r.detached, ["/dev"]);
         let mut ro = r.remounted_ro.clone();
         ro.sort();
         assert_eq!(ro, ["/run/kios/datapart", "/var/log"]);
-        assert_eq!(r.failed.len(), 1);
-        assert_eq!(r.failed[0].0, "/dev");
+        let mut failed: Vec<&str> = r.failed.iter().map(|(m, _)| m.as_str()).collect();
+        failed.sort();
+        assert_eq!(failed, ["/etc", "/run"]);
+        assert!(sys.calls().contains(&Call::UmountDetach("/dev".into())));
+        // Never a lazy detach of a file system with data.
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::UmountDetach(t) if t == "/etc" || t == "/var/log")));
         let remounts: Vec<(String, u64)> = sys
             .calls()
             .into_iter()
@@ -296,10 +364,10 @@ mod tests {
             })
             .collect();
         // The data partition device itself: superblock read-only; every
-        // remount here is of a block-backed mount, never of /dev.
+        // remount here is of a block-backed mount, never of /dev or /run.
         assert!(remounts.contains(&("/run/kios/datapart".into(), MS_REMOUNT | MS_RDONLY)));
         assert!(remounts.contains(&("/var/log".into(), MS_REMOUNT | MS_RDONLY)));
-        assert!(!remounts.iter().any(|(t, _)| t == "/dev"));
+        assert!(!remounts.iter().any(|(t, _)| t == "/dev" || t == "/run"));
     }
 
     #[test]

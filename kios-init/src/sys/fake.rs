@@ -19,6 +19,7 @@ pub enum Call {
         data: Option<String>,
     },
     Umount(String),
+    UmountDetach(String),
     Mkdir(String, u32),
     Write(String, String),
     FinitModule(String, i32),
@@ -178,6 +179,13 @@ impl Sys for FakeSys {
         s.calls
             .push(Call::Umount(target.to_string_lossy().into_owned()));
         Self::take_error(&mut s, "umount", target)
+    }
+
+    fn umount_detach(&self, target: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        s.calls
+            .push(Call::UmountDetach(target.to_string_lossy().into_owned()));
+        Self::take_error(&mut s, "umount_detach", target)
     }
 
     fn create_dir_all(&self, path: &Path, mode: u32) -> io::Result<()> {

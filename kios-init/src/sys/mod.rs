@@ -54,6 +54,9 @@ pub trait Sys {
     fn mount(&self, call: &MountCall<'_>) -> io::Result<()>;
     /// umount2(target, 0).
     fn umount(&self, target: &Path) -> io::Result<()>;
+    /// umount2(target, MNT_DETACH): lazy detach, for busy pseudo file
+    /// systems only (they hold no data to flush).
+    fn umount_detach(&self, target: &Path) -> io::Result<()>;
     /// mkdir -p with `mode` for every directory created.
     fn create_dir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
     fn path_exists(&self, path: &Path) -> bool;
@@ -176,6 +179,17 @@ impl Sys for LinuxSys {
         let t = cpath(target)?;
         // SAFETY: t is a NUL-terminated path valid for the call.
         let rc = unsafe { libc::umount2(t.as_ptr(), 0) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(last_err())
+        }
+    }
+
+    fn umount_detach(&self, target: &Path) -> io::Result<()> {
+        let t = cpath(target)?;
+        // SAFETY: t is a NUL-terminated path valid for the call.
+        let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
         if rc == 0 {
             Ok(())
         } else {
