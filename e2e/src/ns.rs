@@ -215,6 +215,8 @@ impl Sandbox {
         for d in [&upper, &work, &root] {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
+        // The overlay's root shows the upper directory's attributes.
+        copy_attributes(image, &upper)?;
         let mut files = config.files.clone();
         if !config.pristine {
             files.insert(
@@ -971,6 +973,17 @@ pub fn run_with_deadline(mut command: Command, timeout: Duration) -> Result<Outp
     })
 }
 
+/// Gives `to` the mode and owner of `from`.
+fn copy_attributes(from: &Path, to: &Path) -> Result<()> {
+    let meta =
+        std::fs::metadata(from).with_context(|| format!("cannot stat {}", from.display()))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .with_context(|| format!("cannot chmod {}", to.display()))?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))
+        .with_context(|| format!("cannot chown {}", to.display()))?;
+    Ok(())
+}
+
 /// Creates the parents of `upper/<path>` with the mode and owner of the
 /// image's directories (an overlay shows the upper directory's attributes,
 /// so a fresh 0755 directory would look like drift to `verify`).
@@ -987,12 +1000,8 @@ fn stage_parents(image: &Path, upper: &Path, path: &str) -> Result<PathBuf> {
             }
             std::fs::create_dir(&upper_dir)
                 .with_context(|| format!("cannot create {}", upper_dir.display()))?;
-            if let Ok(meta) = std::fs::metadata(&lower_dir) {
-                std::fs::set_permissions(
-                    &upper_dir,
-                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-                )?;
-                std::os::unix::fs::chown(&upper_dir, Some(meta.uid()), Some(meta.gid()))?;
+            if lower_dir.is_dir() {
+                copy_attributes(&lower_dir, &upper_dir)?;
             }
         }
     }

@@ -79,7 +79,7 @@ fn harness_overlay_events_processes_and_poweroff() -> Result<()> {
         "whiteout did not hide node-labels"
     );
     let image = kios_e2e::artifacts::image_tree()?;
-    for dir in ["/etc", "/etc/kubernetes"] {
+    for dir in ["/", "/etc", "/etc/kubernetes"] {
         let inside = std::fs::metadata(sandbox.path(dir))?.mode();
         let lower = std::fs::metadata(image.join(dir.trim_start_matches('/')))?.mode();
         ensure!(
