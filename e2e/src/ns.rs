@@ -914,8 +914,11 @@ impl LineClient {
         if n == 0 {
             bail!("the server closed the connection");
         }
-        serde_json::from_str(reply.trim_end())
-            .with_context(|| format!("reply is not JSON: {reply:?}"))
+        // A client that has sent nothing yet is a silent client for the
+        // protocol: if a shutdown begins between its connect and its first
+        // request, it gets the legacy shutdown byte 0x01 first.
+        let json = reply.trim_start_matches('\u{1}').trim_end();
+        serde_json::from_str(json).with_context(|| format!("reply is not JSON: {reply:?}"))
     }
 
     /// The underlying stream (e.g. for raw bytes or a shutdown).
