@@ -170,6 +170,8 @@ fn restart(s: &mut Session, service: ServiceName) -> Result<Exit> {
 
 /// `shutdown`, `reboot`, and the `poweroff`/`reboot` aliases.
 pub fn shutdown(s: &mut Session, mode: PowerMode, force: bool) -> Result<Exit> {
+    // Init may SIGTERM everything before we read its reply: print it anyway.
+    let term = crate::signals::DeferTerm::start();
     let reply: ShutdownReply = s.ask(&Request::Shutdown { mode, force })?;
     if !s.json {
         let how = if force {
@@ -181,6 +183,13 @@ pub fn shutdown(s: &mut Session, mode: PowerMode, force: bool) -> Result<Exit> {
             "graceful {} started ({how}); phase: {}. Follow it with: kiosctl watch",
             reply.mode, reply.phase
         ))?;
+    }
+    s.out.flush()?;
+    if term.received() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "kiosctl: the node is stopping every process now, this one included"
+        );
     }
     Ok(Exit::Ok)
 }

@@ -12,6 +12,7 @@
 //! - [`render`]: tables, durations, ages and timestamps for people;
 //! - [`output`]: stdout with colour decided once, broken pipes as a normal end;
 //! - [`watch`]: the live view of `kiosctl watch` on a terminal;
+//! - [`signals`]: SIGTERM deferred while a shutdown request is in flight;
 //! - [`commands`]: one function per subcommand;
 //! - [`exit`]: the documented exit codes and how failures map to them.
 
@@ -23,4 +24,5 @@ pub mod discovery;
 pub mod exit;
 pub mod output;
 pub mod render;
+pub mod signals;
 pub mod watch;

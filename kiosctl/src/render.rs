@@ -97,8 +97,9 @@ pub fn short_duration(ms: u64) -> String {
 pub fn age(at_ms: u64, now_ms: u64) -> String {
     if at_ms > now_ms {
         let ahead = at_ms - now_ms;
+        // Within a second either way is clock noise between node and us.
         return if ahead < 1000 {
-            "now".to_string()
+            "just now".to_string()
         } else {
             format!("in {}", short_duration(ahead))
         };
@@ -350,6 +351,24 @@ pub fn first_sentence(text: &str, max: usize) -> String {
     format!("{}...", cut.trim_end())
 }
 
+/// At most `max` items joined with commas, then `+N` for the rest; `-`
+/// for none.
+pub fn short_list(items: &[String], max: usize) -> String {
+    if items.is_empty() {
+        return "-".to_string();
+    }
+    let mut text = items
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",");
+    if items.len() > max {
+        text.push_str(&format!(" +{}", items.len() - max));
+    }
+    text
+}
+
 /// `kiosctl files`: one row per inventory entry.
 pub fn files(reply: &FilesReply, view: View) -> String {
     let mut headers = vec!["PATH", "KIND", "MODE", "OWNER", "COMPONENT"];
@@ -372,11 +391,7 @@ pub fn files(reply: &FilesReply, view: View) -> String {
             if view.wide {
                 row.push(f.size.map_or("-".to_string(), |s| s.to_string()));
                 row.push(f.target.clone().unwrap_or_else(|| "-".to_string()));
-                row.push(if f.used_by.is_empty() {
-                    "-".to_string()
-                } else {
-                    f.used_by.join(",")
-                });
+                row.push(short_list(&f.used_by, 3));
                 row.push(first_sentence(&f.why, 200));
             } else {
                 row.push(first_sentence(&f.why, 60));
@@ -572,7 +587,7 @@ mod tests {
         assert_eq!(age(1_000, 13_000), "12s ago");
         assert_eq!(age(13_000, 13_500), "just now");
         assert_eq!(age(17_000, 13_000), "in 4s");
-        assert_eq!(age(13_200, 13_000), "now");
+        assert_eq!(age(13_200, 13_000), "just now");
     }
 
     #[test]
@@ -616,6 +631,14 @@ mod tests {
         assert_eq!(first_sentence("One. Two.", 60), "One.");
         assert_eq!(first_sentence("abcdefghij", 8), "abcde...");
         assert_eq!(first_sentence("a\n  b", 60), "a b");
+    }
+
+    #[test]
+    fn long_lists_are_cut() {
+        let items: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        assert_eq!(short_list(&items, 3), "a,b,c +2");
+        assert_eq!(short_list(&items[..2], 3), "a,b");
+        assert_eq!(short_list(&[], 3), "-");
     }
 
     #[test]

@@ -179,6 +179,45 @@ fn shutdown_and_reboot_send_the_right_request() {
 }
 
 #[test]
+fn sigterm_during_the_shutdown_request_does_not_lose_the_reply() {
+    // A forced shutdown TERMs every process, often before kiosctl has read
+    // init's reply; kiosctl still prints it and exits 0.
+    let dir = TempDir::new("term");
+    let gate = dir.path.join("gate");
+    let node = FakeNode::serve(
+        &dir.path.join("run/system.sock"),
+        vec![(
+            "shutdown poweroff force",
+            Answer::AfterFile(gate.clone(), vec![fx::shutdown_line(PowerMode::Poweroff)]),
+        )],
+    );
+    let child = command(&dir.path, &["shutdown", "--force"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiosctl");
+    common::wait_until("the shutdown request", || !node.requests().is_empty());
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    std::fs::write(&gate, "").expect("open the gate");
+    let output = child.wait_with_output().expect("kiosctl output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("graceful poweroff started (without waiting for the kubelet)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stderr,
+        "kiosctl: the node is stopping every process now, this one included\n"
+    );
+}
+
+#[test]
 fn shutting_down_twice_is_reported() {
     let busy = fx::error(
         ErrorCode::ShuttingDown,

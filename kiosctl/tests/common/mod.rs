@@ -50,6 +50,8 @@ pub enum Answer {
     RawThenClose(Vec<u8>),
     /// Read on, never answer.
     Silence,
+    /// Wait (at most 10 s) until this file exists, then send the lines.
+    AfterFile(PathBuf, Vec<String>),
 }
 
 /// A fake kios-init socket: answers by exact request line; anything not
@@ -132,6 +134,15 @@ fn serve_connection(
                 return;
             }
             Answer::Silence => {}
+            Answer::AfterFile(gate, lines) => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !gate.exists() && Instant::now() < deadline {
+                    std::thread::yield_now();
+                }
+                if !send(&mut writer, &lines) {
+                    return;
+                }
+            }
         }
     }
 }
