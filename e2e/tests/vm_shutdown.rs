@@ -71,6 +71,15 @@ fn powered_off(node: &Node, vm: &mut Vm, n: u32, how: &str) -> Duration {
         vm.config().console_path().display()
     );
     assert!(!texts.contains("Kernel panic"), "{how}: kernel panic");
+    // Every process of this node exits on SIGTERM; nothing can survive
+    // SIGKILL but kernel threads, which a real kernel has (a namespace
+    // does not) and which must not hold the stopping phase up.
+    assert!(
+        !texts.contains("processes are left after SIGKILL"),
+        "{how}: init waited for processes that cannot be left after SIGKILL \
+         (kernel threads counted by kill(-1, 0)?); console {}",
+        vm.config().console_path().display()
+    );
     node.disk()
         .fsck()
         .unwrap_or_else(|e| panic!("after {how}: {e}"));
