@@ -220,6 +220,17 @@ pub struct BootReport {
     pub warnings: Vec<String>,
 }
 
+/// Record a milestone and put it in the kernel log (debug level).
+fn mark(ms: &mut Milestones, name: &str) {
+    ms.record(name);
+    if let Some(m) = ms.list().last() {
+        crate::kmsg::log(
+            kmsg::Level::Debug,
+            format_args!("milestone {} at {:.2} ms", m.name, m.offset_ms),
+        );
+    }
+}
+
 /// Largest /proc/cmdline read.
 const CMDLINE_LIMIT: usize = 64 * 1024;
 
@@ -247,6 +258,8 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
     let cfg = &cfg.with_cmdline(&read_cmdline(sys));
     kmsg::set_target(cfg.log);
     kmsg::flush_pending();
+    // The command line can only be renamed once /proc is there.
+    sys.set_process_name("kiOS");
     if cfg.log == LogTarget::Kmsg {
         // The kernel rate-limits user writes to /dev/kmsg (10 lines per 5 s)
         // unless told otherwise; init's boot and shutdown lines matter.
@@ -260,19 +273,19 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
         crate::kwarn!("boot parameter {w}");
     }
     warnings.extend(cfg.warnings.iter().cloned());
-    ms.record("mounts");
+    mark(ms, "mounts");
 
     let loaded = modules::load_early_modules(sys);
     warnings.extend(loaded.errors);
-    ms.record("modules");
+    mark(ms, "modules");
 
     let (datapart, dp_warnings) = datapart::setup(sys, &cfg.datapart, cfg.datapart_timeout);
     warnings.extend(dp_warnings);
-    ms.record("datapart");
+    mark(ms, "datapart");
 
     let net = netsetup::setup(sys);
     warnings.extend(net.warnings);
-    ms.record("network");
+    mark(ms, "network");
 
     crate::kinfo!(
         "boot done in {:.1} ms: hostname {}, data partition {}",
@@ -422,6 +435,7 @@ mod tests {
         );
         assert!(pos(&Call::SetHostname("node-1".into())) > proc_mount);
         assert!(pos(&Call::LinkUp("lo".into())) < pos(&Call::DisableCad));
+        assert!(pos(&Call::ProcessName("kiOS".into())) > proc_mount);
         assert_eq!(
             sys.file("/proc/sys/net/ipv4/ip_forward").as_deref(),
             Some(&b"1"[..])

@@ -126,6 +126,27 @@ pub struct PlanReport {
 pub fn run_plan(sys: &dyn Sys, plan: &[MountStep]) -> PlanReport {
     let mut report = PlanReport::default();
     for step in plan {
+        let started = std::time::Instant::now();
+        run_step(sys, step, &mut report);
+        let took = started.elapsed();
+        if took >= SLOW_STEP {
+            crate::kmsg::log(
+                crate::kmsg::Level::Debug,
+                format_args!(
+                    "slow mount step {step:?}: {:.2} ms",
+                    took.as_secs_f64() * 1000.0
+                ),
+            );
+        }
+    }
+    report
+}
+
+/// Steps slower than this are logged (debug level), for the boot budget.
+pub const SLOW_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+fn run_step(sys: &dyn Sys, step: &MountStep, report: &mut PlanReport) {
+    {
         match *step {
             MountStep::Mount {
                 source,
@@ -139,7 +160,7 @@ pub fn run_plan(sys: &dyn Sys, plan: &[MountStep]) -> PlanReport {
                     let msg = format!("create mount point {target}: {e}");
                     crate::kerr!("{msg}");
                     report.failures.push(msg);
-                    continue;
+                    return;
                 }
                 let call = MountCall {
                     source: Some(source),
@@ -193,7 +214,6 @@ pub fn run_plan(sys: &dyn Sys, plan: &[MountStep]) -> PlanReport {
             },
         }
     }
-    report
 }
 
 /// Walk [`BASE_PLAN`].

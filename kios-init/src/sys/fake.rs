@@ -27,6 +27,7 @@ pub enum Call {
     LinkUp(String),
     DisableCad,
     WaitDir(String),
+    ProcessName(String),
 }
 
 #[derive(Debug, Default)]
@@ -302,6 +303,10 @@ impl Sys for FakeSys {
         let mut s = self.lock();
         s.calls.push(Call::DisableCad);
         Self::take_error(&mut s, "cad", Path::new(""))
+    }
+
+    fn set_process_name(&self, name: &str) {
+        self.lock().calls.push(Call::ProcessName(name.into()));
     }
 
     fn wait_for_dir_change(&self, dir: &Path, _timeout: Duration) -> io::Result<()> {

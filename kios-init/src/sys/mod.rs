@@ -10,7 +10,7 @@
 pub mod fake;
 pub mod process;
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -82,6 +82,8 @@ pub trait Sys {
     /// Wait until something is created in `dir` or `timeout` passes
     /// (whichever first). Used while waiting for a block device.
     fn wait_for_dir_change(&self, dir: &Path, timeout: Duration) -> io::Result<()>;
+    /// [`set_process_name`] (best effort).
+    fn set_process_name(&self, name: &str);
 }
 
 /// The real machine.
@@ -326,6 +328,10 @@ impl Sys for LinuxSys {
         }
     }
 
+    fn set_process_name(&self, name: &str) {
+        set_process_name(name)
+    }
+
     fn wait_for_dir_change(&self, dir: &Path, timeout: Duration) -> io::Result<()> {
         let fd = LinuxSys::ensure_watch(dir)?;
         let mut pfd = libc::pollfd {
@@ -378,10 +384,13 @@ pub enum PowerMode {
     Restart,
 }
 
-/// Rename the process: `comm` via PR_SET_NAME and, when the kernel allows
-/// it, the command line (`/proc/1/cmdline`) via PR_SET_MM_ARG_START/END
-/// pointing at a buffer that lives for the rest of the process.
-/// Best effort: failures are ignored (the name is cosmetic).
+/// Rename the process: `comm` via PR_SET_NAME, and the command line
+/// (`/proc/1/cmdline`, what `ps` shows) by overwriting the original argv
+/// area in place (its bounds come from /proc/self/stat, so this part needs
+/// /proc mounted; call again after the base mounts). When the argv area is
+/// too short for the name, PR_SET_MM_ARG_START/END (needs
+/// CAP_SYS_RESOURCE) points the kernel at a buffer that lives for the rest
+/// of the process. Best effort: failures are ignored (the name is cosmetic).
 pub fn set_process_name(name: &str) {
     let mut comm = [0u8; 16];
     for (dst, src) in comm.iter_mut().zip(name.as_bytes().iter().take(15)) {
@@ -390,6 +399,23 @@ pub fn set_process_name(name: &str) {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, comm.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+    let Some((start, end)) = argv_area() else {
+        return;
+    };
+    let len = end.saturating_sub(start) as usize;
+    if len > name.len() && start != 0 {
+        let bytes = name.as_bytes();
+        // SAFETY: [start, end) is this process's argv area as the kernel
+        // reports it: mapped, writable memory that held the argument strings
+        // at exec. We overwrite only that range; std copies arguments out of
+        // it on each `env::args()` call and keeps no borrowed slices into it.
+        unsafe {
+            let p = start as *mut u8;
+            std::ptr::write_bytes(p, 0, len);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+        }
+        return;
     }
     let Ok(c) = CString::new(name) else { return };
     let bytes: &'static [u8] = Box::leak(c.into_bytes_with_nul().into_boxed_slice());
@@ -404,6 +430,23 @@ pub fn set_process_name(name: &str) {
     if !(set(libc::PR_SET_MM_ARG_START, start) && set(libc::PR_SET_MM_ARG_END, end)) {
         let _ = set(libc::PR_SET_MM_ARG_END, end) && set(libc::PR_SET_MM_ARG_START, start);
     }
+}
+
+/// The argv area of this process (arg_start, arg_end of /proc/self/stat).
+fn argv_area() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_argv_area(&stat)
+}
+
+/// Fields 48 and 49 of a /proc/<pid>/stat line (the command name in
+/// parentheses may itself contain spaces and parentheses).
+pub fn parse_argv_area(stat: &str) -> Option<(u64, u64)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state).
+    let start = fields.get(48 - 3)?.parse().ok()?;
+    let end = fields.get(49 - 3)?.parse().ok()?;
+    (start < end).then_some((start, end))
 }
 
 /// kill(-1, sig): every process except init itself.
@@ -441,8 +484,24 @@ pub fn final_reboot(mode: PowerMode) -> ! {
     std::process::exit(1)
 }
 
-/// Whether an OS string is a plain file name component.
-pub fn is_plain_name(name: &OsStr) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/')
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_area_from_stat() {
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[48 - 3] = "140737488347000".into();
+        fields[49 - 3] = "140737488347006".into();
+        let line = format!("1 (we ird) name)) {}", fields.join(" "));
+        assert_eq!(
+            parse_argv_area(&line),
+            Some((140737488347000, 140737488347006))
+        );
+        assert_eq!(parse_argv_area("1 (init) S 0"), None);
+        assert_eq!(parse_argv_area("garbage"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").expect("read own stat");
+        let (start, end) = parse_argv_area(&own).expect("own argv area");
+        assert!(end > start);
+    }
 }
