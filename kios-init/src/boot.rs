@@ -264,8 +264,8 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
         // The kernel rate-limits user writes to /dev/kmsg (10 lines per 5 s)
         // unless told otherwise; init's boot and shutdown lines matter.
         // Only on a real node: in the namespace harness (kios.log=stderr)
-        // this sysctl would be the host's.
-        if let Err(e) = sys.write_existing(Path::new("/proc/sys/kernel/printk_devkmsg"), b"on") {
+        // this sysctl would be the host's. The kernel wants the newline.
+        if let Err(e) = sys.write_existing(Path::new("/proc/sys/kernel/printk_devkmsg"), b"on\n") {
             crate::kwarn!("write /proc/sys/kernel/printk_devkmsg: {e}");
         }
     }
@@ -394,6 +394,18 @@ mod tests {
     }
 
     #[test]
+    fn a_real_node_lifts_the_kmsg_rate_limit() {
+        let sys = FakeSys::new();
+        sys.add_file("/proc/sys/kernel/printk_devkmsg", "ratelimit\n");
+        let cfg = BootConfig::from_env_and_cmdline(&env(&[("datapart", "none")]), "");
+        early_boot(&sys, &cfg, &mut Milestones::new());
+        assert_eq!(
+            sys.file("/proc/sys/kernel/printk_devkmsg").as_deref(),
+            Some(&b"on\n"[..])
+        );
+    }
+
+    #[test]
     fn cmdline_quotes_group_words() {
         let p = cmdline_params(r#"a=1 "b=two words" c single"#);
         assert_eq!(
@@ -445,7 +457,7 @@ mod tests {
                 .as_deref(),
             Some(&b"1"[..])
         );
-        // The harness logs to stderr: the host's printk sysctl is untouched.
+        // The harness logs to stderr: the printk sysctl is untouched.
         assert!(!calls
             .iter()
             .any(|c| matches!(c, Call::Write(p, _) if p.contains("printk"))));

@@ -132,7 +132,14 @@ pub fn format_record(level: Level, msg: &str) -> String {
 pub fn log(level: Level, msg: std::fmt::Arguments<'_>) {
     let text = msg.to_string();
     let mut l = logger();
-    match l.target {
+    // Unit tests run as root on a developer machine: whatever target a
+    // test sets, they never write to the host's kernel log.
+    let target = if cfg!(test) {
+        LogTarget::Stderr
+    } else {
+        l.target
+    };
+    match target {
         LogTarget::Stderr => {
             drop(l);
             let line = format!("kiOS: {}: {}\n", level.name(), text);
@@ -170,6 +177,9 @@ fn push_pending(l: &mut Logger, record: String) {
 }
 
 fn open_kmsg() -> Option<File> {
+    if cfg!(test) {
+        return None;
+    }
     std::fs::OpenOptions::new().write(true).open(KMSG_PATH).ok()
 }
 
@@ -249,6 +259,36 @@ mod tests {
         assert_eq!(format_record(Level::Info, "x"), "<6>kiOS: x\n");
         assert_eq!(format_record(Level::Emerg, "x"), "<0>kiOS: x\n");
         assert_eq!(format_record(Level::Debug, "x"), "<7>kiOS: x\n");
+    }
+
+    #[test]
+    fn early_lines_are_bounded_and_flushed_in_order_with_a_drop_count() {
+        let mut l = Logger {
+            target: LogTarget::Kmsg,
+            kmsg: None,
+            pending: VecDeque::new(),
+            dropped: 0,
+        };
+        for i in 0..(PENDING_LIMIT + 44) {
+            push_pending(&mut l, format_record(Level::Info, &format!("line {i}")));
+        }
+        assert_eq!(l.pending.len(), PENDING_LIMIT);
+        assert_eq!(l.dropped, 44);
+        let path = std::env::temp_dir().join(format!("kios-kmsg-{}", std::process::id()));
+        l.kmsg = Some(File::create(&path).expect("create fake kmsg"));
+        flush_locked(&mut l);
+        assert!(l.pending.is_empty());
+        assert_eq!(l.dropped, 0);
+        let text = std::fs::read_to_string(&path).expect("read fake kmsg");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), PENDING_LIMIT + 1);
+        assert_eq!(lines[0], "<4>kiOS: 44 early log lines dropped");
+        assert_eq!(lines[1], "<6>kiOS: line 44");
+        assert_eq!(
+            lines[PENDING_LIMIT],
+            format!("<6>kiOS: line {}", PENDING_LIMIT + 43)
+        );
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
