@@ -25,6 +25,9 @@ pub const MODULES_COMPONENT: &str = "Kernel modules";
 pub const FIXED_MTIME: u32 = 0;
 /// Where kernel modules go.
 pub const MODULES_DIR: &str = "/lib/modules";
+/// Prefix of the notes of runtime entries in the inventory.
+pub const RUNTIME_NOTE: &str =
+    "Not in the image: created at boot or while the node runs; verify does not check it.";
 /// Where libraries of the ELF closure go.
 pub const LIB_DIR: &str = "/lib";
 
@@ -229,10 +232,25 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
             about: c.about.clone(),
         })
         .collect();
-    let inventory = Inventory::new(
-        items.values().map(|i| i.entry.clone()).collect(),
-        components,
-    );
+    // Optional entries this build did not produce are left out; runtime
+    // entries stay (documented) and say so in their notes.
+    let entries = items
+        .values()
+        .filter(|i| i.entry.presence != Presence::NotBuilt)
+        .map(|i| {
+            let mut e = i.entry.clone();
+            if e.presence == Presence::Runtime {
+                let mut notes = RUNTIME_NOTE.to_string();
+                if let Some(n) = &e.notes {
+                    notes.push(' ');
+                    notes.push_str(n);
+                }
+                e.notes = Some(notes);
+            }
+            e
+        })
+        .collect();
+    let inventory = Inventory::new(entries, components);
     let encoded = inventory.encode()?;
     if let Some(item) = items.get_mut(INVENTORY_PATH) {
         item.content = Content::Bytes(encoded);
