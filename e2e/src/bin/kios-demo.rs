@@ -23,6 +23,9 @@ use kios_e2e::vm::{self, Node, NodeSpec, Script};
 /// Longest the demo waits for the node to finish its script and power off.
 const RUN_DEADLINE: Duration = Duration::from_secs(240);
 
+/// Output lines shown per command (`kiosctl files` lists every path).
+const MAX_OUTPUT_LINES: usize = 40;
+
 fn say(step: &str) {
     println!("\n==> {step}");
 }
@@ -117,12 +120,13 @@ fn run(options: &Options) -> anyhow::Result<()> {
     let mut spec = NodeSpec::new("demo");
     spec.disk = spec
         .disk
-        .etc_file("kubernetes/node-labels", "demo: \"true\"\nrole: worker\n")
+        .etc_file("kubernetes/node-labels", "demo: yes\nrole: worker\n")
         .etc_file("hostname", "kios-demo\n");
     let mut script = Script::new();
     script.kiosctl("status");
     script.kiosctl("boot");
     script.kiosctl("files");
+    script.kiosctl("files /bin/kubelet");
     script.kiosctl("shutdown");
     spec.script = Some(script);
     let mut node = Node::prepare(&spec).context("preparing the node")?;
@@ -138,7 +142,7 @@ fn run(options: &Options) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "    the kubelet stand-in will run, like an admin in `kubectl debug node`:\n      kiosctl status; kiosctl boot; kiosctl files; kiosctl shutdown"
+            "    the kubelet stand-in will run, like an admin in `kubectl debug node`:\n      kiosctl status; kiosctl boot; kiosctl files; kiosctl files /bin/kubelet; kiosctl shutdown"
         );
     }
 
@@ -153,7 +157,8 @@ fn run(options: &Options) -> anyhow::Result<()> {
     let deadline = Instant::now() + RUN_DEADLINE;
     let mut power_button_at = options.power_button_after.map(|d| Instant::now() + d);
     let mut shown = 0;
-    let mut in_block = false;
+    // Output lines of the admin command being printed: (printed, left out).
+    let mut block: Option<(usize, usize)> = None;
     let mut stdout = std::io::stdout();
     let exit = loop {
         let exit = vm.refresh().context("reading the console")?;
@@ -166,13 +171,23 @@ fn run(options: &Options) -> anyhow::Result<()> {
                     .map(|(_, c)| c)
                     .unwrap_or_default();
                 let _ = writeln!(stdout, "\n==> inside the node: {command}");
-                in_block = true;
+                block = Some((0, 0));
             } else if let Some(i) = text.find("KIOS-E2E END ") {
                 let rc = text[i..].split("rc=").nth(1).unwrap_or("?");
+                if let Some((_, left_out)) = block.take().filter(|(_, l)| *l > 0) {
+                    let _ = writeln!(stdout, "    ... and {left_out} more lines");
+                }
                 let _ = writeln!(stdout, "    (exit code {rc})\n");
-                in_block = false;
-            } else if in_block && !text.starts_with('[') {
-                let _ = writeln!(stdout, "    {text}");
+            } else if let Some((printed, left_out)) = block
+                .as_mut()
+                .filter(|_| !text.starts_with('[') && !text.contains("KIOS-E2E "))
+            {
+                if *printed < MAX_OUTPUT_LINES {
+                    let _ = writeln!(stdout, "    {text}");
+                    *printed += 1;
+                } else {
+                    *left_out += 1;
+                }
             } else if interesting(text, full_log) {
                 let _ = writeln!(stdout, "  | {text}");
             }
