@@ -57,7 +57,11 @@ pub fn connect(socket: Option<&Path>, timeout: std::time::Duration) -> Result<Co
 pub fn run(cli: Cli, out: &mut Out) -> Result<Exit> {
     match &cli.command {
         Command::Completion { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "kiosctl", out.writer());
+            // Into memory first: clap_complete panics on a write error, and a
+            // closed pipe must stay a normal end.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "kiosctl", &mut script);
+            out.writer().write_all(&script)?;
             out.flush()?;
             return Ok(Exit::Ok);
         }

@@ -605,6 +605,38 @@ fn a_closed_stdout_is_a_normal_end() {
 }
 
 #[test]
+fn a_stdout_closed_before_the_first_write_is_a_normal_end() {
+    let (dir, _node) = node(
+        "closed",
+        vec![("status", one(fx::status_line(&fx::status_healthy())))],
+    );
+    for args in [
+        &["completion", "bash"][..],
+        &["man"],
+        &["status"],
+        &["--help"],
+    ] {
+        // A socket whose peer is gone: writes fail with EPIPE like a pipe's.
+        let (write, read) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        drop(read);
+        let write = std::os::fd::OwnedFd::from(write);
+        let output = command(&dir.path, args)
+            .stdout(write)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run kiosctl");
+        assert_eq!(
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).as_ref()
+            ),
+            (Some(0), ""),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
 fn completion_and_man_pages() {
     let dir = TempDir::new("gen");
     let r = run(&dir.path, &["completion", "bash"]);
