@@ -40,8 +40,8 @@ pub enum ClientError {
     },
     #[error("{path} closed the connection before replying")]
     Closed { path: PathBuf },
-    #[error("a line from {path} is longer than {MAX_REPLY_BYTES} bytes")]
-    TooLong { path: PathBuf },
+    #[error("a line from {path} is longer than {max} bytes")]
+    TooLong { path: PathBuf, max: u64 },
     #[error("cannot understand the reply from {path}: {source}")]
     Decode {
         path: PathBuf,
@@ -79,6 +79,8 @@ pub struct Connection {
     writer: UnixStream,
     reader: BufReader<UnixStream>,
     timeout: Duration,
+    /// Longest line accepted.
+    max_line: u64,
     /// Bytes of an unfinished line kept across read timeouts.
     pending: Vec<u8>,
 }
@@ -92,8 +94,15 @@ impl Connection {
             writer: stream,
             reader,
             timeout,
+            max_line: MAX_REPLY_BYTES,
             pending: Vec::new(),
         })
+    }
+
+    /// Lowers the line limit (tests).
+    pub fn with_max_line(mut self, max_line: u64) -> Connection {
+        self.max_line = max_line;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -182,7 +191,7 @@ impl Connection {
             .get_ref()
             .set_read_timeout(wait)
             .map_err(receive)?;
-        let limit = MAX_REPLY_BYTES + 1 - self.pending.len() as u64;
+        let limit = (self.max_line + 1).saturating_sub(self.pending.len() as u64);
         let result = (&mut self.reader)
             .take(limit)
             .read_until(b'\n', &mut self.pending);
@@ -205,9 +214,11 @@ impl Connection {
             }
         }
         if self.pending.last() != Some(&b'\n') {
-            if self.pending.len() as u64 > MAX_REPLY_BYTES {
+            if self.pending.len() as u64 > self.max_line {
+                self.pending.clear();
                 return Err(ClientError::TooLong {
                     path: self.path.clone(),
+                    max: self.max_line,
                 });
             }
             // End of stream (a partial last line is dropped: the contract
@@ -230,4 +241,79 @@ pub enum Line {
     Text(String),
     Closed,
     Tick,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kios_protocol::VersionReply;
+
+    fn pair(timeout: Duration) -> (Connection, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let conn = Connection::new(ours, Path::new("/test.sock"), timeout).expect("connection");
+        (conn, theirs)
+    }
+
+    #[test]
+    fn a_partial_line_survives_a_tick() {
+        let (mut conn, mut node) = pair(Duration::from_secs(5));
+        node.write_all(b"{\"event\":").expect("write");
+        assert_eq!(
+            conn.next_event_or_tick(Duration::from_millis(20))
+                .expect("tick"),
+            Line::Tick
+        );
+        node.write_all(b"\"x\"}\r\n").expect("write");
+        assert_eq!(
+            conn.next_event_or_tick(Duration::from_secs(5))
+                .expect("line"),
+            Line::Text("{\"event\":\"x\"}".to_string())
+        );
+        drop(node);
+        assert_eq!(conn.next_event().expect("eof"), None);
+    }
+
+    #[test]
+    fn an_overlong_line_is_an_error_not_unbounded_memory() {
+        let (conn, mut node) = pair(Duration::from_secs(5));
+        let mut conn = conn.with_max_line(16);
+        node.write_all(&[b'x'; 64]).expect("write");
+        let error = conn.next_event().expect_err("too long");
+        assert!(
+            matches!(error, ClientError::TooLong { max: 16, .. }),
+            "{error}"
+        );
+        assert_eq!(error.exit(), Exit::Problem);
+    }
+
+    #[test]
+    fn replies_decode_and_refusals_carry_the_verb() {
+        let (mut conn, mut node) = pair(Duration::from_secs(5));
+        node.write_all(b"{\"ok\":true,\"protocol\":1,\"init\":\"0.1.0\"}\n")
+            .expect("write");
+        let reply = conn
+            .reply::<VersionReply>(&Request::Version)
+            .expect("reply");
+        assert_eq!(reply.body.expect("ok").init, "0.1.0");
+        node.write_all(b"{\"ok\":false,\"error\":{\"code\":\"busy\",\"message\":\"full\"}}\n")
+            .expect("write");
+        let reply = conn.reply::<VersionReply>(&Request::Status).expect("reply");
+        let refused = reply.body.expect_err("refused");
+        assert_eq!(refused.to_string(), "status: full (busy)");
+    }
+
+    #[test]
+    fn silence_is_a_timeout_and_eof_is_closed() {
+        let (mut conn, node) = pair(Duration::from_millis(20));
+        let error = conn
+            .reply::<VersionReply>(&Request::Version)
+            .expect_err("timeout");
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+        assert_eq!(error.exit(), Exit::Unreachable);
+        drop(node);
+        let error = conn
+            .reply::<VersionReply>(&Request::Version)
+            .expect_err("closed");
+        assert!(matches!(error, ClientError::Closed { .. }), "{error}");
+    }
 }

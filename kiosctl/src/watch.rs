@@ -37,18 +37,20 @@ pub struct LiveState {
 
 impl LiveState {
     pub fn new(status: StatusReply, local_now_ms: u64) -> LiveState {
-        let node_now = render::status_now(&status) as i64;
+        let node_now = i64::try_from(render::status_now(&status)).unwrap_or(i64::MAX);
+        let local_now = i64::try_from(local_now_ms).unwrap_or(i64::MAX);
         LiveState {
             status,
             events: VecDeque::new(),
-            clock_offset_ms: node_now - local_now_ms as i64,
+            clock_offset_ms: node_now.saturating_sub(local_now),
             closed: false,
         }
     }
 
     /// The node's clock now.
     pub fn node_now(&self, local_now_ms: u64) -> u64 {
-        (local_now_ms as i64 + self.clock_offset_ms).max(0) as u64
+        let local_now = i64::try_from(local_now_ms).unwrap_or(i64::MAX);
+        local_now.saturating_add(self.clock_offset_ms).max(0) as u64
     }
 
     /// Applies one event line (unknown kinds are listed as sent).
