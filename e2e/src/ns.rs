@@ -425,6 +425,11 @@ impl Sandbox {
                 return Ok(value);
             }
             if let Some(ended) = self.has_ended()? {
+                // What it waits for may have happened just before the end
+                // (events outlive the sandbox): one last look.
+                if let Some(value) = check() {
+                    return Ok(value);
+                }
                 bail!(
                     "the sandbox ended ({ended:?}) while waiting for {what}\n{}",
                     self.diagnostics()

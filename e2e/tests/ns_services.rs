@@ -234,3 +234,28 @@ fn service_output_goes_to_var_log_and_the_logs_verb() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn logs_follow_streams_new_lines() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("logs-follow"))?;
+    let mut follower = sandbox.client()?;
+    let reply = follower.request("logs crio 5 follow")?;
+    ensure!(reply["ok"] == true, "logs crio 5 follow: {reply}");
+    let restart = sandbox.request("restart crio")?;
+    ensure!(restart["ok"] == true, "restart crio: {restart}");
+    // The new cri-o's start line arrives as a log event.
+    let mut seen = Vec::new();
+    loop {
+        let event = follower.read_value()?;
+        let done = event["event"] == "log"
+            && event["line"]
+                .as_str()
+                .is_some_and(|l| l.contains("KIOS-E2E crio started") && l.contains("start=2"));
+        seen.push(event);
+        if done {
+            break;
+        }
+        ensure!(seen.len() < 200, "no log event of the new cri-o: {seen:#?}");
+    }
+    Ok(())
+}

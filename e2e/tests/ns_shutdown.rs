@@ -19,7 +19,9 @@ fn graceful(name: &str) -> SandboxConfig {
 /// The kubelet saw the event, took its grace, answered; then init ended.
 fn expect_graceful_end(sandbox: &Sandbox, started: Instant, end: fn(Ended) -> bool) -> Result<()> {
     sandbox.wait_event("kubelet shutdown-event", DEFAULT_WAIT)?;
-    sandbox.wait_event("kubelet continue-sent", DEFAULT_WAIT)?;
+    // grace-done is printed just before 0x02 goes out; "continue-sent"
+    // after it may be cut short by init stopping the kubelet at once.
+    sandbox.wait_event("kubelet grace-done", DEFAULT_WAIT)?;
     let ended = sandbox.wait_end(Duration::from_secs(30))?;
     ensure!(
         end(ended),
@@ -130,6 +132,12 @@ fn a_kubelet_that_never_answers_is_waited_for_only_up_to_its_grace() -> Result<(
     let reply = sandbox.request("shutdown")?;
     ensure!(reply["ok"] == true, "shutdown: {reply}");
     sandbox.wait_event("kubelet not-answering", DEFAULT_WAIT)?;
+    // Restarting a service makes no sense while the node shuts down.
+    let restart = sandbox.request("restart kubelet")?;
+    ensure!(
+        restart["ok"] == false && restart["error"]["code"] == "shutting-down",
+        "restart during a shutdown: {restart}"
+    );
     let ended = sandbox.wait_end(Duration::from_secs(40))?;
     let took = started.elapsed();
     ensure!(
@@ -145,7 +153,7 @@ fn a_kubelet_that_never_answers_is_waited_for_only_up_to_its_grace() -> Result<(
         !sandbox
             .events()
             .iter()
-            .any(|e| e == "kubelet continue-sent"),
+            .any(|e| e == "kubelet grace-done" || e == "kubelet continue-sent"),
         "the stand-in answered although told not to"
     );
     Ok(())

@@ -154,3 +154,30 @@ fn verify_reports_each_kind_of_tampering() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn files_explains_an_entry_and_rejects_unknown_paths() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("files").pristine())?;
+    let reply = sandbox.request("files /bin/kubelet")?;
+    ensure!(reply["ok"] == true, "files /bin/kubelet: {reply}");
+    let files = reply["files"].as_array().context("files without files")?;
+    ensure!(files.len() == 1, "files /bin/kubelet: {reply}");
+    let kubelet = &files[0];
+    ensure!(
+        kubelet["path"] == "/bin/kubelet" && kubelet["kind"] == "file",
+        "{kubelet}"
+    );
+    ensure!(
+        kubelet["why"].as_str().is_some_and(|w| w.len() > 20),
+        "no explanation for /bin/kubelet: {kubelet}"
+    );
+    let all = sandbox.request("files")?;
+    let count = all["files"].as_array().map(Vec::len).unwrap_or(0);
+    ensure!(count > 20, "files lists {count} entries: {all}");
+    let unknown = sandbox.request("files /bin/nope")?;
+    ensure!(
+        unknown["ok"] == false && unknown["error"]["code"] == "unknown-path",
+        "files /bin/nope: {unknown}"
+    );
+    Ok(())
+}

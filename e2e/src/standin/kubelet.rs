@@ -7,7 +7,9 @@
 //! `/run/system.sock` (retrying while it is absent), keeps the connection
 //! open and waits for the byte 0x01. Then it prints `KIOS-E2E kubelet
 //! shutdown-event`, "evicts pods" for its grace period, prints `KIOS-E2E
-//! kubelet grace-done`, writes 0x02 and waits to be killed. SIGTERM: exit 0.
+//! kubelet grace-done`, writes 0x02 (then prints `KIOS-E2E kubelet
+//! continue-sent`, unless init stops it first) and waits to be killed.
+//! SIGTERM: exit 0.
 //!
 //! `/etc/kios-e2e/kubelet.conf` keys:
 //! - `grace_ms=N`: the grace period; else `shutdownGracePeriod` of
