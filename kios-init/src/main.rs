@@ -42,7 +42,6 @@ fn main() {
     // /proc is usually not mounted yet; then the environment is all there is.
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let config = BootConfig::from_env_and_cmdline(&env, &cmdline);
-    sys::set_process_name("kiOS");
 
     let report = boot::early_boot(&sys::LinuxSys, &config, &mut milestones);
     // /proc is mounted now: parameters with a dot never reach the

@@ -11,8 +11,10 @@
 //! 2. `stopping`: services are no longer restarted; TERM to every process,
 //!    KILL to what is left after [`STOP_GRACE`] (at once with `force`), and
 //!    every child reaped.
-//! 3. `unmounting`: the log writer closes its files, then every filesystem
-//!    is unmounted children first (read-only remount as the fallback).
+//! 3. `unmounting`: the system socket and its connections close (watchers
+//!    have seen this phase), the log writer closes its files, then every
+//!    filesystem is unmounted children first (read-only remount as the
+//!    fallback).
 //! 4. `syncing`, 5. `final`: sync, then reboot(2) to power off or restart.
 //!
 //! A second request with `force` skips the waits still ahead. Every phase is
@@ -36,6 +38,8 @@ pub const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long init waits for the KILLed processes to be reaped.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Bound on closing the system socket's connections.
+pub const SOCKET_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Bound on the log writer's final flush.
 pub const LOG_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Bound on unmounting and on syncing (each): a hung disk must not keep the
@@ -269,6 +273,23 @@ async fn blocking_step<F: FnOnce() + Send + 'static>(what: &str, bound: Duration
     }
 }
 
+/// Stops accepting and closes every client, waiting (bounded) for their
+/// tasks to write what is queued and let go of their sockets.
+async fn close_socket(shared: &Shared) {
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    {
+        let mut state = shared.borrow_mut();
+        state.stop_serving.notify_one();
+        state.clients.close_all();
+    }
+    let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_WAIT;
+    while !shared.borrow().clients.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Walks the shutdown phases to the end: the machine powers off or
 /// reboots. `reaped` is notified by the runtime after every reap.
 pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
@@ -337,8 +358,11 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
         }
     }
 
-    // 3. Unmounting: the log files first, they live on the data partition.
+    // 3. Unmounting: the log files first, they live on the data partition;
+    // then the system socket: the listener and every accepted connection
+    // hold a reference on /run. Watchers have seen `unmounting` by then.
     enter(&shared, ShutdownPhase::Unmounting);
+    close_socket(&shared).await;
     let writer = shared.borrow_mut().logs.close_writer();
     if let Some(handle) = writer {
         blocking_step("closing the log files", LOG_CLOSE_WAIT, move || {
@@ -366,10 +390,6 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
 
     // 5. Final.
     enter(&shared, ShutdownPhase::Final);
-    // Let the client tasks write the last event before the machine stops.
-    for _ in 0..4 {
-        tokio::task::yield_now().await;
-    }
     crate::kinfo!(
         "shutdown: {}",
         match mode {

@@ -94,6 +94,8 @@ pub struct State {
     /// Wakes the runtime loop after a change it must act on (a service to
     /// start, a KILL deadline, a shutdown to drive).
     pub wake: Rc<Notify>,
+    /// Tells the accept loop to close the listening socket (shutdown).
+    pub stop_serving: Rc<Notify>,
 }
 
 impl State {
@@ -115,6 +117,7 @@ impl State {
             paths,
             signaller,
             wake: Rc::new(Notify::new()),
+            stop_serving: Rc::new(Notify::new()),
         }
     }
 

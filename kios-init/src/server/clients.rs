@@ -185,6 +185,14 @@ impl Clients {
         self.send_where(bytes, |s| s.peer.id == id) == 1
     }
 
+    /// Tells every client task to close its connection (shutdown, before
+    /// unmounting: each accepted socket pins the socket's filesystem).
+    pub fn close_all(&mut self) {
+        for slot in self.slots.values() {
+            slot.close.notify_one();
+        }
+    }
+
     /// Connected clients that could be the kubelet (legacy or silent), or
     /// are it (their pid is the kubelet's).
     pub fn could_be_kubelet(&self, kubelet_pid: Option<u32>) -> usize {

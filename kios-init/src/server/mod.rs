@@ -83,8 +83,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 /// Accepts clients forever.
 pub async fn serve(listener: UnixListener, shared: Shared) {
     let mut refused: u64 = 0;
+    let stop = shared.borrow().stop_serving.clone();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.notified() => {
+                // Shutdown: the listener (and its path on /run) goes away.
+                return;
+            }
+        };
+        match accepted {
             Ok((stream, _)) => {
                 // At the limit, let the tasks of clients that already hung up
                 // run and leave before refusing anyone.
