@@ -188,7 +188,11 @@ fn local_now_ms() -> u64 {
 }
 
 fn draw(s: &mut Session, state: &LiveState) -> Result<()> {
-    let (width, height) = crossterm::terminal::size().unwrap_or((80, 24));
+    // Serial consoles and some pseudo-terminals report 0x0: assume 80x24.
+    let (width, height) = match crossterm::terminal::size() {
+        Ok((w, h)) if w > 0 && h > 0 => (w, h),
+        _ => (80, 24),
+    };
     let lines = frame(
         state,
         local_now_ms(),

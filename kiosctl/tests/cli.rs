@@ -692,3 +692,77 @@ fn help_lists_the_exit_codes() {
     );
     snapshot("help", &r.transcript("kiosctl --help"));
 }
+
+/// Runs kiosctl on a pseudo-terminal (util-linux `script`) and returns what
+/// the terminal received.
+fn on_a_terminal(dir: &TempDir, args: &str, no_color: Option<&str>) -> Run {
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &format!("{} {args}", common::BIN), "/dev/null"])
+        .env_remove("KIOS_SOCKET")
+        .env_remove("NO_COLOR")
+        .env("KIOSCTL_ROOT", &dir.path)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null());
+    if let Some(value) = no_color {
+        cmd.env("NO_COLOR", value);
+    }
+    run_command(cmd)
+}
+
+#[test]
+fn colour_on_a_terminal_unless_no_color() {
+    let (dir, _node) = node(
+        "tty",
+        vec![("status", one(fx::status_line(&fx::status_healthy())))],
+    );
+    let r = on_a_terminal(&dir, "status", None);
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("\u{1b}[32mrunning\u{1b}[0m"),
+        "{:?}",
+        r.stdout
+    );
+    let r = on_a_terminal(&dir, "status", Some("1"));
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    assert!(r.stdout.contains("running"), "{:?}", r.stdout);
+    assert!(!r.stdout.contains('\u{1b}'), "{:?}", r.stdout);
+    // Into a pipe: never.
+    let r = run(&dir.path, &["status"]);
+    assert!(!r.stdout.contains('\u{1b}'), "{:?}", r.stdout);
+}
+
+#[test]
+fn watch_on_a_terminal_redraws_in_place() {
+    let status = fx::status_healthy();
+    let mut kubelet = status.services[1].clone();
+    kubelet.state = kios_protocol::ServiceState::Backoff;
+    kubelet.pid = None;
+    let (dir, node) = node(
+        "tty-watch",
+        vec![
+            ("status", one(fx::status_line(&status))),
+            (
+                "watch",
+                Answer::LinesThenClose(vec![fx::watch_line(), fx::event(&Event::Service(kubelet))]),
+            ),
+        ],
+    );
+    let r = on_a_terminal(&dir, "watch", Some("1"));
+    assert_eq!(r.code, Some(0), "{:?}", r.stdout);
+    assert_eq!(node.requests(), ["status", "watch"]);
+    // Each frame starts at the top left and clears what the last one left.
+    assert!(
+        r.stdout.matches("\u{1b}[1;1H").count() >= 2,
+        "{:?}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("\u{1b}[J"), "{:?}", r.stdout);
+    assert!(r.stdout.contains("node-a   up "), "{:?}", r.stdout);
+    let last = r.stdout.rsplit("\u{1b}[1;1H").next().unwrap_or_default();
+    assert!(last.contains("the node closed the connection"), "{last:?}");
+    assert!(last.contains("kubelet   backoff   -"), "{last:?}");
+    assert!(
+        last.contains("service    kubelet backoff restarts 1"),
+        "{last:?}"
+    );
+}
