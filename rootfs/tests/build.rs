@@ -472,3 +472,16 @@ fn kernel_modules_with_their_dependencies() {
     let err = build::plan(&bad).unwrap_err().to_string();
     assert!(err.contains("nosuch, gone"), "{err}");
 }
+
+#[test]
+fn a_tree_is_never_written_over_existing_files() {
+    let dir = TempDir::new("nonempty");
+    let opts = fake_inputs(dir.path());
+    let dest = dir.join("tree");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("keep"), b"mine").unwrap();
+    let err = build::build_tree(&opts, &dest).unwrap_err();
+    assert!(matches!(err, BuildError::DestNotEmpty(_)), "{err}");
+    assert_eq!(std::fs::read(dest.join("keep")).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 1);
+}

@@ -321,3 +321,11 @@ fn load_error_names_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn hardlink_mode_must_match_its_file() {
+    let text = format!(
+        "{E}\n[[entry]]\npath = \"/h\"\nkind = \"hardlink\"\nmode = \"0500\"\ntarget = \"/x\"\ncomponent = \"C\"\nwhy = \"x\"\n"
+    );
+    check(&text, 13, "mode", "shares mode and owner with '/x'");
+}
