@@ -190,7 +190,12 @@ fn copy(from: &Path, to: &Path) -> Result<(), ArtifactsError> {
     Ok(())
 }
 
-/// Removes `run-<pid>` dirs of test processes that no longer exist.
+/// How long the scratch dir of a finished test process is kept (for its
+/// sandboxes' logs when a test failed).
+const KEEP_FINISHED_RUNS: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes `run-<pid>` dirs of test processes that no longer exist and
+/// finished more than [`KEEP_FINISHED_RUNS`] ago.
 fn remove_stale_run_dirs(scratch: &Path) {
     let Ok(entries) = std::fs::read_dir(scratch) else {
         return;
@@ -204,7 +209,13 @@ fn remove_stale_run_dirs(scratch: &Path) {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > KEEP_FINISHED_RUNS);
+        if old && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -749,6 +749,26 @@ impl Sandbox {
             .with_context(|| format!("cannot send {signal} to init ({})", self.init_pid))
     }
 
+    /// Init's open file descriptors and what they point to.
+    pub fn init_fds(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/fd", self.init_pid);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut fds: Vec<(u32, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                Some((fd, target.to_string_lossy().into_owned()))
+            })
+            .collect();
+        fds.sort();
+        fds.into_iter()
+            .map(|(fd, t)| format!("{fd} -> {t}"))
+            .collect()
+    }
+
     /// The number of file descriptors init has open.
     pub fn init_fd_count(&self) -> Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.init_pid))

@@ -125,6 +125,7 @@ fn a_thousand_connections_leave_no_descriptors_behind() -> Result<()> {
     // Let boot-time descriptors settle: the count must be stable first.
     sandbox.status()?;
     let baseline = sandbox.init_fd_count()?;
+    let baseline_fds = sandbox.init_fds();
     for i in 0..1000 {
         let mut stream = sandbox.connect()?;
         match i % 4 {
@@ -142,11 +143,18 @@ fn a_thousand_connections_leave_no_descriptors_behind() -> Result<()> {
             _ => stream.write_all(&[0x7f])?,
         }
     }
-    sandbox.wait_for(
-        &format!("init's fd count back to {baseline}"),
-        DEFAULT_WAIT,
-        || (sandbox.init_fd_count().ok()? <= baseline).then_some(()),
-    )?;
+    sandbox
+        .wait_for(
+            &format!("init's fd count back to {baseline}"),
+            DEFAULT_WAIT,
+            || (sandbox.init_fd_count().ok()? <= baseline).then_some(()),
+        )
+        .with_context(|| {
+            format!(
+                "fds before: {baseline_fds:#?}\nfds now: {:#?}",
+                sandbox.init_fds()
+            )
+        })?;
     ensure!(sandbox.has_ended()?.is_none(), "init ended");
     Ok(())
 }
@@ -322,6 +330,7 @@ fn too_many_connections_get_busy_and_init_recovers() -> Result<()> {
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("busy"))?;
     sandbox.status()?;
     let baseline = sandbox.init_fd_count()?;
+    let baseline_fds = sandbox.init_fds();
     let mut open = Vec::new();
     let mut busy = None;
     for _ in 0..5000 {
@@ -341,11 +350,18 @@ fn too_many_connections_get_busy_and_init_recovers() -> Result<()> {
     let busy = busy.with_context(|| format!("no 'busy' after {} connections", open.len()))?;
     ensure!(busy["error"]["code"] == "busy", "over the limit: {busy}");
     drop(open);
-    sandbox.wait_for(
-        &format!("init's fd count back to {baseline}"),
-        DEFAULT_WAIT,
-        || (sandbox.init_fd_count().ok()? <= baseline).then_some(()),
-    )?;
+    sandbox
+        .wait_for(
+            &format!("init's fd count back to {baseline}"),
+            DEFAULT_WAIT,
+            || (sandbox.init_fd_count().ok()? <= baseline).then_some(()),
+        )
+        .with_context(|| {
+            format!(
+                "fds before: {baseline_fds:#?}\nfds now: {:#?}",
+                sandbox.init_fds()
+            )
+        })?;
     let status = sandbox.status()?;
     ensure!(status["ok"] == true, "status after the flood: {status}");
     Ok(())
