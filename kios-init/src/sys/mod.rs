@@ -454,12 +454,61 @@ pub fn kill_all(sig: nix::sys::signal::Signal) -> nix::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig)
 }
 
-/// Whether any process other than init is left (kill(-1, 0) != ESRCH).
+/// Whether any process other than init is left that still matters:
+/// kernel threads (PF_KTHREAD; visible in the initial PID namespace, where
+/// `kill(-1, 0)` would always succeed because of them) and zombies (they
+/// hold no files; the reaper collects them) do not count. Reads /proc; if
+/// /proc cannot be read, falls back to `kill(-1, 0) != ESRCH`.
 pub fn any_process_left() -> bool {
+    let own = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return kill_minus_one_finds_someone();
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        // A process that ended between readdir and this read is gone.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if process_counts(&stat) {
+            return true;
+        }
+    }
+    false
+}
+
+fn kill_minus_one_finds_someone() -> bool {
     !matches!(
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), None),
         Err(nix::errno::Errno::ESRCH)
     )
+}
+
+/// The kernel's PF_KTHREAD task flag.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether a /proc/<pid>/stat line is a live user process (not a kernel
+/// thread, not a zombie). An unparsable line counts (be safe: wait).
+pub fn process_counts(stat: &str) -> bool {
+    let Some(close) = stat.rfind(')') else {
+        return true;
+    };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // fields[0] is field 3 (state), fields[6] field 9 (flags).
+    let state = fields.first().copied().unwrap_or("");
+    let Some(flags) = fields.get(6).and_then(|f| f.parse::<u64>().ok()) else {
+        return true;
+    };
+    if flags & PF_KTHREAD != 0 {
+        return false;
+    }
+    !matches!(state, "Z" | "X" | "x")
 }
 
 /// sync(2).
@@ -487,6 +536,20 @@ pub fn final_reboot(mode: PowerMode) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_processes_count_as_left() {
+        // pid (comm) state ppid pgrp session tty tpgid flags ...
+        assert!(process_counts("84 (crio) S 1 84 84 0 -1 4194560 100 0"));
+        assert!(process_counts(
+            "90 (we (ird) name) R 1 90 90 0 -1 4194304 1"
+        ));
+        assert!(!process_counts("2 (kthreadd) S 0 0 0 0 -1 2129984 0 0"));
+        assert!(!process_counts("15 (ksoftirqd/0) S 2 0 0 0 -1 69238848 0"));
+        assert!(!process_counts("87 (kubelet) Z 1 87 87 0 -1 4227332 0"));
+        assert!(process_counts("garbage"));
+        assert!(process_counts("1 (x) S"));
+    }
 
     #[test]
     fn argv_area_from_stat() {
