@@ -486,12 +486,17 @@ pub fn verify(reply: &VerifyReply, view: View) -> String {
     if view.no_headers {
         return text;
     }
+    let is_override = |f: &&kios_protocol::Finding| f.problem == "overridden";
+    let problems = reply.findings.iter().filter(|f| !is_override(f)).count();
+    // One overridden file can differ in several ways (mode, size, ...):
+    // count files.
     let overridden = reply
         .findings
         .iter()
-        .filter(|f| f.problem == "overridden")
-        .count();
-    let problems = reply.findings.len() - overridden;
+        .filter(is_override)
+        .map(|f| f.path.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     if !text.is_empty() {
         text.push('\n');
     }
