@@ -272,6 +272,11 @@ pub fn verify_dirty_line() -> String {
                 "replaced by meta/etc/kubernetes/node-labels on the data partition",
             ),
             finding(
+                "/etc/kubernetes/node-labels",
+                "overridden",
+                "size 13 bytes, expected 227; overridden on the data partition",
+            ),
+            finding(
                 "/bin/kios-e2e-planted",
                 "unexpected",
                 "a file the image does not have",
