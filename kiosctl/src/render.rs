@@ -279,8 +279,19 @@ pub fn status(reply: &StatusReply, view: View) -> String {
             .painter
             .paint(&shutdown_text(Some(s), now), phase_color(s.phase)),
     };
+    let kubelet_client = reply.clients.iter().find(|c| c.kubelet);
     let graceful = if node.graceful_shutdown_armed {
-        "armed (the kubelet is connected; a shutdown waits for it to drain pods)".to_string()
+        match kubelet_client.and_then(|c| c.pid) {
+            Some(pid) => format!(
+                "armed (the kubelet, pid {pid}, is connected; a shutdown waits for it to drain pods)"
+            ),
+            None if kubelet_client.is_some() || reply.clients.is_empty() => {
+                "armed (the kubelet is connected; a shutdown waits for it to drain pods)"
+                    .to_string()
+            }
+            None => "armed (a client that may be the kubelet is connected; a shutdown waits for it)"
+                .to_string(),
+        }
     } else {
         view.painter.paint(
             "not armed (no kubelet connection; a shutdown will not drain pods)",
