@@ -726,6 +726,13 @@ impl Sandbox {
         procs
     }
 
+    /// Waits for a sandbox process whose command name (`comm`) is `comm`.
+    pub fn wait_process(&self, comm: &str, timeout: Duration) -> Result<Proc> {
+        self.wait_for(&format!("a process named {comm}"), timeout, || {
+            self.processes().into_iter().find(|p| p.comm == comm)
+        })
+    }
+
     /// The host pid of the sandbox process whose pid inside is `ns_pid`.
     pub fn host_pid_of(&self, ns_pid: i32) -> Option<i32> {
         self.processes()

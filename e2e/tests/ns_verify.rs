@@ -130,13 +130,9 @@ fn verify_reports_each_kind_of_tampering() -> Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start a stray process with nsenter")?;
-    let stray_ns_pid = sandbox.wait_for("the stray process", kios_e2e::ns::DEFAULT_WAIT, || {
-        sandbox
-            .processes()
-            .into_iter()
-            .find(|p| p.comm == "busybox" || p.comm == "sleep")
-            .map(|p| p.ns_pid)
-    })?;
+    let stray_ns_pid = sandbox
+        .wait_process("busybox", kios_e2e::ns::DEFAULT_WAIT)?
+        .ns_pid;
     let found = findings(&verify(&sandbox)?);
     // Kill the stray by pid before judging (it is ours).
     let _ = stray.kill();
