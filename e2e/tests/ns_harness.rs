@@ -63,7 +63,9 @@ fn harness_overlay_events_processes_and_poweroff() -> Result<()> {
     );
     let fds = sandbox.read("/run/kios-e2e/crio.fds")?;
     ensure!(
-        fds.lines().next().is_some_and(|l| l.starts_with("0 ") && l.ends_with("/dev/null")),
+        fds.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("0 ") && l.ends_with("/dev/null")),
         "crio.fds: {fds}"
     );
     let started = sandbox.wait_event("kubelet started", DEFAULT_WAIT)?;
@@ -287,10 +289,7 @@ fn kubelet_standin_runs_an_admin_script_like_a_debug_pod() -> Result<()> {
             "no '{expected}' in {events:#?}"
         );
     }
-    ensure!(
-        events.iter().any(|e| e == "END 5 rc=0"),
-        "{events:#?}"
-    );
+    ensure!(events.iter().any(|e| e == "END 5 rc=0"), "{events:#?}");
     ensure!(
         events.iter().any(|e| e.starts_with("script-error 6 ")),
         "{events:#?}"
