@@ -213,3 +213,23 @@ fn continue_shutdown_without_a_shutdown_changes_nothing() -> Result<()> {
     ensure!(sandbox.has_ended()?.is_none(), "init ended");
     Ok(())
 }
+
+#[test]
+fn poweroff_and_reboot_links_to_kiosctl_shut_down_gracefully() -> Result<()> {
+    for (link, name, end) in [
+        (
+            "/bin/poweroff",
+            "link-poweroff",
+            Ended::is_poweroff as fn(Ended) -> bool,
+        ),
+        ("/sbin/reboot", "link-reboot", Ended::is_reboot),
+    ] {
+        let sandbox = Sandbox::boot_ready(graceful(name))?;
+        let started = Instant::now();
+        // kiosctl runs inside the node; init stops it with everything else,
+        // so its own exit status says nothing here.
+        let _ = sandbox.run_inside(link, &[]);
+        expect_graceful_end(&sandbox, started, end)?;
+    }
+    Ok(())
+}

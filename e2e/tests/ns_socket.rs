@@ -366,3 +366,27 @@ fn too_many_connections_get_busy_and_init_recovers() -> Result<()> {
     ensure!(status["ok"] == true, "status after the flood: {status}");
     Ok(())
 }
+
+#[test]
+fn a_client_stalled_mid_line_is_dropped_after_a_timeout() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("stalled"))?;
+    let mut stalled = sandbox.connect()?;
+    stalled.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stalled.write_all(b"stat")?;
+    let started = Instant::now();
+    // Whatever the server says (an error line or nothing), it then closes.
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(60),
+        "a client stalled mid-line was not dropped within 60 s"
+    );
+    ensure!(
+        took >= Duration::from_millis(500),
+        "the stalled client was dropped at once ({took:?}): {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    ensure!(sandbox.status()?["ok"] == true);
+    Ok(())
+}
