@@ -114,7 +114,7 @@ fn crio_gets_exactly_the_original_flags_and_a_minimal_environment() -> Result<()
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .collect();
     ensure!(
-        vars.iter().any(|v| v == "PATH=/bin"),
+        vars.iter().any(|v| v == "PATH=/bin") && vars.iter().any(|v| v == "HOME=/"),
         "crio environment {vars:?}"
     );
     ensure!(
