@@ -831,13 +831,22 @@ impl Drop for Sandbox {
         if matches!(self.has_ended(), Ok(Some(_))) {
             return;
         }
-        if self.init_pid > 0 {
-            // SIGKILL to a PID namespace's init kills the whole namespace.
-            let _ = nix::sys::signal::kill(Pid::from_raw(self.init_pid), Signal::SIGKILL);
-        }
         let Ok(unshare) = self.unshare.get_mut() else {
             return;
         };
+        // The namespace's PID 1: init, or the setup script if init never
+        // started. SIGKILL to it kills the whole namespace.
+        let ns_init = if self.init_pid > 0 {
+            Some(self.init_pid)
+        } else {
+            let id = unshare.id();
+            std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+        };
+        if let Some(pid) = ns_init {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if matches!(unshare.try_wait(), Ok(Some(_))) {
