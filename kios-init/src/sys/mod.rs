@@ -276,11 +276,11 @@ impl Sys for LinuxSys {
     }
 
     fn hostname(&self) -> io::Result<String> {
-        Ok(uname_field(|u| &u.nodename)?)
+        uname_field(|u| &u.nodename)
     }
 
     fn kernel_release(&self) -> io::Result<String> {
-        Ok(uname_field(|u| &u.release)?)
+        uname_field(|u| &u.release)
     }
 
     fn set_link_up(&self, ifname: &str) -> io::Result<()> {
@@ -536,6 +536,28 @@ pub fn final_reboot(mode: PowerMode) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dir_watch_wakes_on_a_new_entry_and_times_out_otherwise() {
+        let dir = std::env::temp_dir().join(format!("kios-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create dir");
+        // Nothing happens: the wait ends at its timeout.
+        let t = std::time::Instant::now();
+        LinuxSys
+            .wait_for_dir_change(&dir, Duration::from_millis(50))
+            .expect("wait");
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // The watch exists now; a new entry is pending before the next wait,
+        // which must return at once instead of after 20 s.
+        std::fs::write(dir.join("vda1"), b"").expect("create entry");
+        let t = std::time::Instant::now();
+        LinuxSys
+            .wait_for_dir_change(&dir, Duration::from_secs(20))
+            .expect("wait");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn which_processes_count_as_left() {
