@@ -68,6 +68,7 @@ fn main() -> Result<()> {
     let mut anon = Vec::new();
     let mut file = Vec::new();
     let mut restart_us = Vec::new();
+    let mut milestones: Vec<(String, Vec<f64>)> = Vec::new();
     for i in 0..BOOTS {
         let t0 = epoch_ms();
         let sandbox = Sandbox::boot_ready(SandboxConfig::new(&format!("bench-boot-{i}")))?;
@@ -76,6 +77,14 @@ fn main() -> Result<()> {
             .ok_or_else(|| anyhow!("no kubelet-start milestone: {boot}"))?;
         boot_ms.push(at - t0);
         init_offset_ms.push(offset);
+        for m in boot["milestones"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(offset)) = (m["name"].as_str(), m["offset_ms"].as_f64()) {
+                match milestones.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, values)) => values.push(offset),
+                    None => milestones.push((name.to_string(), vec![offset])),
+                }
+            }
+        }
         // The kubelet is connected (boot_ready); let init settle on its loop.
         sandbox.wait_for(
             "the kubelet client in status",
@@ -170,5 +179,15 @@ fn main() -> Result<()> {
         percentile(&mut file, 0.9),
         ""
     );
+    println!();
+    println!("boot milestones, ms since init started (median, p90):");
+    for (name, values) in &mut milestones {
+        println!(
+            "  {:<44} {:>10.2} {:>10.2}",
+            name,
+            percentile(values, 0.5),
+            percentile(values, 0.9)
+        );
+    }
     Ok(())
 }
