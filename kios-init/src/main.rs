@@ -48,7 +48,7 @@ fn main() {
     // environment, so look at the kernel command line too.
     let cmdline = boot::read_cmdline(&sys::LinuxSys);
 
-    let node = runtime::node_info(&report);
+    let node = runtime::node_info(&report, &config.datapart);
     let mut paths = Paths::default();
     if node.datapart.as_ref().is_some_and(|d| d.mounted) {
         paths.etc_upper = Some(PathBuf::from("/var/meta/etc"));

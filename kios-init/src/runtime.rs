@@ -607,15 +607,25 @@ async fn pump_output(shared: Shared, name: ServiceName, fd: AsyncFd<File>) {
     }
 }
 
-/// The node facts `status` shows, from the boot report.
-pub fn node_info(report: &crate::boot::BootReport) -> NodeInfo {
+/// The node facts `status` shows, from the boot report and what
+/// `datapart=` asked for.
+pub fn node_info(
+    report: &crate::boot::BootReport,
+    wanted: &crate::datapart::DatapartSpec,
+) -> NodeInfo {
     use crate::boot::DatapartStatus as Boot;
+    use crate::datapart::DatapartSpec;
+    let wanted_text = match wanted {
+        DatapartSpec::Auto => "auto".to_string(),
+        DatapartSpec::None => "none".to_string(),
+        DatapartSpec::Device(path) => path.display().to_string(),
+    };
     let datapart = match &report.datapart {
         Boot::Disabled => None,
         Boot::Mounted { device } => Some(kios_protocol::DatapartStatus {
             device: Some(device.clone()),
             mounted: true,
-            wanted: String::new(),
+            wanted: wanted_text,
             problem: None,
         }),
         Boot::Missing { wanted, reason } => Some(kios_protocol::DatapartStatus {
@@ -633,5 +643,53 @@ pub fn node_info(report: &crate::boot::BootReport) -> NodeInfo {
         kernel,
         datapart,
         boot_warnings: report.warnings.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::{BootReport, DatapartStatus};
+    use crate::datapart::DatapartSpec;
+
+    fn report(datapart: DatapartStatus) -> BootReport {
+        BootReport {
+            datapart,
+            hostname: "node-a".into(),
+            warnings: vec!["a warning".into()],
+        }
+    }
+
+    #[test]
+    fn node_info_shows_the_data_partition_as_status_does() {
+        let none = node_info(&report(DatapartStatus::Disabled), &DatapartSpec::None);
+        assert_eq!(none.datapart, None);
+        assert_eq!(none.boot_warnings, vec!["a warning".to_string()]);
+        assert!(!none.kernel.is_empty());
+
+        let mounted = node_info(
+            &report(DatapartStatus::Mounted {
+                device: "/dev/vda1".into(),
+            }),
+            &DatapartSpec::Auto,
+        );
+        let d = mounted.datapart.unwrap();
+        assert_eq!(
+            (d.device.as_deref(), d.mounted, d.wanted.as_str()),
+            (Some("/dev/vda1"), true, "auto")
+        );
+        assert_eq!(d.problem, None);
+
+        let missing = node_info(
+            &report(DatapartStatus::Missing {
+                wanted: "/dev/sdz1".into(),
+                reason: "timed out".into(),
+            }),
+            &DatapartSpec::Device("/dev/sdz1".into()),
+        );
+        let d = missing.datapart.unwrap();
+        assert_eq!((d.device, d.mounted), (None, false));
+        assert_eq!(d.wanted, "/dev/sdz1");
+        assert_eq!(d.problem.as_deref(), Some("timed out"));
     }
 }
