@@ -126,12 +126,14 @@ impl BootConfig {
                         .map(|(_, v)| v.clone())
                 })
         };
-        let mut cfg = BootConfig::default();
-        cfg.env = env
-            .iter()
-            .filter(|(k, _)| BOOT_KEYS.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let mut cfg = BootConfig {
+            env: env
+                .iter()
+                .filter(|(k, _)| BOOT_KEYS.contains(&k.as_str()))
+                .cloned()
+                .collect(),
+            ..BootConfig::default()
+        };
         if let Some(v) = lookup("datapart") {
             match DatapartSpec::parse(&v) {
                 Ok(spec) => cfg.datapart = spec,

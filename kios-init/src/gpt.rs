@@ -151,7 +151,7 @@ pub fn read_partitions(sys: &dyn Sys, disk: &Path) -> Result<Vec<Partition>, Gpt
     if count > MAX_ENTRIES {
         return Err(geometry(format!("{count} entries")));
     }
-    if entry_size < 128 || entry_size > 4096 || entry_size % 8 != 0 {
+    if !(128..=4096).contains(&entry_size) || entry_size & 7 != 0 {
         return Err(geometry(format!("entry size {entry_size}")));
     }
     let offset = entries_lba
