@@ -206,8 +206,10 @@ impl DataDisk {
         Ok(())
     }
 
-    /// `e2fsck -fn` on the partition: `Ok(report)` when clean, an error with
-    /// e2fsck's output otherwise. Call only while no VM uses the disk.
+    /// `e2fsck -fn` on the partition, and its superblock (`dumpe2fs -h`):
+    /// `Ok(report)` when the check passes AND the filesystem was cleanly
+    /// unmounted (state `clean`, no journal to replay); an error with the
+    /// reason otherwise. Call only while no VM uses the disk.
     pub fn fsck(&self) -> Result<String, VmError> {
         let part = self.read_partition("fsck.ext4")?;
         let output = Command::new("e2fsck")
@@ -224,8 +226,25 @@ impl DataDisk {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        if output.status.success() {
+        // A journal still to replay means the filesystem was not cleanly
+        // unmounted, even when the read-only check skips it and passes.
+        let superblock = run_tool(Command::new("dumpe2fs").arg("-h").arg(&part), "dumpe2fs")?;
+        let unclean: Vec<&str> = superblock
+            .lines()
+            .filter(|l| {
+                (l.starts_with("Filesystem features:") && l.contains("needs_recovery"))
+                    || (l.starts_with("Filesystem state:")
+                        && l.split(':').nth(1).map(str::trim) != Some("clean"))
+            })
+            .collect();
+        if output.status.success() && unclean.is_empty() {
             Ok(text)
+        } else if output.status.success() {
+            Err(VmError::Disk(format!(
+                "{} was not cleanly unmounted: {}\n{text}",
+                part.display(),
+                unclean.join("; ")
+            )))
         } else {
             Err(VmError::Disk(format!(
                 "e2fsck -fn {} is not clean ({}):\n{text}",

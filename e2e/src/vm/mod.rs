@@ -110,7 +110,7 @@ fn package_of(tool: &str) -> &'static str {
     match tool {
         "qemu-system-x86_64" => "apt-get install qemu-system-x86",
         "sgdisk" => "apt-get install gdisk",
-        "mkfs.ext4" | "e2fsck" | "debugfs" => "apt-get install e2fsprogs",
+        "mkfs.ext4" | "e2fsck" | "debugfs" | "dumpe2fs" => "apt-get install e2fsprogs",
         "depmod" => "apt-get install kmod",
         "dpkg-deb" => "apt-get install dpkg-dev",
         "apt-get" | "apt-cache" => "a Debian system with apt",
@@ -143,14 +143,46 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// A fresh, empty per-test folder `target/vm/<name>/`.
-pub fn test_dir(name: &str) -> Result<PathBuf, VmError> {
-    let dir = workspace_root().join("target/vm").join(name);
+/// A test's folder `target/vm/<name>/`, held exclusively: several test
+/// processes on one machine (two engineers, or a test and the demo) that
+/// want the same folder take turns instead of overwriting each other's
+/// disk and logs. The lock (`target/vm/<name>.lock`) is released on drop.
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Locks and empties the per-test folder `target/vm/<name>/`.
+pub fn test_dir(name: &str) -> Result<TestDir, VmError> {
+    let parent = workspace_root().join("target/vm");
+    std::fs::create_dir_all(&parent).map_err(|e| VmError::io("create", &parent, e))?;
+    let lock_path = parent.join(format!("{name}.lock"));
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| VmError::io("create", &lock_path, e))?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "vm: {} is in use by another test process; waiting for it",
+            parent.join(name).display()
+        );
+        lock.lock()
+            .map_err(|e| VmError::io("lock", &lock_path, e))?;
+    }
+    let dir = parent.join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| VmError::io("remove", &dir, e))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| VmError::io("create", &dir, e))?;
-    Ok(dir)
+    Ok(TestDir {
+        path: dir,
+        _lock: lock,
+    })
 }
 
 /// Unwraps a harness result in a test, panicking with the error's Display

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::disk::{DataDisk, DiskLayout};
 use super::image::{build_image, ImageConfig};
 use super::qemu::{Vm, VmConfig};
-use super::{kernel, test_dir, Kernel, VmError};
+use super::{kernel, test_dir, Kernel, TestDir, VmError};
 
 /// Where the admin script lives on the node (on the data partition's /etc
 /// overlay, so it can change between boots).
@@ -108,6 +108,8 @@ impl NodeSpec {
 #[derive(Debug)]
 pub struct Node {
     dir: PathBuf,
+    /// Holds the folder's lock while the node exists.
+    _test_dir: TestDir,
     kernel: Kernel,
     initramfs: PathBuf,
     disk: DataDisk,
@@ -126,7 +128,8 @@ impl Node {
     /// Builds the image and the data disk.
     pub fn prepare(spec: &NodeSpec) -> Result<Node, VmError> {
         let started = Instant::now();
-        let dir = test_dir(&spec.name)?;
+        let test_dir = test_dir(&spec.name)?;
+        let dir = test_dir.path().to_owned();
         let kernel = kernel()?.clone();
         let inputs = super::image::inputs_dir()?;
         let initramfs = build_image(&dir, &inputs, &kernel, &spec.image)?;
@@ -151,6 +154,7 @@ impl Node {
         let disk = DataDisk::create(&dir, &layout)?;
         Ok(Node {
             dir,
+            _test_dir: test_dir,
             kernel,
             initramfs,
             disk,
