@@ -312,12 +312,11 @@ fn kubelet_never_starts_before_the_crio_socket_exists() -> Result<()> {
         );
     }
     sandbox.wait_event("kubelet connected", DEFAULT_WAIT)?;
-    let events = sandbox.events();
-    let listening = events.iter().position(|e| e.starts_with("crio listening"));
-    let kubelet = events.iter().position(|e| e.starts_with("kubelet started"));
+    // The kubelet stand-in looks for cri-o's socket first thing at start.
+    let seen = sandbox.wait_event("kubelet crio-socket=", DEFAULT_WAIT)?;
     ensure!(
-        matches!((listening, kubelet), (Some(l), Some(k)) if l < k),
-        "the kubelet started before cri-o listened\n{}",
+        seen == "kubelet crio-socket=present",
+        "the kubelet started before cri-o's socket existed ({seen})\n{}",
         sandbox.diagnostics()
     );
     Ok(())

@@ -315,3 +315,15 @@ fn kubelet_standin_runs_an_admin_script_like_a_debug_pod() -> Result<()> {
     ensure!(sandbox.path("/run/kios-e2e/script.done").exists());
     Ok(())
 }
+
+#[test]
+fn kubelet_standin_reports_whether_crio_listened_before_it_started() -> Result<()> {
+    // The stand-in init starts the kubelet as soon as the system socket
+    // exists, while cri-o still waits 5 s: the kubelet must say so, which is
+    // what lets ns_boot catch an init that does not wait for cri-o.
+    let sandbox = Sandbox::boot(fake("harness-no-crio").crio_conf("listen_delay_ms=5000\n"))?;
+    let _listener = serve_system_socket(&sandbox)?;
+    let seen = sandbox.wait_event("kubelet crio-socket=", DEFAULT_WAIT)?;
+    ensure!(seen == "kubelet crio-socket=absent", "{seen}");
+    Ok(())
+}

@@ -3,7 +3,9 @@
 //!
 //! At start it records its argv to `/run/kios-e2e/kubelet.argv` and the
 //! descriptors it inherited to `/run/kios-e2e/kubelet.fds`, prints
-//! `KIOS-E2E kubelet started pid=N argv=<json>`, connects to
+//! `KIOS-E2E kubelet started pid=N argv=<json>` and `KIOS-E2E kubelet
+//! crio-socket=present|absent` (whether cri-o's socket existed when it was
+//! started), connects to
 //! `/run/system.sock` (retrying while it is absent), keeps the connection
 //! open and waits for the byte 0x01. Then it prints `KIOS-E2E kubelet
 //! shutdown-event`, "evicts pods" for its grace period, prints `KIOS-E2E
@@ -54,6 +56,8 @@ pub fn main(argv: Vec<String>) -> i32 {
         return super::debugpod::main(argv.get(2).map(String::as_str));
     }
     let inherited = super::open_fds();
+    // Before anything else: did cri-o's socket exist when we were started?
+    let crio_socket = Path::new(super::crio::SOCKET).exists();
     watch_sigterm(|| emit("kubelet sigterm"));
     let config = Config::load("kubelet");
     let start = count_start("kubelet");
@@ -62,6 +66,10 @@ pub fn main(argv: Vec<String>) -> i32 {
     emit(&format!(
         "kubelet started pid={} argv={json}",
         std::process::id()
+    ));
+    emit(&format!(
+        "kubelet crio-socket={}",
+        if crio_socket { "present" } else { "absent" }
     ));
 
     if start <= config.u64_or("crash_times", 0) {
