@@ -118,6 +118,8 @@ async fn recv(signal: &mut Option<Signal>) {
 }
 
 async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
+    // Services inherit the umask (posix_spawn has no umask attribute).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // Signals first: no child exists yet, so no exit can be missed.
     let mut sigchld = signal_or_log(SignalKind::child(), "SIGCHLD");
     let mut sigterm = signal_or_log(SignalKind::terminate(), "SIGTERM");
