@@ -98,16 +98,36 @@ pub fn parse_meta_dependency(apt_cache_output: &str) -> Option<String> {
     })
 }
 
+/// The versioned kernel package, or `None` when apt does not know the meta
+/// package (no package lists).
+fn resolve_meta_package() -> Result<Option<String>, VmError> {
+    let output = Command::new("apt-cache")
+        .args(["depends", META_PACKAGE])
+        .output()
+        .map_err(|source| VmError::ToolMissing {
+            tool: "apt-cache".into(),
+            hint: super::package_of("apt-cache"),
+            source,
+        })?;
+    Ok(parse_meta_dependency(&String::from_utf8_lossy(
+        &output.stdout,
+    )))
+}
+
 fn stock_debian_kernel(cache: &Path) -> Result<Kernel, VmError> {
-    let deps = run_tool(
-        Command::new("apt-cache").args(["depends", META_PACKAGE]),
-        "apt-cache",
-    )?;
-    let package = parse_meta_dependency(&deps).ok_or_else(|| {
-        VmError::Kernel(format!(
-            "apt-cache depends {META_PACKAGE} names no linux-image package (run apt-get update?)"
-        ))
-    })?;
+    let package = match resolve_meta_package()? {
+        Some(package) => package,
+        None => {
+            // A fresh machine may have no package lists yet.
+            eprintln!("vm: apt knows no {META_PACKAGE}; running apt-get update");
+            run_tool(Command::new("apt-get").args(["update", "-qq"]), "apt-get")?;
+            resolve_meta_package()?.ok_or_else(|| {
+                VmError::Kernel(format!(
+                    "apt-cache depends {META_PACKAGE} names no linux-image package, even after apt-get update"
+                ))
+            })?
+        }
+    };
     let version = package
         .strip_prefix("linux-image-")
         .unwrap_or(&package)
