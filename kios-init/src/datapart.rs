@@ -148,8 +148,22 @@ fn wait_for_device(
     timeout: Duration,
     warnings: &mut Vec<String>,
 ) -> Option<String> {
-    let deadline = Instant::now() + timeout;
     let mut waited = false;
+    let found = wait_for_device_until(sys, spec, timeout, warnings, &mut waited);
+    if waited {
+        sys.end_dir_watch();
+    }
+    found
+}
+
+fn wait_for_device_until(
+    sys: &dyn Sys,
+    spec: &DatapartSpec,
+    timeout: Duration,
+    warnings: &mut Vec<String>,
+    waited: &mut bool,
+) -> Option<String> {
+    let deadline = Instant::now() + timeout;
     loop {
         let found = match spec {
             DatapartSpec::Device(p) => sys.path_exists(p).then(|| p.display().to_string()),
@@ -177,13 +191,13 @@ fn wait_for_device(
         if now >= deadline {
             return None;
         }
-        if !waited {
+        if !*waited {
             crate::kinfo!(
                 "waiting up to {}s for the data partition {}",
                 timeout.as_secs(),
                 spec.describe()
             );
-            waited = true;
+            *waited = true;
         }
         if let Err(e) =
             sys.wait_for_dir_change(Path::new("/dev"), (deadline - now).min(RESCAN_INTERVAL))
@@ -543,6 +557,10 @@ mod tests {
             DatapartStatus::Mounted {
                 device: "/dev/vdc1".into()
             }
+        );
+        assert_eq!(
+            sys.calls().iter().filter(|c| **c == Call::EndWatch).count(),
+            1
         );
         let waits = sys
             .calls()

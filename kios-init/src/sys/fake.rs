@@ -27,6 +27,7 @@ pub enum Call {
     LinkUp(String),
     DisableCad,
     WaitDir(String),
+    EndWatch,
     ProcessName(String),
 }
 
@@ -303,6 +304,10 @@ impl Sys for FakeSys {
         let mut s = self.lock();
         s.calls.push(Call::DisableCad);
         Self::take_error(&mut s, "cad", Path::new(""))
+    }
+
+    fn end_dir_watch(&self) {
+        self.lock().calls.push(Call::EndWatch);
     }
 
     fn set_process_name(&self, name: &str) {

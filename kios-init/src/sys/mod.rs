@@ -82,6 +82,9 @@ pub trait Sys {
     /// Wait until something is created in `dir` or `timeout` passes
     /// (whichever first). Used while waiting for a block device.
     fn wait_for_dir_change(&self, dir: &Path, timeout: Duration) -> io::Result<()>;
+    /// Stop the watch [`Sys::wait_for_dir_change`] set up (events would
+    /// otherwise queue for the life of the process).
+    fn end_dir_watch(&self);
     /// [`set_process_name`] (best effort).
     fn set_process_name(&self, name: &str);
 }
@@ -107,6 +110,8 @@ fn last_err() -> io::Error {
 struct DirWatch {
     fd: OwnedFd,
     dir: std::path::PathBuf,
+    /// The watch descriptor, -1 when nothing is watched.
+    wd: i32,
 }
 
 static DIR_WATCH: Mutex<Option<DirWatch>> = Mutex::new(None);
@@ -120,7 +125,13 @@ impl LinuxSys {
             }
         }
         let fd = match guard.take() {
-            Some(w) => w.fd,
+            Some(w) => {
+                if w.wd >= 0 {
+                    // SAFETY: w.fd is a valid inotify descriptor, w.wd one of its watches.
+                    unsafe { libc::inotify_rm_watch(w.fd.as_raw_fd(), w.wd) };
+                }
+                w.fd
+            }
             None => {
                 // SAFETY: inotify_init1 takes only flags and returns a new fd or -1.
                 let raw = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
@@ -140,6 +151,7 @@ impl LinuxSys {
             *guard = Some(DirWatch {
                 fd,
                 dir: std::path::PathBuf::new(),
+                wd: -1,
             });
             return Err(e);
         }
@@ -147,8 +159,24 @@ impl LinuxSys {
         *guard = Some(DirWatch {
             fd,
             dir: dir.to_path_buf(),
+            wd,
         });
         Ok(raw)
+    }
+
+    /// Stop watching (the descriptor itself stays open: see [`DirWatch`]).
+    fn end_watch() {
+        let mut guard = DIR_WATCH.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = guard.as_mut() {
+            if w.wd >= 0 {
+                // SAFETY: w.fd is a valid inotify descriptor, w.wd one of its watches.
+                unsafe { libc::inotify_rm_watch(w.fd.as_raw_fd(), w.wd) };
+            }
+            w.wd = -1;
+            w.dir = std::path::PathBuf::new();
+            // Drop what is queued, including the kernel's IN_IGNORED.
+            drain_events(w.fd.as_raw_fd());
+        }
     }
 }
 
@@ -328,6 +356,10 @@ impl Sys for LinuxSys {
         }
     }
 
+    fn end_dir_watch(&self) {
+        LinuxSys::end_watch()
+    }
+
     fn set_process_name(&self, name: &str) {
         set_process_name(name)
     }
@@ -348,16 +380,21 @@ impl Sys for LinuxSys {
                 return Err(e);
             }
         }
-        // Drain the events; their content does not matter, the caller rescans.
-        let mut buf = [0u8; 4096];
-        loop {
-            // SAFETY: buf is writable for its full length.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-        }
+        // Their content does not matter: the caller rescans.
+        drain_events(fd);
         Ok(())
+    }
+}
+
+/// Read and drop every queued event of a non-blocking inotify descriptor.
+fn drain_events(fd: RawFd) {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: buf is writable for its full length; fd is non-blocking.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
     }
 }
 
@@ -556,6 +593,24 @@ mod tests {
             .wait_for_dir_change(&dir, Duration::from_secs(20))
             .expect("wait");
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        // Watch ended: a new entry no longer wakes a wait.
+        LinuxSys.end_dir_watch();
+        std::fs::write(dir.join("vda2"), b"").expect("create entry");
+        let guard = DIR_WATCH.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = guard
+            .as_ref()
+            .map(|w| (w.fd.as_raw_fd(), w.wd))
+            .expect("fd kept open");
+        drop(guard);
+        assert_eq!(raw.1, -1);
+        let mut pfd = libc::pollfd {
+            fd: raw.0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is one valid pollfd; timeout 0 only checks readiness.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert_eq!(ready, 0, "no event after the watch ended");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
