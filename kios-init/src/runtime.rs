@@ -57,7 +57,13 @@ pub fn run(config: RuntimeConfig, milestones: Milestones) -> ! {
     match runtime {
         Ok(runtime) => {
             let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, main_loop(config, milestones));
+            // A panic in the loop itself (a bug) must not end PID 1.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                local.block_on(&runtime, main_loop(config, milestones))
+            }));
+            if ran.is_err() {
+                crate::kerr!("bug: the event loop panicked");
+            }
         }
         Err(e) => crate::kerr!("cannot start the event loop: {e}"),
     }
@@ -473,10 +479,22 @@ impl Runtime {
         let start_shutdown = !self.shutdown_started && self.shared.borrow().shutdown.is_active();
         if start_shutdown {
             self.shutdown_started = true;
-            tokio::task::spawn_local(crate::shutdown::drive(
+            let mode = self.shared.borrow().shutdown.mode();
+            let driver = tokio::task::spawn_local(crate::shutdown::drive(
                 self.shared.clone(),
                 self.reaped.clone(),
             ));
+            // The driver never returns; if it ends, it panicked (a bug).
+            // The node must still go down, not hang half stopped.
+            tokio::task::spawn_local(async move {
+                let failure = driver.await;
+                crate::kerr!("bug: the shutdown driver failed ({failure:?}); ending the node now");
+                crate::teardown::sync_all();
+                crate::sys::final_reboot(match mode {
+                    Some(PowerMode::Reboot) => crate::sys::PowerMode::Restart,
+                    _ => crate::sys::PowerMode::PowerOff,
+                })
+            });
         }
         // Kubelet states may have changed to `waiting` in due().
         let waiting =
