@@ -46,6 +46,10 @@ fn cold_boot_status_datapart_timeline_and_overlay_argv() {
     let datapart = &status["node"]["datapart"];
     assert_eq!(datapart["device"], "/dev/vda1", "datapart in {status}");
     assert_eq!(datapart["mounted"], true, "datapart in {status}");
+    assert_eq!(
+        datapart["wanted"], "auto",
+        "found by its type GUID (datapart=auto): {status}"
+    );
     let kernel = status["node"]["kernel"].as_str().unwrap_or_default();
     assert!(
         kernel.contains(&kios_e2e::vm::kernel().must().version),
