@@ -24,6 +24,7 @@ use std::time::Duration;
 use kios_protocol::{encode_error, encode_response, Dialect, ErrorBody, ErrorCode, Response};
 use nix::sys::stat::Mode;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
 
 use clients::Registration;
 pub use clients::{Peer, MAX_CLIENTS};
@@ -176,17 +177,22 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, ErrorBody> {
     })
 }
 
-async fn write_bounded(conn: &mut Connection<UnixStream>, bytes: &[u8]) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(bytes)).await,
-        Ok(Ok(()))
-    )
+/// Writes `bytes`, giving up (false) after [`WRITE_TIMEOUT`] or when the
+/// client is told to close (its queue overflowed, or the shutdown closes
+/// the socket).
+async fn write_bounded(conn: &mut Connection<UnixStream>, bytes: &[u8], close: &Notify) -> bool {
+    tokio::select! {
+        written = tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(bytes)) => {
+            matches!(written, Ok(Ok(())))
+        }
+        _ = close.notified() => false,
+    }
 }
 
-async fn respond(conn: &mut Connection<UnixStream>, response: &Response) -> bool {
+async fn respond(conn: &mut Connection<UnixStream>, response: &Response, close: &Notify) -> bool {
     let mut line = encode_response(response);
     line.push('\n');
-    write_bounded(conn, line.as_bytes()).await
+    write_bounded(conn, line.as_bytes(), close).await
 }
 
 async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Registration) {
@@ -198,7 +204,7 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
             _ = reg.close.notified() => break,
             out = reg.rx.recv() => match out {
                 Some(bytes) => {
-                    if !write_bounded(&mut conn, &bytes).await {
+                    if !write_bounded(&mut conn, &bytes, &reg.close).await {
                         break;
                     }
                 }
@@ -221,7 +227,7 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
                         let _ = result;
                     }
                     Ok(Some(Incoming::Line(Err(parse_error)))) => {
-                        if !respond(&mut conn, &Err(parse_error.to_body())).await {
+                        if !respond(&mut conn, &Err(parse_error.to_body()), &reg.close).await {
                             break;
                         }
                     }
@@ -236,7 +242,7 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
                             Err(body) => Err(body),
                             Ok(Outcome::Verify) => run_verify(&shared, &peer).await,
                         };
-                        if !respond(&mut conn, &response).await {
+                        if !respond(&mut conn, &response, &reg.close).await {
                             break;
                         }
                     }
@@ -245,7 +251,7 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
                             ErrorCode::LineTooLong,
                             format!("request longer than {} bytes; closing the connection", kios_protocol::MAX_LINE_BYTES),
                         );
-                        if respond(&mut conn, &Err(body)).await {
+                        if respond(&mut conn, &Err(body), &reg.close).await {
                             conn.close_after_error().await;
                         }
                         break;
@@ -456,6 +462,39 @@ mod tests {
                 assert!(sent < 100_000, "slow client never dropped");
             }
             assert_eq!(shared.borrow().clients.len(), 0);
+        });
+    }
+
+    #[test]
+    fn a_client_stuck_in_a_write_is_closed_at_once_when_told() {
+        with_server("stuck", |socket, shared| async move {
+            let mut client = BufReader::new(UnixStream::connect(&socket).await.unwrap());
+            let reply = ask(&mut client, "logs crio 1 follow").await;
+            assert_eq!(reply["ok"], true);
+            // ~800 KiB of events: more than the socket buffers, fewer than
+            // the queue holds, so the task ends up blocked in a write.
+            let line = "y".repeat(4000);
+            for _ in 0..200 {
+                shared
+                    .borrow_mut()
+                    .log_line(kios_protocol::ServiceName::Crio, line.clone(), 1);
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                shared.borrow().clients.len(),
+                1,
+                "not dropped for a full queue"
+            );
+            let started = std::time::Instant::now();
+            shared.borrow_mut().clients.close_all();
+            while !shared.borrow().clients.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(
+                started.elapsed() < WRITE_TIMEOUT / 2,
+                "{:?}",
+                started.elapsed()
+            );
         });
     }
 
