@@ -25,7 +25,7 @@ use kios_protocol::ServiceName;
 /// The longest line kept; longer output is cut into pieces of this size.
 pub const MAX_LINE_BYTES: usize = 4096;
 /// Bytes of output kept in memory per service for `logs`.
-pub const TAIL_BYTES: usize = 64 * 1024;
+pub const TAIL_BYTES: usize = 32 * 1024;
 /// Lines waiting for the writer thread before new ones are dropped.
 pub const WRITER_QUEUE: usize = 128;
 /// A log file is rotated (to `NAME.1`) when it reaches this size.
