@@ -198,6 +198,7 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
     }
 
     let wake = shared.borrow().wake.clone();
+    let no_sigchld = sigchld.is_none();
     rt.tick();
     loop {
         let deadline = shared.borrow().supervisor.next_deadline();
@@ -206,7 +207,12 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
             _ = recv(&mut sigterm) => rt.signal_shutdown(PowerMode::Poweroff, "SIGTERM"),
             _ = recv(&mut sigpwr) => rt.signal_shutdown(PowerMode::Poweroff, "SIGPWR"),
             _ = recv(&mut sigint) => rt.signal_shutdown(PowerMode::Reboot, "ctrl-alt-del (SIGINT)"),
-            events = read_inotify(rt.inotify.as_ref()) => rt.on_inotify(events),
+            events = read_inotify(rt.inotify.as_ref()) => match events {
+                Some(events) => rt.on_inotify(events),
+                // A persistent read error must not spin the loop.
+                None => rt.inotify = None,
+            },
+            _ = fallback_reap_tick(no_sigchld) => rt.reap(),
             _ = sleep_until_opt(deadline) => {}
             _ = wake.notified() => {}
         }
@@ -221,8 +227,19 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
     }
 }
 
-/// Waits for and reads a batch of inotify events (empty on error).
-async fn read_inotify(fd: Option<&AsyncFd<InotifyFd>>) -> Vec<InotifyEvent> {
+/// Without a SIGCHLD handler (its registration failed), reap once a second
+/// so zombies and crashed services are still noticed.
+async fn fallback_reap_tick(needed: bool) {
+    if needed {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits for and reads a batch of inotify events; `None` when reading
+/// fails (then inotify is given up, with a kernel log line).
+async fn read_inotify(fd: Option<&AsyncFd<InotifyFd>>) -> Option<Vec<InotifyEvent>> {
     let Some(fd) = fd else {
         return std::future::pending().await;
     };
@@ -241,10 +258,11 @@ async fn read_inotify(fd: Option<&AsyncFd<InotifyFd>>) -> Vec<InotifyEvent> {
                 .read_events()
                 .map_err(std::io::Error::from)
         }) {
-            Ok(Ok(events)) => return events,
+            Ok(Ok(events)) => return Some(events),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => {
-                crate::kerr!("inotify: cannot read events: {e}");
-                return Vec::new();
+                crate::kerr!("inotify: cannot read events: {e}; no more file watching");
+                return None;
             }
             Err(_would_block) => continue,
         }
