@@ -344,6 +344,10 @@ impl Runtime {
                         *slot = None;
                     }
                 }
+                // cri-o's socket directory must stay watched: recreate it.
+                if self.watches.crio_dir.is_none() {
+                    self.watch_crio_dir();
+                }
                 continue;
             }
             if wd == self.watches.crio_dir {
