@@ -344,8 +344,10 @@ impl Runtime {
                         *slot = None;
                     }
                 }
-                // cri-o's socket directory must stay watched: recreate it.
-                if self.watches.crio_dir.is_none() {
+                // cri-o's socket directory must stay watched: recreate it
+                // (not while shutting down: unmounting removes watches).
+                let shutting_down = self.shared.borrow().shutdown.is_active();
+                if self.watches.crio_dir.is_none() && !shutting_down {
                     self.watch_crio_dir();
                 }
                 continue;
