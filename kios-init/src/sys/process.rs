@@ -106,12 +106,15 @@ pub fn spawn_service(argv: &[String], output: OwnedFd) -> io::Result<u32> {
     env_ptrs.push(std::ptr::null_mut());
     let stdin = empty_stdin()?;
 
-    // SAFETY: all-zero bytes are a valid "uninitialised" value for these
-    // plain C structs; they are initialised by the *_init calls below
-    // before any other use, and destroyed by SpawnSetup's Drop.
+    // SAFETY: all-zero bytes are a valid "not yet initialised" value for
+    // this plain C struct; posix_spawnattr_init below initialises it before
+    // any other use (SpawnSetup's Drop destroys it only if it did).
+    let attr: libc::posix_spawnattr_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the same for the file actions and posix_spawn_file_actions_init.
+    let actions: libc::posix_spawn_file_actions_t = unsafe { std::mem::zeroed() };
     let mut setup = SpawnSetup {
-        attr: unsafe { std::mem::zeroed() },
-        actions: unsafe { std::mem::zeroed() },
+        attr,
+        actions,
         attr_init: false,
         actions_init: false,
     };
