@@ -213,6 +213,8 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
                 None => rt.inotify = None,
             },
             _ = fallback_reap_tick(no_sigchld) => rt.reap(),
+            // Without inotify, look for cri-o's socket now and then.
+            _ = fallback_watch_tick(rt.inotify.is_none()) => {}
             _ = sleep_until_opt(deadline) => {}
             _ = wake.notified() => {}
         }
@@ -232,6 +234,16 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
 async fn fallback_reap_tick(needed: bool) {
     if needed {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Without inotify (it failed), a wake-up every 100 ms so the tick sees
+/// cri-o's socket appear.
+async fn fallback_watch_tick(needed: bool) {
+    if needed {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     } else {
         std::future::pending::<()>().await;
     }
