@@ -47,6 +47,8 @@ fn main() {
     // /proc is mounted now: parameters with a dot never reach the
     // environment, so look at the kernel command line too.
     let cmdline = boot::read_cmdline(&sys::LinuxSys);
+    // The configuration the boot path used (it re-reads the command line).
+    let config = config.with_cmdline(&cmdline);
 
     let node = runtime::node_info(&report, &config.datapart);
     let mut paths = Paths::default();
