@@ -1,7 +1,7 @@
 //! The namespace sandbox: a real kios-init as PID 1 of fresh namespaces.
 //!
 //! [`Sandbox::boot`] runs
-//! `unshare --pid --fork --mount --uts --ipc --net --propagation private`
+//! `unshare --pid --fork --mount --uts --ipc --net --cgroup --propagation private`
 //! with a small host-side `sh` script that, inside the new mount namespace,
 //! mounts an overlay (lower: the image tree of [`crate::artifacts`], shared
 //! read-only by every sandbox; upper: a per-sandbox directory holding the
@@ -262,6 +262,9 @@ impl Sandbox {
                 "--uts",
                 "--ipc",
                 "--net",
+                // Its own cgroup namespace: init mounts cgroup2, and without
+                // one that mount would reconfigure the host's cgroup2 root.
+                "--cgroup",
                 "--propagation",
                 "private",
                 "--",
