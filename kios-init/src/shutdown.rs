@@ -9,8 +9,11 @@
 //!    could be the kubelet is connected, or with `force`; cut short when the
 //!    last such client disconnects.
 //! 2. `stopping`: services are no longer restarted; TERM to every process,
-//!    KILL to what is left after [`STOP_GRACE`] (at once with `force`), and
-//!    every child reaped.
+//!    KILL to what is left after [`STOP_GRACE`], and every child reaped.
+//!    `force` on the first request skips only the kubelet's grace: processes
+//!    still get their TERM grace (the client that asked can print its reply
+//!    and exit; containers can close their files). A `force` added by a later
+//!    request, while a shutdown is already under way, cuts this grace too.
 //! 3. `unmounting`: the system socket and its connections close (watchers
 //!    have seen this phase), the log writer closes its files, then every
 //!    filesystem is unmounted children first (read-only remount as the
@@ -62,6 +65,8 @@ pub enum Requested {
 pub struct Shutdown {
     status: Option<ShutdownStatus>,
     continued: bool,
+    /// `force` arrived after the shutdown had begun: skip every wait left.
+    hurry: bool,
     phase_started: Option<Instant>,
     /// Wakes the driver: continue-shutdown, force, a client gone.
     pub progress: Rc<Notify>,
@@ -78,6 +83,7 @@ impl Shutdown {
         Shutdown {
             status: None,
             continued: false,
+            hurry: false,
             phase_started: None,
             progress: Rc::new(Notify::new()),
         }
@@ -102,6 +108,12 @@ impl Shutdown {
 
     pub fn force(&self) -> bool {
         self.status.as_ref().is_some_and(|s| s.force)
+    }
+
+    /// A later request added `force`: the remaining waits are skipped,
+    /// the TERM grace of the stopping phase included.
+    pub fn hurry(&self) -> bool {
+        self.hurry
     }
 
     pub fn continued(&self) -> bool {
@@ -132,6 +144,7 @@ impl Shutdown {
             }
             Some(status) if force && !status.force => {
                 status.force = true;
+                self.hurry = true;
                 self.progress.notify_one();
                 Requested::Forced
             }
@@ -343,7 +356,7 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
     }
     let term_deadline = tokio::time::Instant::now() + STOP_GRACE;
     let all_gone = wait_until(&shared, &reaped, term_deadline, |shared| {
-        shared.borrow().shutdown.force() || nothing_left(shared)
+        shared.borrow().shutdown.hurry() || nothing_left(shared)
     })
     .await
         && nothing_left(&shared);
@@ -403,6 +416,20 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn force_on_the_first_request_keeps_the_term_grace_a_later_one_does_not() {
+        let mut first = Shutdown::new();
+        first.request(PowerMode::Poweroff, true, "socket", 1);
+        assert!(first.force(), "the kubelet's grace is skipped");
+        assert!(!first.hurry(), "processes still get their TERM grace");
+
+        let mut later = Shutdown::new();
+        later.request(PowerMode::Poweroff, false, "SIGTERM", 1);
+        assert!(!later.hurry());
+        later.request(PowerMode::Poweroff, true, "socket", 2);
+        assert!(later.force() && later.hurry(), "every wait left is skipped");
+    }
 
     #[test]
     fn first_request_decides_mode_later_ones_only_force() {
