@@ -9,8 +9,9 @@
 //! `/run/system.sock` (retrying while it is absent), keeps the connection
 //! open and waits for the byte 0x01. Then it prints `KIOS-E2E kubelet
 //! shutdown-event`, "evicts pods" for its grace period, prints `KIOS-E2E
-//! kubelet grace-done`, writes 0x02 (then prints `KIOS-E2E kubelet
-//! continue-sent`, unless init stops it first) and waits to be killed.
+//! kubelet grace-done`, prints `KIOS-E2E kubelet continue-sent` and writes
+//! 0x02 (printing `continue-failed` if that write fails), then waits to be
+//! killed. An admin `script=` starts only once it is connected.
 //! SIGTERM: exit 0.
 //!
 //! `/etc/kios-e2e/kubelet.conf` keys:
@@ -81,10 +82,6 @@ pub fn main(argv: Vec<String>) -> i32 {
         return code;
     }
 
-    if let Some(script) = config.get("script") {
-        start_script_once(script);
-    }
-
     let timeout = Duration::from_millis(config.u64_or("connect_timeout_ms", 10_000));
     let mut stream = match connect(timeout) {
         Ok(stream) => stream,
@@ -94,6 +91,12 @@ pub fn main(argv: Vec<String>) -> i32 {
         }
     };
     emit("kubelet connected");
+
+    // The admin script starts only once the kubelet is connected, so what it
+    // does (status, shutdown) sees graceful shutdown armed, as on a real node.
+    if let Some(script) = config.get("script") {
+        start_script_once(script);
+    }
 
     let refresh = config.u64_or("refresh_lock_ms", 0);
     if refresh > 0 {
@@ -135,9 +138,11 @@ pub fn main(argv: Vec<String>) -> i32 {
             emit(&format!("kubelet evicting grace_ms={grace}"));
             std::thread::sleep(Duration::from_millis(grace));
             emit("kubelet grace-done");
-            match stream.write_all(&[CMD_CONTINUE_SHUTDOWN]) {
-                Ok(()) => emit("kubelet continue-sent"),
-                Err(e) => emit(&format!("kubelet continue-failed {e}")),
+            // Recorded before the byte goes out: init stops the kubelet
+            // within a millisecond of reading it.
+            emit("kubelet continue-sent");
+            if let Err(e) = stream.write_all(&[CMD_CONTINUE_SHUTDOWN]) {
+                emit(&format!("kubelet continue-failed {e}"));
             }
         }
     }
