@@ -227,6 +227,15 @@ impl Connection {
             return Ok(Line::Closed);
         }
         let mut bytes = std::mem::take(&mut self.pending);
+        // A connection counts as a silent (kubelet-like) client until its
+        // first request arrives, so a shutdown that begins in that moment
+        // sends it the legacy byte 0x01 ahead of the first reply. JSON lines
+        // never start with it: skip it.
+        let legacy_events = bytes
+            .iter()
+            .take_while(|&&b| b == kios_protocol::legacy::EVENT_SHUTDOWN)
+            .count();
+        bytes.drain(..legacy_events);
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
             bytes.pop();
@@ -252,6 +261,17 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let conn = Connection::new(ours, Path::new("/test.sock"), timeout).expect("connection");
         (conn, theirs)
+    }
+
+    #[test]
+    fn legacy_shutdown_bytes_before_a_reply_are_skipped() {
+        let (mut conn, mut node) = pair(Duration::from_secs(5));
+        node.write_all(b"\x01{\"ok\":true,\"protocol\":1,\"init\":\"0.1.0\"}\n")
+            .expect("write");
+        let reply = conn
+            .reply::<VersionReply>(&Request::Version)
+            .expect("reply");
+        assert_eq!(reply.body.expect("ok").protocol, 1);
     }
 
     #[test]
