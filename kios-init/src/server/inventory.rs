@@ -152,23 +152,10 @@ mod tests {
 
     fn entry(path: &str, kind: kios_rootfs::Kind, mode: u32) -> Entry {
         Entry {
-            path: path.to_string(),
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            size: None,
-            sha256: None,
-            target: None,
-            device: None,
-            mounted: None,
-            contents: None,
-            presence: kios_rootfs::Presence::Image,
             source: "test".to_string(),
             component: "test".to_string(),
             why: format!("why {path}"),
-            used_by: vec![],
-            notes: None,
+            ..Entry::new(path, kind, mode)
         }
     }
 
