@@ -181,6 +181,32 @@ fn force_skips_the_kubelets_grace() -> Result<()> {
 }
 
 #[test]
+fn kiosctl_shutdown_force_prints_its_reply_before_processes_are_stopped() -> Result<()> {
+    // force skips the kubelet's grace, not the TERM grace of processes: the
+    // kiosctl that asked must live to print the node's answer.
+    let sandbox = Sandbox::boot_ready(
+        SandboxConfig::new("force-cli").kubelet_conf("answer_shutdown=false\ngrace_ms=60000\n"),
+    )?;
+    let out = sandbox.kiosctl(&["shutdown", "--force", "-o", "json"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(0),
+        "kiosctl shutdown --force: {:?}\nstdout: {stdout}\nstderr: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        sandbox.diagnostics()
+    );
+    let reply: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    ensure!(
+        reply["ok"] == true && reply["mode"] == "poweroff",
+        "reply: {reply}"
+    );
+    let ended = sandbox.wait_end(Duration::from_secs(20))?;
+    ensure!(ended.is_poweroff(), "init ended with {ended:?}");
+    Ok(())
+}
+
+#[test]
 fn continue_shutdown_without_a_shutdown_changes_nothing() -> Result<()> {
     let sandbox = Sandbox::boot_ready(
         SandboxConfig::new("no-shutdown").kubelet_conf("refresh_lock_ms=50\n"),
