@@ -124,6 +124,13 @@ pub fn read_partitions(sys: &dyn Sys, disk: &Path) -> Result<Vec<Partition>, Gpt
             Err(_) if sector == 4096 => break,
             Err(e) => return Err(e),
         };
+        // The parser indexes up to byte 512: never trust a reader's length.
+        if header.len() < 512 {
+            return Err(geometry(format!(
+                "short header read ({} bytes)",
+                header.len()
+            )));
+        }
         if &header[0..8] == SIGNATURE {
             found = Some((sector, header));
             break;
@@ -158,6 +165,12 @@ pub fn read_partitions(sys: &dyn Sys, disk: &Path) -> Result<Vec<Partition>, Gpt
         .checked_mul(sector)
         .ok_or_else(|| geometry(format!("entries at lba {entries_lba}")))?;
     let table = read(offset, count as usize * entry_size)?;
+    if table.len() < count as usize * entry_size {
+        return Err(geometry(format!(
+            "short entry table read ({} bytes)",
+            table.len()
+        )));
+    }
     if crc32(&table) != le32(&header, 88) {
         return Err(GptError::EntriesChecksum {
             path: disk.to_path_buf(),
