@@ -145,74 +145,66 @@ pub fn run_plan(sys: &dyn Sys, plan: &[MountStep]) -> PlanReport {
 /// Steps slower than this are logged (debug level), for the boot budget.
 pub const SLOW_STEP: std::time::Duration = std::time::Duration::from_millis(1);
 
+impl PlanReport {
+    /// A step failed: kernel log at error level, and noted; the plan goes on.
+    fn fail(&mut self, msg: String) {
+        crate::kerr!("{msg}");
+        self.failures.push(msg);
+    }
+}
+
 fn run_step(sys: &dyn Sys, step: &MountStep, report: &mut PlanReport) {
-    {
-        match *step {
-            MountStep::Mount {
-                source,
-                target,
-                fstype,
+    match *step {
+        MountStep::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => {
+            let t = Path::new(target);
+            if let Err(e) = sys.create_dir_all(t, 0o755) {
+                report.fail(format!("create mount point {target}: {e}"));
+                return;
+            }
+            let call = MountCall {
+                source: Some(source),
+                target: t,
+                fstype: Some(fstype),
                 flags,
                 data,
-            } => {
-                let t = Path::new(target);
-                if let Err(e) = sys.create_dir_all(t, 0o755) {
-                    let msg = format!("create mount point {target}: {e}");
-                    crate::kerr!("{msg}");
-                    report.failures.push(msg);
-                    return;
-                }
-                let call = MountCall {
-                    source: Some(source),
-                    target: t,
-                    fstype: Some(fstype),
-                    flags,
-                    data,
-                };
-                match sys.mount(&call) {
-                    Ok(()) => report.done += 1,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        crate::kinfo!("{target} already mounted, keeping it");
-                        report.already_mounted.push(target.to_string());
-                    }
-                    Err(e) => {
-                        let msg = format!("mount {fstype} on {target}: {e}");
-                        crate::kerr!("{msg}");
-                        report.failures.push(msg);
-                    }
-                }
-            }
-            MountStep::MakeShared { target, recursive } => {
-                let flags = if recursive {
-                    MS_SHARED | MS_REC
-                } else {
-                    MS_SHARED
-                };
-                let call = MountCall {
-                    source: None,
-                    target: Path::new(target),
-                    fstype: None,
-                    flags,
-                    data: None,
-                };
-                match sys.mount(&call) {
-                    Ok(()) => report.done += 1,
-                    Err(e) => {
-                        let msg = format!("make {target} shared: {e}");
-                        crate::kerr!("{msg}");
-                        report.failures.push(msg);
-                    }
-                }
-            }
-            MountStep::Mkdir { path, mode } => match sys.create_dir_all(Path::new(path), mode) {
+            };
+            match sys.mount(&call) {
                 Ok(()) => report.done += 1,
-                Err(e) => {
-                    let msg = format!("create directory {path}: {e}");
-                    crate::kerr!("{msg}");
-                    report.failures.push(msg);
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    crate::kinfo!("{target} already mounted, keeping it");
+                    report.already_mounted.push(target.to_string());
                 }
-            },
+                Err(e) => report.fail(format!("mount {fstype} on {target}: {e}")),
+            }
         }
+        MountStep::MakeShared { target, recursive } => {
+            let flags = if recursive {
+                MS_SHARED | MS_REC
+            } else {
+                MS_SHARED
+            };
+            let call = MountCall {
+                source: None,
+                target: Path::new(target),
+                fstype: None,
+                flags,
+                data: None,
+            };
+            match sys.mount(&call) {
+                Ok(()) => report.done += 1,
+                Err(e) => report.fail(format!("make {target} shared: {e}")),
+            }
+        }
+        MountStep::Mkdir { path, mode } => match sys.create_dir_all(Path::new(path), mode) {
+            Ok(()) => report.done += 1,
+            Err(e) => report.fail(format!("create directory {path}: {e}")),
+        },
     }
 }
 

@@ -6,23 +6,11 @@ use kios_rootfs::inventory::{
 
 fn entry(path: &str, kind: Kind) -> Entry {
     Entry {
-        path: path.to_string(),
-        kind,
-        mode: 0o500,
-        uid: 0,
-        gid: 0,
-        size: None,
-        sha256: None,
-        target: None,
-        device: None,
-        mounted: None,
-        contents: None,
-        presence: Presence::Image,
         source: "input:x".to_string(),
         component: "C".to_string(),
         why: "because".to_string(),
         used_by: vec!["kubelet".to_string()],
-        notes: None,
+        ..Entry::new(path, kind, 0o500)
     }
 }
 
