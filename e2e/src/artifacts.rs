@@ -261,29 +261,15 @@ pub fn elf_has_interpreter(bytes: &[u8]) -> bool {
     })
 }
 
-/// The two cargo runs of the musl build, as (description, args).
+/// The two cargo runs of the musl build (their arguments): kios-init and
+/// kiosctl, then the stand-ins without the host-side harness, so the image
+/// builder's features never reach kios-init through feature unification.
 pub fn musl_build_commands() -> [Vec<&'static str>; 2] {
+    let build = ["build", "--release", "--target", MUSL_TARGET];
+    let with = |rest: &[&'static str]| build.iter().chain(rest).copied().collect();
     [
-        vec![
-            "build",
-            "--release",
-            "--target",
-            MUSL_TARGET,
-            "-p",
-            "kios-init",
-            "-p",
-            "kiosctl",
-        ],
-        vec![
-            "build",
-            "--release",
-            "--target",
-            MUSL_TARGET,
-            "-p",
-            "kios-e2e",
-            "--no-default-features",
-            "--bins",
-        ],
+        with(&["-p", "kios-init", "-p", "kiosctl"]),
+        with(&["-p", "kios-e2e", "--no-default-features", "--bins"]),
     ]
 }
 
