@@ -6,6 +6,7 @@
 //!   (magic + version + postcard) and lookup by path;
 //! - [`verify`]: the live root filesystem against the inventory;
 //! - [`procs`]: the processes of init's PID namespace;
+//! - [`mountinfo`]: the one parser of `/proc/PID/mountinfo`;
 //! - [`hash`]: fast SHA-256 of files.
 //!
 //! With the `builder` feature (build time only):
@@ -18,6 +19,7 @@
 
 pub mod hash;
 pub mod inventory;
+pub mod mountinfo;
 pub mod procs;
 pub mod verify;
 
