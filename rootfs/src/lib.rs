@@ -15,6 +15,10 @@
 //! - [`kmod`]: early kernel modules and their dependency closure;
 //! - [`build`]: the image plan, written as a directory tree or a newc cpio
 //!   ([`cpio`]), carrying its inventory;
+//! - [`uki`]: the unified kernel image (EFI stub + os-release, command
+//!   line, initramfs and kernel sections);
+//! - [`disk`]: the GPT disk image with the EFI system partition and the
+//!   data partition;
 //! - [`docs`]: `docs/reference/files.md` generated from the spec.
 
 pub mod hash;
@@ -28,6 +32,8 @@ pub mod build;
 #[cfg(feature = "builder")]
 pub mod cpio;
 #[cfg(feature = "builder")]
+pub mod disk;
+#[cfg(feature = "builder")]
 pub mod docs;
 #[cfg(feature = "builder")]
 pub mod elf;
@@ -35,9 +41,11 @@ pub mod elf;
 pub mod kmod;
 #[cfg(feature = "builder")]
 pub mod spec;
+#[cfg(feature = "builder")]
+pub mod uki;
 
 #[cfg(feature = "builder")]
-pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions};
+pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions, Release};
 pub use inventory::{Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
 pub use procs::{verify_processes, ExpectedProcs};
 pub use verify::{verify_tree, Finding, Problem, Report, VerifyOptions};
