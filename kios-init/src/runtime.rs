@@ -699,6 +699,7 @@ pub fn node_info(
         kernel,
         datapart,
         boot_warnings: report.warnings.clone(),
+        release: report.release.clone(),
     }
 }
 
@@ -713,6 +714,7 @@ mod tests {
             datapart,
             hostname: "node-a".into(),
             warnings: vec!["a warning".into()],
+            release: Default::default(),
         }
     }
 

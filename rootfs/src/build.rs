@@ -96,20 +96,21 @@ impl Default for Release {
 impl Release {
     /// The os-release file for this version and build id.
     pub fn os_release(&self, build_id: &str) -> String {
-        format!(
-            "NAME=\"kiOS\"\nID=kios\nPRETTY_NAME=\"kiOS {v} (Kubernetes node OS)\"\nVERSION=\"{v}\"\nVERSION_ID=\"{v}\"\nBUILD_ID=\"{build_id}\"\n",
-            v = self.version
-        )
+        crate::osrelease::ImageRelease::os_release_text(&self.version, build_id)
     }
 
     fn check(&self) -> Result<(), BuildError> {
         let ok = |v: &str| {
             !v.is_empty()
                 && v.len() <= 64
-                && v.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+' | b'~'))
+                && v.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+' | b'~')
+                })
         };
-        for (what, v) in [("version", Some(&self.version)), ("build id", self.build_id.as_ref())] {
+        for (what, v) in [
+            ("version", Some(&self.version)),
+            ("build id", self.build_id.as_ref()),
+        ] {
             if let Some(v) = v {
                 if !ok(v) {
                     return Err(BuildError::Release(format!(

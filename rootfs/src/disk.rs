@@ -162,13 +162,11 @@ fn derived_guid(seed: &[u8; 32], label: &str) -> String {
 }
 
 fn run(tool: &'static str, package: &'static str, command: &mut Command) -> Result<(), DiskError> {
-    let output = command
-        .output()
-        .map_err(|source| DiskError::ToolMissing {
-            tool,
-            package,
-            source,
-        })?;
+    let output = command.output().map_err(|source| DiskError::ToolMissing {
+        tool,
+        package,
+        source,
+    })?;
     if !output.status.success() {
         return Err(DiskError::ToolFailed {
             tool,
@@ -198,7 +196,13 @@ fn mtools(tool: &'static str, epoch: u64) -> Command {
 }
 
 /// The FAT32 ESP image with the executable at [`BOOT_PATH`].
-fn make_esp(path: &Path, bytes: u64, efi: &Path, serial: &str, epoch: u64) -> Result<(), DiskError> {
+fn make_esp(
+    path: &Path,
+    bytes: u64,
+    efi: &Path,
+    serial: &str,
+    epoch: u64,
+) -> Result<(), DiskError> {
     sized_file(path, bytes)?;
     let image = path.display().to_string();
     run(
@@ -245,7 +249,12 @@ fn make_data(
 }
 
 /// Copies `part` into `disk` at `offset`, leaving all-zero blocks as holes.
-fn copy_sparse(part: &Path, disk: &mut File, disk_path: &Path, offset: u64) -> Result<(), DiskError> {
+fn copy_sparse(
+    part: &Path,
+    disk: &mut File,
+    disk_path: &Path,
+    offset: u64,
+) -> Result<(), DiskError> {
     let mut src = File::open(part).map_err(io("open", part))?;
     let mut block = vec![0u8; 64 * 1024];
     let mut at = offset;
@@ -262,7 +271,8 @@ fn copy_sparse(part: &Path, disk: &mut File, disk_path: &Path, offset: u64) -> R
             return Ok(());
         }
         if block[..filled].iter().any(|&b| b != 0) {
-            disk.seek(SeekFrom::Start(at)).map_err(io("seek", disk_path))?;
+            disk.seek(SeekFrom::Start(at))
+                .map_err(io("seek", disk_path))?;
             disk.write_all(&block[..filled])
                 .map_err(io("write", disk_path))?;
         }
@@ -331,7 +341,10 @@ pub fn build_disk(opts: &DiskOptions) -> Result<DiskReport, DiskError> {
         sgdisk
             .arg(format!("--new=2:{}:{}", d.offset / SECTOR, last(d)))
             .arg(format!("--typecode=2:{DATA_TYPE}"))
-            .arg(format!("--partition-guid=2:{}", derived_guid(&seed, "data")))
+            .arg(format!(
+                "--partition-guid=2:{}",
+                derived_guid(&seed, "data")
+            ))
             .arg("--change-name=2:kios-data");
     }
     run("sgdisk", "gdisk", sgdisk.arg(&opts.out))?;
@@ -381,7 +394,11 @@ mod tests {
 
     fn tool_output(cmd: &mut Command) -> String {
         let out = cmd.output().expect("tool from scripts/deps");
-        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -418,7 +435,12 @@ mod tests {
         assert_eq!(report.esp.offset, MIB);
         assert_eq!(data.offset, MIB + 64 * MIB);
         assert_eq!(data.bytes, 96 * MIB - 64 * MIB - 2 * MIB);
-        let info = tool_output(Command::new("sgdisk").arg("-i").arg("2").arg(dir.join("a.img")));
+        let info = tool_output(
+            Command::new("sgdisk")
+                .arg("-i")
+                .arg("2")
+                .arg(dir.join("a.img")),
+        );
         assert!(info.to_lowercase().contains(DATA_TYPE), "{info}");
 
         let esp = dir.join("esp.part");
@@ -431,7 +453,10 @@ mod tests {
                 .arg(format!("::/{BOOT_PATH}"))
                 .arg(&copied),
         );
-        assert_eq!(std::fs::read(&copied).unwrap(), b"MZ not really an executable");
+        assert_eq!(
+            std::fs::read(&copied).unwrap(),
+            b"MZ not really an executable"
+        );
         tool_output(Command::new("fsck.fat").arg("-n").arg(&esp));
 
         let ext4 = dir.join("data.part");

@@ -7,7 +7,8 @@
 //! - [`verify`]: the live root filesystem against the inventory;
 //! - [`procs`]: the processes of init's PID namespace;
 //! - [`mountinfo`]: the one parser of `/proc/PID/mountinfo`;
-//! - [`hash`]: fast SHA-256 of files.
+//! - [`hash`]: fast SHA-256 of files;
+//! - [`osrelease`]: the image's os-release text and its version fields.
 //!
 //! With the `builder` feature (build time only):
 //! - [`spec`]: parsing `rootfs/spec/files.toml`, the human-edited spec;
@@ -24,6 +25,7 @@
 pub mod hash;
 pub mod inventory;
 pub mod mountinfo;
+pub mod osrelease;
 pub mod procs;
 pub mod verify;
 
@@ -47,5 +49,6 @@ pub mod uki;
 #[cfg(feature = "builder")]
 pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions, Release};
 pub use inventory::{Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
+pub use osrelease::ImageRelease;
 pub use procs::{verify_processes, ExpectedProcs};
 pub use verify::{verify_tree, Finding, Problem, Report, VerifyOptions};

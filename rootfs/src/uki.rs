@@ -427,7 +427,10 @@ mod tests {
                     <= u64::from(b.virtual_address),
                 "{a:?} overlaps {b:?} in memory"
             );
-            assert!(a.raw_offset + a.raw_size <= b.raw_offset, "{a:?} {b:?} in the file");
+            assert!(
+                a.raw_offset + a.raw_size <= b.raw_offset,
+                "{a:?} {b:?} in the file"
+            );
         }
         for s in &h.sections[1..] {
             assert_eq!(s.virtual_address % PAGE, 0, "{s:?}");
@@ -439,7 +442,10 @@ mod tests {
         assert_eq!(&image[at..at + kernel.len()], &kernel[..]);
         let cmdline = &h.sections[2];
         let at = cmdline.raw_offset as usize;
-        assert_eq!(&image[at..at + cmdline.virtual_size as usize], b"console=ttyS0\0");
+        assert_eq!(
+            &image[at..at + cmdline.virtual_size as usize],
+            b"console=ttyS0\0"
+        );
         assert_eq!(
             h.size_of_image,
             (linux.virtual_address + linux.virtual_size).div_ceil(PAGE) * PAGE

@@ -72,10 +72,18 @@ fn uki_and_disk_are_reproducible_and_carry_os_release_and_cmdline() {
     zstd::stream::copy_decode(section(&efi_a, ".initrd"), &mut cpio).unwrap();
     let entries = by_name(&read_newc(&cpio));
     assert_eq!(entries["etc/os-release"].data, osrel.as_bytes());
-    assert_eq!(entries["lib/kios/cmdline"].data, b"console=ttyS0 panic=-1\n");
+    assert_eq!(
+        entries["lib/kios/cmdline"].data,
+        b"console=ttyS0 panic=-1\n"
+    );
     let plan = build::plan(&opts).unwrap();
     for path in ["/etc/os-release", "/lib/kios/cmdline"] {
-        let e = plan.inventory.entries.iter().find(|e| e.path == path).unwrap();
+        let e = plan
+            .inventory
+            .entries
+            .iter()
+            .find(|e| e.path == path)
+            .unwrap();
         assert!(e.sha256.is_some() && !e.why.is_empty(), "{path}: {e:?}");
     }
 

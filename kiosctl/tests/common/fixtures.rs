@@ -303,6 +303,8 @@ pub fn version_line() -> String {
     ok(&VersionReply {
         protocol: 1,
         init: "0.1.0".into(),
+        image_version: None,
+        build_id: None,
     })
 }
 
