@@ -102,7 +102,7 @@ pub struct NodeSpec {
 }
 
 /// Size of a UEFI node's disk image (64 MiB ESP, the rest data).
-pub const UEFI_DISK_MIB: u64 = 256;
+pub const UEFI_DISK_MIB: u64 = 128;
 
 impl NodeSpec {
     pub fn new(name: &str) -> NodeSpec {
