@@ -308,6 +308,15 @@ pub fn version_line() -> String {
     })
 }
 
+pub fn version_line_with_image() -> String {
+    ok(&VersionReply {
+        protocol: 1,
+        init: "0.1.0".into(),
+        image_version: Some("0.2.0".into()),
+        build_id: Some("0123abcd".into()),
+    })
+}
+
 pub fn restart_line(service: ServiceName, old_pid: Option<u32>) -> String {
     ok(&RestartReply { service, old_pid })
 }
