@@ -279,6 +279,17 @@ pub fn append_sections(stub: &[u8], sections: &[(&str, &[u8])]) -> Result<Vec<u8
     Ok(out)
 }
 
+/// The content of section `name` of a PE image (its virtual size of bytes).
+pub fn section_data<'a>(pe: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let s = read_headers(pe)
+        .ok()?
+        .sections
+        .into_iter()
+        .find(|s| s.name == name)?;
+    let start = s.raw_offset as usize;
+    pe.get(start..start + s.virtual_size.min(s.raw_size) as usize)
+}
+
 /// What goes into a unified kernel image.
 #[derive(Debug, Clone)]
 pub struct UkiParts<'a> {

@@ -7,16 +7,10 @@ mod common;
 use common::{by_name, fake_inputs, read_newc, TempDir};
 use kios_rootfs::build::{self, Compression, Release};
 use kios_rootfs::disk::{self, DiskOptions};
-use kios_rootfs::uki::{self, read_headers};
+use kios_rootfs::uki;
 
 fn section<'a>(image: &'a [u8], name: &str) -> &'a [u8] {
-    let h = read_headers(image).unwrap();
-    let s = h
-        .sections
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no {name} section"));
-    &image[s.raw_offset as usize..(s.raw_offset + s.virtual_size) as usize]
+    uki::section_data(image, name).unwrap_or_else(|| panic!("no {name} section"))
 }
 
 fn fake_kernel(dir: &TempDir) -> std::path::PathBuf {

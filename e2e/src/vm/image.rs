@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kios_rootfs::disk::{build_disk, DiskOptions, Extent};
-use kios_rootfs::uki::{build_uki, read_headers, DEFAULT_STUB};
+use kios_rootfs::uki::{build_uki, section_data, DEFAULT_STUB};
 use kios_rootfs::{build_cpio, BuildOptions, Compression, ImageRelease, ModulesOptions};
 
 use super::{Kernel, VmError, EARLY_MODULES};
@@ -129,12 +129,7 @@ pub fn build_disk_image(
         .ok_or_else(|| VmError::Image("the disk image has no data partition".into()))?;
     let bytes = std::fs::read(&efi).map_err(|e| VmError::io("read", &efi, e))?;
     let section = |name: &str| -> String {
-        read_headers(&bytes)
-            .ok()
-            .and_then(|h| h.sections.into_iter().find(|s| s.name == name))
-            .and_then(|s| {
-                bytes.get(s.raw_offset as usize..(s.raw_offset + s.virtual_size) as usize)
-            })
+        section_data(&bytes, name)
             .map(|b| String::from_utf8_lossy(b).trim_end_matches('\0').to_owned())
             .unwrap_or_default()
     };
