@@ -17,7 +17,7 @@ const MARK: &str = "/var/log/kios-e2e-uefi-mark";
 /// Waits for the kubelet stand-in; returns the time since qemu started
 /// (firmware start to the kubelet's exec).
 fn until_kubelet(vm: &mut Vm) -> Duration {
-    vm.wait_for("KIOS-E2E kubelet started", deadline::BOOT)
+    vm.wait_for("KIOS-E2E kubelet started", deadline::FIRMWARE_BOOT)
         .must();
     vm.elapsed()
 }

@@ -247,6 +247,10 @@ pub mod deadline {
     use std::time::Duration;
     /// qemu start to the kubelet stand-in running.
     pub const BOOT: Duration = Duration::from_secs(90);
+    /// qemu start to the kubelet stand-in running on the firmware path
+    /// (OVMF and the kernel decompressing itself add 10-30 s under
+    /// emulation, more on a loaded machine).
+    pub const FIRMWARE_BOOT: Duration = Duration::from_secs(180);
     /// One admin command.
     pub const COMMAND: Duration = Duration::from_secs(60);
     /// Shutdown request to qemu's exit.
