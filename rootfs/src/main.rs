@@ -32,7 +32,8 @@ enum CompressionArg {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Build the image as a cpio initramfs (--out) or a directory (--tree).
+    /// Build the image: a cpio initramfs (--out) or a directory (--tree),
+    /// and/or a unified kernel image (--uki) with a GPT disk image (--disk).
     Build {
         /// The spec.
         #[arg(long, default_value_os_t = build::default_spec())]
