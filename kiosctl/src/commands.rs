@@ -294,6 +294,12 @@ fn version(s: &mut Session) -> Result<Exit> {
     if !s.json {
         s.out.line(&format!("kios-init  {}", reply.init))?;
         s.out.line(&format!("protocol   {}", reply.protocol))?;
+        if let Some(v) = &reply.image_version {
+            s.out.line(&format!("image      kiOS {v}"))?;
+        }
+        if let Some(b) = &reply.build_id {
+            s.out.line(&format!("build      {b}"))?;
+        }
     }
     if reply.protocol != PROTOCOL_VERSION {
         let _ = writeln!(

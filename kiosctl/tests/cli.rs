@@ -420,6 +420,23 @@ fn version() {
     assert!(r
         .stdout
         .starts_with(&format!("kiosctl    {}\n", env!("CARGO_PKG_VERSION"))));
+    assert!(!r.stdout.contains("image"), "{}", r.stdout);
+}
+
+#[test]
+fn version_shows_the_image_release() {
+    let (dir, _node) = node(
+        "version-image",
+        vec![("version", one(fx::version_line_with_image()))],
+    );
+    let r = run(&dir.path, &["version"]);
+    assert_eq!(r.code, Some(0));
+    assert!(
+        r.stdout
+            .ends_with("protocol   1\nimage      kiOS 0.2.0\nbuild      0123abcd\n"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

@@ -46,6 +46,13 @@ impl HelpReply {
 pub struct VersionReply {
     pub protocol: u32,
     pub init: String,
+    /// The image's VERSION_ID from its /etc/os-release (absent when the
+    /// image has none, or from a kios-init before it was reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// The image's BUILD_ID from its /etc/os-release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
 }
 
 /// `status`.

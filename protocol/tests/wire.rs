@@ -256,7 +256,19 @@ fn golden_responses() {
     let version: Response = Ok(Reply::Version(VersionReply {
         protocol: 1,
         init: "0.1.0".into(),
+        image_version: None,
+        build_id: None,
     }));
+    let with_image: Response = Ok(Reply::Version(VersionReply {
+        protocol: 1,
+        init: "0.1.0".into(),
+        image_version: Some("0.1.0".into()),
+        build_id: Some("0123abcd".into()),
+    }));
+    assert_eq!(
+        encode_response(&with_image),
+        r#"{"ok":true,"protocol":1,"init":"0.1.0","image_version":"0.1.0","build_id":"0123abcd"}"#
+    );
     assert_eq!(
         encode_response(&version),
         r#"{"ok":true,"protocol":1,"init":"0.1.0"}"#
@@ -345,6 +357,8 @@ fn sample_replies() -> Vec<(Request, Reply)> {
             Reply::Version(VersionReply {
                 protocol: 1,
                 init: "0.1.0".into(),
+                image_version: None,
+                build_id: None,
             }),
         ),
         (Request::Status, Reply::Status(status)),

@@ -7,7 +7,8 @@
 //! - [`verify`]: the live root filesystem against the inventory;
 //! - [`procs`]: the processes of init's PID namespace;
 //! - [`mountinfo`]: the one parser of `/proc/PID/mountinfo`;
-//! - [`hash`]: fast SHA-256 of files.
+//! - [`hash`]: fast SHA-256 of files;
+//! - [`osrelease`]: the image's os-release text and its version fields.
 //!
 //! With the `builder` feature (build time only):
 //! - [`spec`]: parsing `rootfs/spec/files.toml`, the human-edited spec;
@@ -15,11 +16,16 @@
 //! - [`kmod`]: early kernel modules and their dependency closure;
 //! - [`build`]: the image plan, written as a directory tree or a newc cpio
 //!   ([`cpio`]), carrying its inventory;
+//! - [`uki`]: the unified kernel image (EFI stub + os-release, command
+//!   line, initramfs and kernel sections);
+//! - [`disk`]: the GPT disk image with the EFI system partition and the
+//!   data partition;
 //! - [`docs`]: `docs/reference/files.md` generated from the spec.
 
 pub mod hash;
 pub mod inventory;
 pub mod mountinfo;
+pub mod osrelease;
 pub mod procs;
 pub mod verify;
 
@@ -28,6 +34,8 @@ pub mod build;
 #[cfg(feature = "builder")]
 pub mod cpio;
 #[cfg(feature = "builder")]
+pub mod disk;
+#[cfg(feature = "builder")]
 pub mod docs;
 #[cfg(feature = "builder")]
 pub mod elf;
@@ -35,9 +43,12 @@ pub mod elf;
 pub mod kmod;
 #[cfg(feature = "builder")]
 pub mod spec;
+#[cfg(feature = "builder")]
+pub mod uki;
 
 #[cfg(feature = "builder")]
-pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions};
+pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions, Release};
 pub use inventory::{Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
+pub use osrelease::ImageRelease;
 pub use procs::{verify_processes, ExpectedProcs};
 pub use verify::{verify_tree, Finding, Problem, Report, VerifyOptions};

@@ -12,7 +12,7 @@
 //! | `kind` | `file`, `dir`, `symlink`, `hardlink`, `device` or `mount` |
 //! | `mode` | octal permission string, e.g. `"0500"` |
 //! | `owner` | `"uid:gid"`, default `"0:0"` |
-//! | `source` | files only: `input:NAME` (inputs directory), `files:REL` (`rootfs/files/REL`), `host:/PATH` (the build host), `generated:inventory`, `generated:modules-list` |
+//! | `source` | files only: `input:NAME` (inputs directory), `files:REL` (`rootfs/files/REL`), `host:/PATH` (the build host), `generated:inventory`, `generated:modules-list`, `generated:os-release`, `generated:cmdline` |
 //! | `fallback` | for `input:` sources: build-host paths tried when the input is not given |
 //! | `target` | symlink target as stored, or the path a hard link shares its inode with |
 //! | `device` | `"c MAJOR MINOR"` or `"b MAJOR MINOR"` |
@@ -84,6 +84,10 @@ pub enum Generated {
     Inventory,
     /// /etc/kios/modules: the early module names.
     ModulesList,
+    /// /etc/os-release: the image's name, version and build id.
+    OsRelease,
+    /// /lib/kios/cmdline: the kernel command line of the unified kernel image.
+    Cmdline,
 }
 
 impl fmt::Display for Source {
@@ -94,6 +98,8 @@ impl fmt::Display for Source {
             Source::Host(p) => write!(f, "host:{}", p.display()),
             Source::Generated(Generated::Inventory) => write!(f, "generated:inventory"),
             Source::Generated(Generated::ModulesList) => write!(f, "generated:modules-list"),
+            Source::Generated(Generated::OsRelease) => write!(f, "generated:os-release"),
+            Source::Generated(Generated::Cmdline) => write!(f, "generated:cmdline"),
         }
     }
 }
@@ -769,8 +775,10 @@ fn parse_source(s: &str) -> Result<Source, String> {
         "generated" => match rest {
             "inventory" => Ok(Source::Generated(Generated::Inventory)),
             "modules-list" => Ok(Source::Generated(Generated::ModulesList)),
+            "os-release" => Ok(Source::Generated(Generated::OsRelease)),
+            "cmdline" => Ok(Source::Generated(Generated::Cmdline)),
             other => Err(format!(
-                "unknown generated source '{other}'; one of inventory, modules-list"
+                "unknown generated source '{other}'; one of inventory, modules-list, os-release, cmdline"
             )),
         },
         other => Err(format!(

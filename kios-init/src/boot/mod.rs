@@ -229,6 +229,8 @@ pub struct BootReport {
     pub datapart: DatapartStatus,
     pub hostname: String,
     pub warnings: Vec<String>,
+    /// The image's version fields, read before the /etc overlay hides them.
+    pub release: kios_rootfs::ImageRelease,
 }
 
 /// Record a milestone and put it in the kernel log (debug level).
@@ -286,6 +288,15 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
     warnings.extend(cfg.warnings.iter().cloned());
     mark(ms, "mounts");
 
+    // The image's own os-release: before the data partition's /etc overlay.
+    let release = sys
+        .read_file(
+            Path::new("/etc/os-release"),
+            kios_rootfs::osrelease::OS_RELEASE_LIMIT,
+        )
+        .map(|b| kios_rootfs::ImageRelease::parse(&String::from_utf8_lossy(&b)))
+        .unwrap_or_default();
+
     let loaded = modules::load_early_modules(sys);
     warnings.extend(loaded.errors);
     mark(ms, "modules");
@@ -312,6 +323,7 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
         datapart,
         hostname: net.hostname,
         warnings,
+        release,
     }
 }
 
@@ -402,6 +414,22 @@ mod tests {
                 reason: "not found within 0s".into()
             }
         );
+    }
+
+    #[test]
+    fn early_boot_reports_the_image_release() {
+        let sys = FakeSys::new();
+        sys.add_file(
+            "/etc/os-release",
+            "ID=kios\nVERSION_ID=\"1.2\"\nBUILD_ID=\"b7\"\n",
+        );
+        let cfg = BootConfig::from_env_and_cmdline(&env(&[("datapart", "none")]), "");
+        let r = early_boot(&sys, &cfg, &mut Milestones::new());
+        assert_eq!(r.release.version.as_deref(), Some("1.2"));
+        assert_eq!(r.release.build_id.as_deref(), Some("b7"));
+        // No os-release: no version, and boot goes on.
+        let r = early_boot(&FakeSys::new(), &cfg, &mut Milestones::new());
+        assert_eq!(r.release, kios_rootfs::ImageRelease::default());
     }
 
     #[test]

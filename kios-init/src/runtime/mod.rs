@@ -237,6 +237,7 @@ pub fn node_info(
         kernel,
         datapart,
         boot_warnings: report.warnings.clone(),
+        release: report.release.clone(),
     }
 }
 
@@ -251,6 +252,7 @@ mod tests {
             datapart,
             hostname: "node-a".into(),
             warnings: vec!["a warning".into()],
+            release: Default::default(),
         }
     }
 

@@ -59,6 +59,8 @@ pub struct NodeInfo {
     pub kernel: String,
     pub datapart: Option<DatapartStatus>,
     pub boot_warnings: Vec<String>,
+    /// VERSION_ID and BUILD_ID of the image's /etc/os-release.
+    pub release: kios_rootfs::ImageRelease,
 }
 
 pub struct State {
@@ -265,6 +267,7 @@ pub mod testing {
                 kernel: "6.1.0-test".into(),
                 datapart: None,
                 boot_warnings: vec![],
+                release: Default::default(),
             },
             Milestones::new(),
             Supervisor::new(BackoffPolicy::default(), Now::current()),

@@ -303,6 +303,17 @@ pub fn version_line() -> String {
     ok(&VersionReply {
         protocol: 1,
         init: "0.1.0".into(),
+        image_version: None,
+        build_id: None,
+    })
+}
+
+pub fn version_line_with_image() -> String {
+    ok(&VersionReply {
+        protocol: 1,
+        init: "0.1.0".into(),
+        image_version: Some("0.2.0".into()),
+        build_id: Some("0123abcd".into()),
     })
 }
 

@@ -63,6 +63,8 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
         Request::Version => Ok(Reply::Version(VersionReply {
             protocol: PROTOCOL_VERSION,
             init: env!("CARGO_PKG_VERSION").to_string(),
+            image_version: state.node.release.version.clone(),
+            build_id: state.node.release.build_id.clone(),
         })),
         Request::Status => Ok(Reply::Status(state.status(now))),
         Request::Boot => Ok(Reply::Boot(state.boot_reply())),
@@ -455,7 +457,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match reply(handle(&mut t.state, &p, Request::Version, now)).unwrap() {
-            Reply::Version(v) => assert_eq!(v.protocol, 1),
+            Reply::Version(v) => assert_eq!((v.protocol, v.image_version), (1, None)),
+            other => panic!("{other:?}"),
+        }
+        t.state.node.release.version = Some("1.2".into());
+        t.state.node.release.build_id = Some("b7".into());
+        match reply(handle(&mut t.state, &p, Request::Version, now)).unwrap() {
+            Reply::Version(v) => {
+                assert_eq!(v.image_version.as_deref(), Some("1.2"));
+                assert_eq!(v.build_id.as_deref(), Some("b7"));
+            }
             other => panic!("{other:?}"),
         }
         match reply(handle(&mut t.state, &p, Request::Status, now)).unwrap() {
