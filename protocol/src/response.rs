@@ -46,6 +46,13 @@ impl HelpReply {
 pub struct VersionReply {
     pub protocol: u32,
     pub init: String,
+    /// sha256 (hex) of the file inventory init read at boot: the same image
+    /// has the same digest on every node. `null` when it could not be read.
+    #[serde(default)]
+    pub inventory_sha256: Option<String>,
+    /// The build id the image builder recorded in that inventory.
+    #[serde(default)]
+    pub build_id: Option<String>,
 }
 
 /// `status`.

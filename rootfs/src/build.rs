@@ -60,6 +60,8 @@ pub struct BuildOptions {
     pub extra_files: Vec<(PathBuf, String, u32)>,
     /// Library directories for the ELF closure.
     pub resolver: Resolver,
+    /// The build id recorded in the inventory; default: its content id.
+    pub build_id: Option<String>,
 }
 
 impl BuildOptions {
@@ -73,6 +75,7 @@ impl BuildOptions {
             modules: None,
             extra_files: Vec::new(),
             resolver: Resolver::default(),
+            build_id: None,
         }
     }
 
@@ -171,6 +174,7 @@ fn entry_from_spec(e: &SpecEntry, presence: Presence, source: String) -> Entry {
         device: e.device,
         mounted: e.mounted.clone(),
         contents: e.contents,
+        allow: e.allow,
         presence,
         source,
         component: e.component.clone(),
@@ -250,7 +254,11 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
             e
         })
         .collect();
-    let inventory = Inventory::new(entries, components);
+    let mut inventory = Inventory::new(entries, components);
+    inventory.build_id = match &opts.build_id {
+        Some(id) => id.clone(),
+        None => inventory.content_id(),
+    };
     let encoded = inventory.encode()?;
     if let Some(item) = items.get_mut(INVENTORY_PATH) {
         item.content = Content::Bytes(encoded);

@@ -53,6 +53,10 @@ enum Command {
         /// Extra file: HOST_PATH:IMAGE_PATH:OCTAL_MODE (repeatable).
         #[arg(long = "extra", value_name = "HOST:IMAGE:MODE")]
         extra: Vec<String>,
+        /// The build id recorded in the inventory (default: a digest of the
+        /// image's contents).
+        #[arg(long)]
+        build_id: Option<String>,
         /// Write a cpio initramfs here.
         #[arg(long, conflicts_with = "tree", required_unless_present = "tree")]
         out: Option<PathBuf>,
@@ -120,12 +124,14 @@ fn run(cli: Cli) -> Result<i32> {
             kernel_version,
             modules,
             extra,
+            build_id,
             out,
             compression,
             tree,
         } => {
             let mut opts = BuildOptions::new(inputs);
             opts.spec = spec;
+            opts.build_id = build_id;
             for i in input {
                 let (name, path) = i
                     .split_once('=')
@@ -173,8 +179,9 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let in_image = inv.entries.iter().filter(|e| e.presence.in_image()).count();
             eprintln!(
-                "rootfs: {in_image} paths in the image, {} inventory entries, {:.1}s",
+                "rootfs: {in_image} paths in the image, {} inventory entries, build id {}, {:.1}s",
                 inv.entries.len(),
+                inv.build_id,
                 started.elapsed().as_secs_f64()
             );
             Ok(0)

@@ -379,7 +379,29 @@ fn every_problem_has_a_stable_name() {
             "setuid",
             "unexpected",
             "overridden",
-            "process"
+            "process",
+            "executable",
+            "mount",
+            "inventory"
         ]
     );
+}
+
+#[test]
+fn a_name_that_is_not_utf8_is_reported_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Tree::new("bytes");
+    let name = std::ffi::OsStr::from_bytes(b"\xff\xfekworker");
+    std::fs::write(t.live("/bin").join(name), b"\x7fELF").unwrap();
+    std::fs::write(t.live("/bin/a b\nc"), b"").unwrap();
+    let found = t.findings();
+    let f = found
+        .iter()
+        .find(|f| f.path == "/bin/\\xff\\xfekworker")
+        .unwrap_or_else(|| panic!("not reported: {found:?}"));
+    assert_eq!(f.problem, Problem::Unexpected);
+    assert!(found.iter().any(|f| f.path == "/bin/a\\x20b\\x0ac"), "{found:?}");
+    // The escaped form leads back to the file.
+    let bytes = kios_protocol::path::unescape(&f.path).unwrap();
+    assert!(t.root().join(std::ffi::OsStr::from_bytes(&bytes[1..])).exists());
 }

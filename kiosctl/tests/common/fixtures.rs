@@ -303,6 +303,8 @@ pub fn version_line() -> String {
     ok(&VersionReply {
         protocol: 1,
         init: "0.1.0".into(),
+        inventory_sha256: Some("5e".repeat(32)),
+        build_id: Some("0123456789abcdef".into()),
     })
 }
 
