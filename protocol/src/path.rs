@@ -113,7 +113,11 @@ mod tests {
 
     #[test]
     fn plain_paths_are_themselves() {
-        for p in ["/bin/kubelet", "/etc/kubernetes/node-labels", "/opt/ünïcode"] {
+        for p in [
+            "/bin/kubelet",
+            "/etc/kubernetes/node-labels",
+            "/opt/ünïcode",
+        ] {
             assert_eq!(escape_str(p), p);
             assert!(is_plain(p));
         }

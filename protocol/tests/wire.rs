@@ -281,9 +281,19 @@ fn golden_responses() {
         )
     );
     // An older server's reply (without the image's identity) still decodes.
-    let old = decode_response(&Request::Version, r#"{"ok":true,"protocol":1,"init":"0.1.0"}"#);
+    let old = decode_response(
+        &Request::Version,
+        r#"{"ok":true,"protocol":1,"init":"0.1.0"}"#,
+    );
     assert!(
-        matches!(old, Ok(Ok(Reply::Version(VersionReply { inventory_sha256: None, build_id: None, .. })))),
+        matches!(
+            old,
+            Ok(Ok(Reply::Version(VersionReply {
+                inventory_sha256: None,
+                build_id: None,
+                ..
+            })))
+        ),
         "{old:?}"
     );
 

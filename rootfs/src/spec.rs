@@ -567,7 +567,11 @@ impl Validator<'_> {
         let mut allow = Allow::default();
         for a in &r.allow {
             if contents != Some(Contents::Runtime) {
-                self.err(a, "allow", "only a runtime area (contents = \"runtime\") has 'allow'");
+                self.err(
+                    a,
+                    "allow",
+                    "only a runtime area (contents = \"runtime\") has 'allow'",
+                );
             } else if !allow.set(a.get_ref()) {
                 let msg = format!(
                     "unknown allowance '{}'; any of {}",

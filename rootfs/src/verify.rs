@@ -8,8 +8,8 @@
 use crate::hash;
 use crate::inventory::{Contents, Entry, Inventory, Kind, Presence};
 use std::collections::BTreeSet;
-use std::fs::Metadata;
 use std::ffi::OsString;
+use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -177,6 +177,8 @@ pub enum VerifyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("decode the inventory read at boot: {0}")]
+    Reference(crate::inventory::InventoryError),
 }
 
 /// Compares the tree at `root` (the live `/`, or a built image directory)
@@ -232,7 +234,10 @@ impl Verifier<'_> {
     fn find_blocked_mounts(&mut self, root_dev: u64) {
         for e in &self.inv.entries {
             let blocked = match (e.kind, e.contents) {
-                (Kind::Dir | Kind::Mount, Some(Contents::Skip | Contents::Runtime)) => true,
+                (
+                    Kind::Dir | Kind::Mount,
+                    Some(Contents::Skip | Contents::Runtime | Contents::Delegated),
+                ) => true,
                 // A mount point must say; treat an unspecified one as runtime.
                 (Kind::Mount, None) => true,
                 // Something mounted over it hides the image's files.
@@ -472,7 +477,11 @@ impl Verifier<'_> {
         let names = match list_dir(&self.live(dir), MAX_DIR_ENTRIES) {
             Ok(listing) => {
                 for err in listing.errors {
-                    self.finding(dir, Problem::Unexpected, format!("cannot list an entry: {err}"));
+                    self.finding(
+                        dir,
+                        Problem::Unexpected,
+                        format!("cannot list an entry: {err}"),
+                    );
                 }
                 if listing.truncated {
                     self.finding(
