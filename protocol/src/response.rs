@@ -264,16 +264,23 @@ pub struct FileInfo {
 pub struct VerifyReply {
     /// No finding other than `overridden`.
     pub clean: bool,
-    /// How many inventory entries and processes were checked.
+    /// How many inventory entries, runtime areas, mounts and processes
+    /// were checked.
     pub checked: u64,
     pub findings: Vec<Finding>,
+    /// Areas verify does not look into because they belong to cri-o and the
+    /// kubelet (container storage, pod volumes).
+    #[serde(default)]
+    pub out_of_scope: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// In the escaped form of [`crate::path`].
     pub path: String,
     /// `missing`, `modified`, `mode`, `owner`, `kind`, `setuid`,
-    /// `unexpected`, `overridden` or `process`.
+    /// `unexpected`, `overridden`, `process`, `executable`, `mount`,
+    /// `inventory` (or `omitted`: findings beyond the bound).
     pub problem: String,
     pub detail: String,
 }

@@ -438,6 +438,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                     problem: "unexpected".into(),
                     detail: "not in the inventory".into(),
                 }],
+                out_of_scope: vec!["/var/lib/containers/storage".into()],
             }),
         ),
         (

@@ -49,10 +49,15 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
     }
     let response = match request {
         Request::Help => Ok(Reply::Help(HelpReply::all_verbs())),
-        Request::Version => Ok(Reply::Version(VersionReply {
-            protocol: PROTOCOL_VERSION,
-            init: env!("CARGO_PKG_VERSION").to_string(),
-        })),
+        Request::Version => {
+            let (inventory_sha256, build_id) = crate::server::inventory::identity();
+            Ok(Reply::Version(VersionReply {
+                protocol: PROTOCOL_VERSION,
+                init: env!("CARGO_PKG_VERSION").to_string(),
+                inventory_sha256,
+                build_id,
+            }))
+        }
         Request::Status => Ok(Reply::Status(state.status(now))),
         Request::Boot => Ok(Reply::Boot(state.boot_reply())),
         Request::Restart { service } => state

@@ -1,16 +1,20 @@
-//! `files` and `verify`, answered from the image's file inventory at
-//! /lib/kios/inventory (written by the rootfs builder, decoded with
-//! `kios_rootfs`).
+//! `files` and `verify`, answered from the file inventory init read at
+//! boot ([`capture_at_boot`], before any other process exists) and kept in
+//! memory (the encoded file, ~30 KiB, with the mount table of that moment):
+//! a running node can rewrite /lib/kios/inventory, but not what verify
+//! compares against. The live file differing from the boot copy is a
+//! finding of its own (`kios_rootfs::reference`).
 //!
-//! The inventory is read per request and dropped afterwards: it is not
-//! needed in between, and keeping it would cost memory all the time.
 //! `verify` hashes files, so the caller runs it on the blocking pool; init
 //! keeps reaping and answering meanwhile.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use kios_protocol::{
     ErrorBody, ErrorCode, FileInfo, FilesReply, Finding, Reply, Response, VerifyReply,
 };
-use kios_rootfs::{Entry, ExpectedProcs, Inventory, VerifyOptions};
+use kios_rootfs::{BootReference, Entry, ExpectedProcs, Inventory, NodePaths, VerifyOptions};
 
 use crate::state::Paths;
 
@@ -24,21 +28,69 @@ pub struct ExpectedPids {
     pub peer: Option<u32>,
 }
 
+/// What init read at boot; `Err` says why it could not (kept: an
+/// inventory unreadable at boot is never read later from a running node).
+static BOOT_REFERENCE: OnceLock<Result<BootReference, String>> = OnceLock::new();
+
+fn mountinfo(paths: &Paths) -> std::path::PathBuf {
+    paths.proc_root.join("self/mountinfo")
+}
+
+fn capture(paths: &Paths) -> Result<BootReference, String> {
+    BootReference::capture(&paths.inventory, &mountinfo(paths)).map_err(|e| {
+        format!(
+            "cannot use the file inventory {}: {e}",
+            paths.inventory.display()
+        )
+    })
+}
+
+/// Reads the inventory and the mount table once, at the end of the boot
+/// path, before cri-o or any other process is started.
+pub fn capture_at_boot(paths: &Paths) {
+    let reference = capture(paths);
+    match &reference {
+        Ok(r) => crate::kinfo!(
+            "file inventory: sha256 {}, build {}",
+            r.inventory_sha256_hex(),
+            r.build_id
+        ),
+        Err(e) => crate::kerr!("{e}; files and verify will be unavailable"),
+    }
+    let _ = BOOT_REFERENCE.set(reference);
+}
+
+/// The image's identity for `version`: the inventory's sha256 and build id.
+pub fn identity() -> (Option<String>, Option<String>) {
+    match BOOT_REFERENCE.get() {
+        Some(Ok(r)) => (Some(r.inventory_sha256_hex()), Some(r.build_id.clone())),
+        _ => (None, None),
+    }
+}
+
+/// The boot reference; a process that did not boot (unit tests) reads
+/// `paths` now instead.
+fn reference(paths: &Paths) -> Result<Cow<'static, BootReference>, ErrorBody> {
+    let unavailable = |e: &str| ErrorBody::new(ErrorCode::Unavailable, e.to_string());
+    match BOOT_REFERENCE.get() {
+        Some(Ok(r)) => Ok(Cow::Borrowed(r)),
+        Some(Err(e)) => Err(unavailable(e)),
+        None => capture(paths).map(Cow::Owned).map_err(|e| unavailable(&e)),
+    }
+}
+
 fn load(paths: &Paths) -> Result<Inventory, ErrorBody> {
-    Inventory::read(&paths.inventory).map_err(|e| {
+    reference(paths)?.inventory().map_err(|e| {
         ErrorBody::new(
             ErrorCode::Unavailable,
-            format!(
-                "cannot use the file inventory {}: {e}",
-                paths.inventory.display()
-            ),
+            format!("cannot decode the file inventory read at boot: {e}"),
         )
     })
 }
 
 fn file_info(entry: &Entry) -> FileInfo {
     FileInfo {
-        path: entry.path.clone(),
+        path: kios_protocol::path::escape_str(&entry.path),
         kind: entry.kind.as_str().to_string(),
         mode: entry.mode_string(),
         owner: entry.owner_string(),
@@ -52,12 +104,12 @@ fn file_info(entry: &Entry) -> FileInfo {
     }
 }
 
-/// `files [PATH]`: every entry, or the one at PATH.
+/// `files [PATH]`: every entry, or the one at PATH (in the escaped form).
 pub fn files(paths: &Paths, path: Option<&str>) -> Response {
     let inventory = load(paths)?;
     let files = match path {
         None => inventory.entries.iter().map(file_info).collect(),
-        Some(path) => match inventory.get(path) {
+        Some(path) => match unescaped(path).and_then(|p| inventory.get(&p)) {
             Some(entry) => vec![file_info(entry)],
             None => {
                 return Err(ErrorBody::new(
@@ -70,21 +122,31 @@ pub fn files(paths: &Paths, path: Option<&str>) -> Response {
     Ok(Reply::Files(FilesReply { files }))
 }
 
+/// The path an escaped `files PATH` names, when it can be an inventory
+/// path (the inventory's paths are UTF-8).
+fn unescaped(path: &str) -> Option<String> {
+    let bytes = kios_protocol::path::unescape(path).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// `verify` (blocking: run it off the event loop): the live root and the
 /// processes of init's PID namespace against the inventory.
 pub fn verify(paths: &Paths, expected: ExpectedPids) -> Response {
-    let inventory = load(paths)?;
+    let reference = reference(paths)?;
     let options = VerifyOptions {
         etc_upper: paths.etc_upper.clone(),
         ..VerifyOptions::default()
     };
-    let mut report = kios_rootfs::verify_tree(&paths.root, &inventory, &options).map_err(|e| {
+    let node = NodePaths {
+        root: paths.root.clone(),
+        mountinfo: mountinfo(paths),
+    };
+    let mut report = kios_rootfs::verify_node(&reference, &node, &options).map_err(|e| {
         ErrorBody::new(
             ErrorCode::Unavailable,
             format!("cannot verify the root filesystem: {e}"),
         )
     })?;
-    drop(inventory);
     let mut procs = ExpectedProcs::node(expected.init, expected.crio, expected.kubelet);
     procs.also_allowed.extend(expected.peer);
     match kios_rootfs::verify_processes(&paths.proc_root, &procs) {
@@ -117,6 +179,7 @@ pub fn verify(paths: &Paths, expected: ExpectedPids) -> Response {
         clean,
         checked: report.checked,
         findings,
+        out_of_scope: report.out_of_scope,
     }))
 }
 
