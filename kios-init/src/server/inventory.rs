@@ -1,6 +1,7 @@
-//! `files` and `verify`, answered from the file inventory init read at
-//! boot ([`capture_at_boot`], before any other process exists) and kept in
-//! memory (the encoded file, ~30 KiB, with the mount table of that moment):
+//! `files` and `verify`, answered from the file inventory init copied at
+//! boot ([`capture_at_boot`], before any other process exists) into a
+//! sealed memfd (~30 KiB, not in init's resident memory), with the mount
+//! table of that moment:
 //! a running node can rewrite /lib/kios/inventory, but not what verify
 //! compares against. The live file differing from the boot copy is a
 //! finding of its own (`kios_rootfs::reference`).
@@ -8,7 +9,6 @@
 //! `verify` hashes files, so the caller runs it on the blocking pool; init
 //! keeps reaping and answering meanwhile.
 
-use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use kios_protocol::{
@@ -28,9 +28,17 @@ pub struct ExpectedPids {
     pub peer: Option<u32>,
 }
 
-/// What init read at boot; `Err` says why it could not (kept: an
-/// inventory unreadable at boot is never read later from a running node).
-static BOOT_REFERENCE: OnceLock<Result<BootReference, String>> = OnceLock::new();
+/// What init read at boot. The inventory is kept in a sealed memfd: no
+/// write, resize or unsealing is possible, even for root, and its pages
+/// are not init's resident memory; the mount table (a few KiB) as bytes.
+struct BootRecord {
+    inventory: Result<std::fs::File, String>,
+    mounts: Result<Vec<u8>, String>,
+    /// sha256 and build id, worked out on first use.
+    identity: OnceLock<Option<(String, String)>>,
+}
+
+static BOOT: OnceLock<BootRecord> = OnceLock::new();
 
 fn mountinfo(paths: &Paths) -> std::path::PathBuf {
     paths.proc_root.join("self/mountinfo")
@@ -45,38 +53,102 @@ fn capture(paths: &Paths) -> Result<BootReference, String> {
     })
 }
 
-/// Reads the inventory and the mount table once, at the end of the boot
-/// path, before cri-o or any other process is started.
-pub fn capture_at_boot(paths: &Paths) {
-    let reference = capture(paths);
-    match &reference {
-        Ok(r) => crate::kinfo!(
-            "file inventory: sha256 {}, build {}",
-            r.inventory_sha256_hex(),
-            r.build_id
-        ),
-        Err(e) => crate::kerr!("{e}; files and verify will be unavailable"),
+/// Copies `path` (bounded) into a sealed memfd, file to file (no heap).
+fn sealed_copy(path: &std::path::Path) -> Result<std::fs::File, String> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
+    let source = std::fs::File::open(path).map_err(|e| fail("cannot open", &e))?;
+    let fd = memfd_create(
+        c"kios-boot-inventory",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(|e| fail("cannot copy (memfd)", &e))?;
+    let mut copy = std::fs::File::from(fd);
+    let limit = kios_rootfs::inventory::MAX_INVENTORY_BYTES;
+    let n = std::io::copy(&mut std::io::Read::take(source, limit + 1), &mut copy)
+        .map_err(|e| fail("cannot read", &e))?;
+    if n > limit {
+        return Err(format!("{} is larger than {limit} bytes", path.display()));
     }
-    let _ = BOOT_REFERENCE.set(reference);
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(&copy, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| fail("cannot seal the copy of", &e))?;
+    Ok(copy)
+}
+
+fn read_copy(copy: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = copy.metadata()?.len();
+    let mut bytes = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
+    copy.read_exact_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// Copies the inventory and the mount table once, at the end of the boot
+/// path, before cri-o or any other process is started. Decoding waits for
+/// the first request (the copy cannot change meanwhile).
+pub fn capture_at_boot(paths: &Paths) {
+    let inventory =
+        sealed_copy(&paths.inventory).map_err(|e| format!("cannot use the file inventory: {e}"));
+    let table = mountinfo(paths);
+    let mounts = kios_rootfs::reference::read_bounded(
+        &table,
+        kios_rootfs::mountinfo::MOUNTINFO_LIMIT as u64,
+    )
+    .map_err(|e| format!("cannot read {}: {e}", table.display()));
+    for e in [inventory.as_ref().err(), mounts.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
+        crate::kerr!("{e}; verify will say so");
+    }
+    let _ = BOOT.set(BootRecord {
+        inventory,
+        mounts,
+        identity: OnceLock::new(),
+    });
+}
+
+fn from_record(r: &BootRecord) -> Result<BootReference, String> {
+    let copy = r.inventory.as_ref().map_err(Clone::clone)?;
+    let bytes =
+        read_copy(copy).map_err(|e| format!("cannot read the boot copy of the inventory: {e}"))?;
+    let mounts = r
+        .mounts
+        .as_deref()
+        .map(kios_rootfs::mountinfo::parse)
+        .map_err(Clone::clone);
+    BootReference::from_parts(bytes, mounts)
+        .map_err(|e| format!("cannot use the file inventory read at boot: {e}"))
 }
 
 /// The image's identity for `version`: the inventory's sha256 and build id.
 pub fn identity() -> (Option<String>, Option<String>) {
-    match BOOT_REFERENCE.get() {
-        Some(Ok(r)) => (Some(r.inventory_sha256_hex()), Some(r.build_id.clone())),
-        _ => (None, None),
+    let Some(record) = BOOT.get() else {
+        return (None, None);
+    };
+    let id = record.identity.get_or_init(|| {
+        from_record(record)
+            .ok()
+            .map(|r| (r.inventory_sha256_hex(), r.build_id))
+    });
+    match id {
+        Some((sha, build)) => (Some(sha.clone()), Some(build.clone())),
+        None => (None, None),
     }
 }
 
 /// The boot reference; a process that did not boot (unit tests) reads
 /// `paths` now instead.
-fn reference(paths: &Paths) -> Result<Cow<'static, BootReference>, ErrorBody> {
-    let unavailable = |e: &str| ErrorBody::new(ErrorCode::Unavailable, e.to_string());
-    match BOOT_REFERENCE.get() {
-        Some(Ok(r)) => Ok(Cow::Borrowed(r)),
-        Some(Err(e)) => Err(unavailable(e)),
-        None => capture(paths).map(Cow::Owned).map_err(|e| unavailable(&e)),
-    }
+fn reference(paths: &Paths) -> Result<BootReference, ErrorBody> {
+    let reference = match BOOT.get() {
+        Some(record) => from_record(record),
+        None => capture(paths),
+    };
+    reference.map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e))
 }
 
 fn load(paths: &Paths) -> Result<Inventory, ErrorBody> {
@@ -194,6 +266,19 @@ mod tests {
             root,
             ..Paths::default()
         }
+    }
+
+    #[test]
+    fn the_boot_copy_cannot_be_written_or_resized() {
+        use std::io::Write;
+        let file = std::env::temp_dir().join(format!("kios-sealed-{}", std::process::id()));
+        std::fs::write(&file, b"KIOSINV\0 the boot copy").unwrap();
+        let mut copy = sealed_copy(&file).unwrap();
+        std::fs::write(&file, b"rewritten").unwrap();
+        assert_eq!(read_copy(&copy).unwrap(), b"KIOSINV\0 the boot copy");
+        assert!(copy.write_all(b"x").is_err());
+        assert!(copy.set_len(1).is_err());
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]
