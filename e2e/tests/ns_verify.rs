@@ -41,7 +41,9 @@ fn finding_for<'a>(findings: &'a [Value], path: &str) -> Option<&'a Value> {
 #[test]
 fn verify_is_clean_on_a_fresh_root() -> Result<()> {
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("verify-clean").pristine())?;
+    let started = std::time::Instant::now();
     let reply = verify(&sandbox)?;
+    eprintln!("verify on the test image: {:?}", started.elapsed());
     let bad: Vec<Value> = findings(&reply)
         .into_iter()
         .filter(|f| f["problem"] != "overridden")
