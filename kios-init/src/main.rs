@@ -10,11 +10,11 @@
 
 use std::path::PathBuf;
 
+use kios_init::boot::milestones::Milestones;
 use kios_init::boot::{self, BootConfig};
-use kios_init::milestones::Milestones;
+use kios_init::runtime::state::Paths;
+use kios_init::runtime::supervisor::BackoffPolicy;
 use kios_init::runtime::{self, RuntimeConfig};
-use kios_init::state::Paths;
-use kios_init::supervisor::BackoffPolicy;
 use kios_init::sys;
 
 fn main() {
@@ -57,7 +57,7 @@ fn main() {
     }
     // The reference of `files` and `verify`, read before any other
     // process exists (nothing else has run since the kernel started us).
-    kios_init::server::inventory::capture_at_boot(&paths);
+    kios_init::runtime::server::inventory::capture_at_boot(&paths);
     let power_button = boot_flag(&env, &cmdline, "kios.power_button") != Some("off");
     runtime::run(
         RuntimeConfig {
@@ -68,6 +68,7 @@ fn main() {
             policy: BackoffPolicy::default(),
         },
         milestones,
+        std::sync::Arc::new(sys::LinuxSys),
     )
 }
 

@@ -12,10 +12,10 @@ use kios_protocol::{
     PROTOCOL_VERSION,
 };
 
-use crate::server::clients::Peer;
-use crate::shutdown::Requested;
-use crate::state::State;
-use crate::supervisor::{Now, StopReason};
+use crate::runtime::server::clients::Peer;
+use crate::runtime::shutdown::Requested;
+use crate::runtime::state::State;
+use crate::runtime::supervisor::{Now, StopReason};
 
 /// What the connection does with a handled request.
 #[derive(Debug, PartialEq)]
@@ -34,6 +34,17 @@ fn not_permitted(verb: &str) -> ErrorBody {
     )
 }
 
+/// Runs `f` (a handler) and turns a panic into an `internal` error.
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, ErrorBody> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        crate::kerr!("bug: the handler of '{what}' panicked; the connection and init carry on");
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("kios-init hit a bug while handling '{what}'"),
+        )
+    })
+}
+
 /// Handles one line-dialect request.
 pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Outcome {
     if request.changes_state() {
@@ -50,7 +61,7 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
     let response = match request {
         Request::Help => Ok(Reply::Help(HelpReply::all_verbs())),
         Request::Version => {
-            let (inventory_sha256, build_id) = crate::server::inventory::identity();
+            let (inventory_sha256, build_id) = crate::runtime::server::inventory::identity();
             Ok(Reply::Version(VersionReply {
                 protocol: PROTOCOL_VERSION,
                 init: env!("CARGO_PKG_VERSION").to_string(),
@@ -107,7 +118,9 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
                 events: vec!["service".into(), "shutdown".into(), "milestone".into()],
             }))
         }
-        Request::Files { path } => crate::server::inventory::files(&state.paths, path.as_deref()),
+        Request::Files { path } => {
+            crate::runtime::server::inventory::files(&state.paths, path.as_deref())
+        }
         Request::Verify => return Outcome::Verify,
     };
     Outcome::Reply(response)
@@ -176,7 +189,7 @@ pub fn snapshot_events(state: &State) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::testing::test_state;
+    use crate::runtime::state::testing::test_state;
     use kios_protocol::{ServiceState, ShutdownPhase};
     use nix::sys::signal::Signal;
 
@@ -233,7 +246,7 @@ mod tests {
             );
         }
         assert!(!t.state.shutdown.is_active());
-        assert!(t.signals.borrow().is_empty());
+        assert!(t.signals().is_empty());
         // Reading is fine.
         assert!(reply(handle(&mut t.state, &p, Request::Status, now)).is_ok());
         // Legacy commands from non-root are ignored too.
@@ -266,7 +279,7 @@ mod tests {
                 old_pid: Some(777)
             })
         );
-        assert_eq!(*t.signals.borrow(), vec![(777, Signal::SIGTERM)]);
+        assert_eq!(t.signals(), vec![(777, Signal::SIGTERM)]);
         assert_eq!(t.state.supervisor.crio.state, ServiceState::Stopping);
         // Not running: old_pid null, no signal.
         let r = reply(handle(
@@ -285,7 +298,7 @@ mod tests {
                 old_pid: None
             })
         );
-        assert_eq!(t.signals.borrow().len(), 1);
+        assert_eq!(t.signals().len(), 1);
     }
 
     #[test]
