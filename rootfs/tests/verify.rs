@@ -435,10 +435,14 @@ mod node {
         verify_node(reference, &paths, &VerifyOptions::default()).unwrap()
     }
 
-    fn has(r: &Report, path: &str, problem: Problem) -> bool {
-        r.findings
+    /// Asserts that `r` has a `problem` finding for `path`.
+    #[track_caller]
+    fn expect(r: &Report, path: &str, problem: Problem) {
+        let found = r
+            .findings
             .iter()
-            .any(|f| f.path == path && f.problem == problem)
+            .any(|f| f.path == path && f.problem == problem);
+        assert!(found, "no {problem:?} for {path}: {:#?}", r.findings);
     }
 
     #[test]
@@ -479,16 +483,8 @@ mod node {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
         std::fs::copy(t.live("/bin/busybox"), t.live("/bin/kworker")).unwrap();
         let r = check(&t, &boot);
-        assert!(
-            has(&r, "/lib/kios/inventory", Problem::Inventory),
-            "{:#?}",
-            r.findings
-        );
-        assert!(
-            has(&r, "/bin/kworker", Problem::Unexpected),
-            "{:#?}",
-            r.findings
-        );
+        expect(&r, "/lib/kios/inventory", Problem::Inventory);
+        expect(&r, "/bin/kworker", Problem::Unexpected);
         assert!(!r.is_clean());
     }
 
@@ -507,16 +503,8 @@ mod node {
         plant("/opt/cni/bin/bridge", 0o755); // allowed there
         plant("/var/lib/containers/storage/overlay/x/bin/sh", 0o4755); // delegated
         let r = check(&t, &reference(&t));
-        assert!(
-            has(&r, "/var/log/kworker", Problem::Executable),
-            "{:#?}",
-            r.findings
-        );
-        assert!(
-            has(&r, "/tmp/a/b/suid", Problem::Setuid),
-            "{:#?}",
-            r.findings
-        );
+        expect(&r, "/var/log/kworker", Problem::Executable);
+        expect(&r, "/tmp/a/b/suid", Problem::Setuid);
         let paths: Vec<&str> = r.findings.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths.len(), 2, "{paths:?}");
     }
@@ -550,17 +538,9 @@ mod node {
         let r = check(&t, &reference(&t));
         let took = started.elapsed();
         assert!(took < Duration::from_secs(10), "verify took {took:?}");
-        assert!(has(&r, "/etc/hosts", Problem::Kind), "{:#?}", r.findings);
-        assert!(
-            has(&r, "/bin/kubelet", Problem::Modified),
-            "{:#?}",
-            r.findings
-        );
-        assert!(
-            has(&r, "/bin/kcore", Problem::Unexpected),
-            "{:#?}",
-            r.findings
-        );
+        expect(&r, "/etc/hosts", Problem::Kind);
+        expect(&r, "/bin/kubelet", Problem::Modified);
+        expect(&r, "/bin/kcore", Problem::Unexpected);
         let deep_note = r
             .findings
             .iter()
