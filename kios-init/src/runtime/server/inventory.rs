@@ -53,24 +53,23 @@ fn capture(paths: &Paths) -> Result<BootReference, String> {
     })
 }
 
-/// Copies `path` (bounded) into a sealed memfd, file to file (no heap).
+/// Copies `path` (bounded) into a sealed memfd.
 fn sealed_copy(path: &std::path::Path) -> Result<std::fs::File, String> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::io::Write;
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what} {}: {e}", path.display());
-    let source = std::fs::File::open(path).map_err(|e| fail("cannot open", &e))?;
+    let limit = kios_rootfs::inventory::MAX_INVENTORY_BYTES;
+    let bytes =
+        kios_rootfs::reference::read_bounded(path, limit).map_err(|e| fail("cannot read", &e))?;
     let fd = memfd_create(
         c"kios-boot-inventory",
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )
     .map_err(|e| fail("cannot copy (memfd)", &e))?;
     let mut copy = std::fs::File::from(fd);
-    let limit = kios_rootfs::inventory::MAX_INVENTORY_BYTES;
-    let n = std::io::copy(&mut std::io::Read::take(source, limit + 1), &mut copy)
-        .map_err(|e| fail("cannot read", &e))?;
-    if n > limit {
-        return Err(format!("{} is larger than {limit} bytes", path.display()));
-    }
+    copy.write_all(&bytes)
+        .map_err(|e| fail("cannot copy (memfd)", &e))?;
     let seals = SealFlag::F_SEAL_SEAL
         | SealFlag::F_SEAL_SHRINK
         | SealFlag::F_SEAL_GROW
