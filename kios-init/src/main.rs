@@ -55,6 +55,9 @@ fn main() {
     if node.datapart.as_ref().is_some_and(|d| d.mounted) {
         paths.etc_upper = Some(PathBuf::from("/var/meta/etc"));
     }
+    // The reference of `files` and `verify`, read before any other
+    // process exists (nothing else has run since the kernel started us).
+    kios_init::runtime::server::inventory::capture_at_boot(&paths);
     let power_button = boot_flag(&env, &cmdline, "kios.power_button") != Some("off");
     runtime::run(
         RuntimeConfig {

@@ -87,11 +87,17 @@ impl From<Service> for ServiceName {
     }
 }
 
+/// An absolute path in the escaped form of the protocol (as `verify` and
+/// `files` show paths: `\\` for a backslash, `\xNN` for other bytes).
 fn absolute_path(text: &str) -> Result<String, String> {
-    if text.starts_with('/') {
-        Ok(text.to_string())
-    } else {
-        Err(format!("'{text}' is not an absolute path (e.g. /bin/crio)"))
+    if !text.starts_with('/') {
+        return Err(format!("'{text}' is not an absolute path (e.g. /bin/crio)"));
+    }
+    match kios_protocol::path::unescape(text) {
+        Ok(_) => Ok(text.to_string()),
+        Err(_) => Err(format!(
+            "'{text}' is not in the escaped form verify shows: a backslash starts \\\\ or \\xNN"
+        )),
     }
 }
 
@@ -144,7 +150,8 @@ pub enum Command {
 
     /// Every file of the image and why it is there, or one file in detail
     Files {
-        /// An absolute path, e.g. /bin/crio
+        /// An absolute path, e.g. /bin/crio, in the form verify shows
+        /// (\xNN for a byte that is not printable UTF-8, \\ for \)
         #[arg(value_parser = absolute_path)]
         path: Option<String>,
     },

@@ -150,6 +150,12 @@ fn status(s: &mut Session) -> Result<Exit> {
     let reply: StatusReply = s.ask(&Request::Status)?;
     if !s.json {
         s.out.write(&render::status(&reply, s.view))?;
+        if s.view.wide && !s.view.no_headers {
+            // The image's identity comes with `version`.
+            let version: VersionReply = s.ask(&Request::Version)?;
+            s.out
+                .write(&format!("\n{}", render::image_identity(&version)))?;
+        }
     }
     Ok(Exit::Ok)
 }
@@ -294,12 +300,7 @@ fn version(s: &mut Session) -> Result<Exit> {
     if !s.json {
         s.out.line(&format!("kios-init  {}", reply.init))?;
         s.out.line(&format!("protocol   {}", reply.protocol))?;
-        if let Some(v) = &reply.image_version {
-            s.out.line(&format!("image      kiOS {v}"))?;
-        }
-        if let Some(b) = &reply.build_id {
-            s.out.line(&format!("build      {b}"))?;
-        }
+        s.out.write(&render::image_identity(&reply))?;
     }
     if reply.protocol != PROTOCOL_VERSION {
         let _ = writeln!(

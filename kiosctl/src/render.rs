@@ -11,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use kios_protocol::{
     BootReply, ClientInfo, Dialect, Event, ExitStatus, FileInfo, FilesReply, LogLine, Milestone,
     ServiceState, ServiceStatus, ShutdownPhase, ShutdownStatus, StatusReply, VerifyReply,
+    VersionReply,
 };
 use tabled::builder::Builder;
 use tabled::settings::{Padding, Style};
@@ -531,6 +532,29 @@ pub fn verify(reply: &VerifyReply, view: View) -> String {
         plural(reply.checked as usize, "entry", "entries"),
         plural(problems, "problem", "problems"),
     ));
+    if !reply.out_of_scope.is_empty() {
+        let areas: Vec<String> = reply.out_of_scope.iter().map(|p| sanitize(p)).collect();
+        text.push_str(&format!(
+            "not looked into (cri-o's and the kubelet's): {}\n",
+            areas.join(", ")
+        ));
+    }
+    text
+}
+
+/// The image a node booted, as `version` names it (lines `build` and
+/// `inventory`; nothing for a node that does not say).
+pub fn image_identity(reply: &VersionReply) -> String {
+    let mut text = String::new();
+    if let Some(v) = &reply.image_version {
+        text.push_str(&format!("image      kiOS {}\n", sanitize(v)));
+    }
+    if let Some(id) = &reply.build_id {
+        text.push_str(&format!("build      {}\n", sanitize(id)));
+    }
+    if let Some(sha) = &reply.inventory_sha256 {
+        text.push_str(&format!("inventory  sha256:{}\n", sanitize(sha)));
+    }
     text
 }
 

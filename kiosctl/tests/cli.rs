@@ -47,11 +47,20 @@ fn status_table() {
 fn status_wide_shows_clients() {
     let (dir, _node) = node(
         "status-wide",
-        vec![("status", one(fx::status_line(&fx::status_healthy())))],
+        vec![
+            ("status", one(fx::status_line(&fx::status_healthy()))),
+            ("version", one(fx::version_line())),
+        ],
     );
     let r = check("status-wide", &dir, &["status", "-o", "wide"]);
     assert_eq!(r.code, Some(0));
     assert!(r.stdout.contains("kubelet   silent    yes"), "{}", r.stdout);
+    // The image's identity, for comparing nodes.
+    assert!(
+        r.stdout.contains("build      0123456789abcdef"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -69,7 +78,10 @@ fn status_no_headers_is_the_service_rows() {
 fn status_of_a_troubled_node() {
     let (dir, _node) = node(
         "status-t",
-        vec![("status", one(fx::status_line(&fx::status_troubled())))],
+        vec![
+            ("status", one(fx::status_line(&fx::status_troubled()))),
+            ("version", one(fx::version_line())),
+        ],
     );
     let r = check("status-troubled", &dir, &["status", "-o", "wide"]);
     assert_eq!(r.code, Some(0));
@@ -410,6 +422,26 @@ fn verify_clean_exits_0_and_findings_exit_1() {
     let r = run(&dir.path, &["verify", "-o", "json"]);
     assert_eq!((r.code, r.stderr.as_str()), (Some(1), ""));
     assert_eq!(r.stdout, format!("{}\n", fx::verify_dirty_line()));
+}
+
+#[test]
+fn files_takes_the_escaped_form_and_refuses_a_broken_one() {
+    let (dir, node) = node(
+        "files-escaped",
+        vec![(
+            r"files /bin/\xff\xfekworker",
+            one(
+                r#"{"ok":false,"error":{"code":"unknown-path","message":"not in the inventory"}}"#
+                    .to_string(),
+            ),
+        )],
+    );
+    let r = run(&dir.path, &["files", r"/bin/\xff\xfekworker"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(node.requests(), [r"files /bin/\xff\xfekworker"]);
+    let r = run(&dir.path, &["files", r"/bin/\q"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("escaped form"), "{}", r.stderr);
 }
 
 #[test]

@@ -388,9 +388,19 @@ fn parse_shutdown(args: &[&str]) -> Result<Request, ParseError> {
 fn parse_files(args: &[&str]) -> Result<Request, ParseError> {
     match args {
         [] => Ok(Request::Files { path: None }),
-        [path] if path.starts_with('/') => Ok(Request::Files {
-            path: Some((*path).to_string()),
-        }),
+        // The escaped form (crate::path): checked here, decoded by the server.
+        [path] if path.starts_with('/') => match crate::path::unescape(path) {
+            Ok(_) => Ok(Request::Files {
+                path: Some((*path).to_string()),
+            }),
+            Err(_) => Err(bad(
+                "files",
+                format!(
+                    "path '{}' is not in the escaped form (a backslash starts \\\\ or \\xNN)",
+                    truncate(path)
+                ),
+            )),
+        },
         [path] => Err(bad(
             "files",
             format!("path '{}' is not absolute", truncate(path)),

@@ -50,7 +50,12 @@ pub struct VersionReply {
     /// image has none, or from a kios-init before it was reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_version: Option<String>,
-    /// The image's BUILD_ID from its /etc/os-release.
+    /// sha256 (hex) of the file inventory init read at boot: the same image
+    /// has the same digest on every node. Absent when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_sha256: Option<String>,
+    /// The image's build id: the BUILD_ID of its os-release, which the
+    /// builder also records in the inventory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
 }
@@ -264,16 +269,23 @@ pub struct FileInfo {
 pub struct VerifyReply {
     /// No finding other than `overridden`.
     pub clean: bool,
-    /// How many inventory entries and processes were checked.
+    /// How many inventory entries, runtime areas, mounts and processes
+    /// were checked.
     pub checked: u64,
     pub findings: Vec<Finding>,
+    /// Areas verify does not look into because they belong to cri-o and the
+    /// kubelet (container storage, pod volumes).
+    #[serde(default)]
+    pub out_of_scope: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// In the escaped form of [`crate::path`].
     pub path: String,
     /// `missing`, `modified`, `mode`, `owner`, `kind`, `setuid`,
-    /// `unexpected`, `overridden` or `process`.
+    /// `unexpected`, `overridden`, `process`, `executable`, `mount`,
+    /// `inventory` (or `omitted`: findings beyond the bound).
     pub problem: String,
     pub detail: String,
 }

@@ -197,6 +197,20 @@ fn files_path_must_be_absolute() {
 }
 
 #[test]
+fn files_path_is_in_the_escaped_form() {
+    let r = Request::parse(r"files /bin/\xff\xfekworker").unwrap();
+    assert_eq!(
+        r,
+        Request::Files {
+            path: Some(r"/bin/\xff\xfekworker".into())
+        }
+    );
+    assert_eq!(r.to_line(), r"files /bin/\xff\xfekworker");
+    check(r"files /bin/\q", Err(ErrorCode::BadRequest));
+    check(r"files /bin/\xf", Err(ErrorCode::BadRequest));
+}
+
+#[test]
 fn logs_line_count_is_bounded() {
     check("logs crio 0", Err(ErrorCode::BadRequest));
     check("logs crio 10001", Err(ErrorCode::BadRequest));
@@ -257,12 +271,14 @@ fn golden_responses() {
         protocol: 1,
         init: "0.1.0".into(),
         image_version: None,
-        build_id: None,
+        inventory_sha256: Some("ab".repeat(32)),
+        build_id: Some("0123456789abcdef".into()),
     }));
     let with_image: Response = Ok(Reply::Version(VersionReply {
         protocol: 1,
         init: "0.1.0".into(),
         image_version: Some("0.1.0".into()),
+        inventory_sha256: None,
         build_id: Some("0123abcd".into()),
     }));
     assert_eq!(
@@ -271,7 +287,26 @@ fn golden_responses() {
     );
     assert_eq!(
         encode_response(&version),
-        r#"{"ok":true,"protocol":1,"init":"0.1.0"}"#
+        format!(
+            r#"{{"ok":true,"protocol":1,"init":"0.1.0","inventory_sha256":"{}","build_id":"0123456789abcdef"}}"#,
+            "ab".repeat(32)
+        )
+    );
+    // An older server's reply (without the image's identity) still decodes.
+    let old = decode_response(
+        &Request::Version,
+        r#"{"ok":true,"protocol":1,"init":"0.1.0"}"#,
+    );
+    assert!(
+        matches!(
+            old,
+            Ok(Ok(Reply::Version(VersionReply {
+                inventory_sha256: None,
+                build_id: None,
+                ..
+            })))
+        ),
+        "{old:?}"
     );
 
     let shutdown: Response = Ok(Reply::Shutdown(ShutdownReply {
@@ -358,7 +393,8 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                 protocol: 1,
                 init: "0.1.0".into(),
                 image_version: None,
-                build_id: None,
+                inventory_sha256: None,
+                build_id: Some("b1".into()),
             }),
         ),
         (Request::Status, Reply::Status(status)),
@@ -415,6 +451,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                     problem: "unexpected".into(),
                     detail: "not in the inventory".into(),
                 }],
+                out_of_scope: vec!["/var/lib/containers/storage".into()],
             }),
         ),
         (

@@ -238,6 +238,7 @@ fn entry_from_spec(e: &SpecEntry, presence: Presence, source: String) -> Entry {
         device: e.device,
         mounted: e.mounted.clone(),
         contents: e.contents,
+        allow: e.allow,
         presence,
         source,
         component: e.component.clone(),
@@ -292,7 +293,7 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
     add_elf_closure(opts, &spec, &mut items)?;
     settle_optional_dirs(&spec, &mut items);
     hash_contents(&mut items)?;
-    add_os_release(&spec, &opts.release, &mut items);
+    let build_id = add_os_release(&spec, &opts.release, &mut items);
 
     // The inventory describes every item, itself included (without a hash).
     let components = spec
@@ -322,7 +323,10 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
             e
         })
         .collect();
-    let inventory = Inventory::new(entries, components);
+    let mut inventory = Inventory::new(entries, components);
+    // One build id for the image: os-release's BUILD_ID and the
+    // inventory's are the same string, so `version` shows one value.
+    inventory.build_id = build_id;
     let encoded = inventory.encode()?;
     if let Some(item) = items.get_mut(INVENTORY_PATH) {
         item.content = Content::Bytes(encoded);
@@ -812,7 +816,7 @@ fn add_elf_closure(
 
 /// Writes the os-release entries of the spec (their BUILD_ID from the
 /// digests of every other file, unless given) and hashes them.
-fn add_os_release(spec: &Spec, release: &Release, items: &mut BTreeMap<String, Item>) {
+fn add_os_release(spec: &Spec, release: &Release, items: &mut BTreeMap<String, Item>) -> String {
     let targets: Vec<String> = spec
         .entries
         .iter()
@@ -841,6 +845,7 @@ fn add_os_release(spec: &Spec, release: &Release, items: &mut BTreeMap<String, I
             item.content = Content::Bytes(text.clone());
         }
     }
+    build_id
 }
 
 fn hash_contents(items: &mut BTreeMap<String, Item>) -> Result<(), BuildError> {

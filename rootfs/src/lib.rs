@@ -5,6 +5,11 @@
 //! - [`inventory`]: the inventory types, its versioned binary encoding
 //!   (magic + version + postcard) and lookup by path;
 //! - [`verify`]: the live root filesystem against the inventory;
+//! - [`areas`]: the runtime areas (no programs, no setuid files where the
+//!   spec allows none);
+//! - [`mountcheck`]: the live mount table against the boot one and the spec;
+//! - [`reference`]: the inventory and mount table init keeps from boot, and
+//!   [`reference::verify_node`], every file and mount check of a node;
 //! - [`procs`]: the processes of init's PID namespace;
 //! - [`mountinfo`]: the one parser of `/proc/PID/mountinfo`;
 //! - [`hash`]: fast SHA-256 of files;
@@ -22,11 +27,14 @@
 //!   data partition;
 //! - [`docs`]: `docs/reference/files.md` generated from the spec.
 
+pub mod areas;
 pub mod hash;
 pub mod inventory;
+pub mod mountcheck;
 pub mod mountinfo;
 pub mod osrelease;
 pub mod procs;
+pub mod reference;
 pub mod verify;
 
 #[cfg(feature = "builder")]
@@ -48,7 +56,8 @@ pub mod uki;
 
 #[cfg(feature = "builder")]
 pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions, Release};
-pub use inventory::{Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
+pub use inventory::{Allow, Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
 pub use osrelease::ImageRelease;
 pub use procs::{verify_processes, ExpectedProcs};
+pub use reference::{verify_node, BootReference, NodePaths};
 pub use verify::{verify_tree, Finding, Problem, Report, VerifyOptions};

@@ -68,7 +68,8 @@ enum Command {
         /// VERSION_ID of /etc/os-release (default: the builder's version).
         #[arg(long)]
         image_version: Option<String>,
-        /// BUILD_ID of /etc/os-release (default: derived from the contents).
+        /// BUILD_ID of /etc/os-release and of the inventory (default:
+        /// derived from the contents).
         #[arg(long)]
         build_id: Option<String>,
         /// Kernel command line of the unified kernel image.
@@ -274,8 +275,9 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let in_image = inv.entries.iter().filter(|e| e.presence.in_image()).count();
             eprintln!(
-                "rootfs: {in_image} paths in the image, {} inventory entries, {:.1}s",
+                "rootfs: {in_image} paths in the image, {} inventory entries, build id {}, {:.1}s",
                 inv.entries.len(),
+                inv.build_id,
                 started.elapsed().as_secs_f64()
             );
             Ok(0)

@@ -17,14 +17,15 @@
 //! | `target` | symlink target as stored, or the path a hard link shares its inode with |
 //! | `device` | `"c MAJOR MINOR"` or `"b MAJOR MINOR"` |
 //! | `mounted` | mount points: what kios-init mounts there |
-//! | `contents` | mount points (required) and directories: `skip`, `runtime`, `image` (default for directories) or `overlay`: how verify treats what is below |
+//! | `contents` | mount points (required) and directories: `skip`, `runtime`, `image` (default for directories), `overlay` or `delegated` (cri-o's and the kubelet's: out of verify's scope): how verify treats what is below |
+//! | `allow` | runtime areas: what may be there besides plain files, any of `exec`, `setuid`, `mounts` |
 //! | `component`, `why`, `used_by`, `notes` | what an administrator reads |
 //! | `optional` | present only when its input is given (links: when their target is present; directories: when something is placed in them) |
 //! | `runtime` | not in the image: created at boot or while the node runs (documented, never checked) |
 //! | `removed_at_boot` | kios-init deletes it after boot; verify accepts it absent |
 //! | `replaceable` | the ELF closure of an input may put the real file here (see the rule in the spec's header) |
 
-use crate::inventory::{Contents, Device, Kind};
+use crate::inventory::{Allow, Contents, Device, Kind};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -133,6 +134,7 @@ pub struct SpecEntry {
     pub device: Option<Device>,
     pub mounted: Option<String>,
     pub contents: Option<Contents>,
+    pub allow: Allow,
     pub component: String,
     pub why: String,
     pub used_by: Vec<String>,
@@ -205,6 +207,8 @@ struct RawEntry {
     device: Option<Spanned<String>>,
     mounted: Option<Spanned<String>>,
     contents: Option<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
     component: Spanned<String>,
     why: Spanned<String>,
     #[serde(default)]
@@ -566,6 +570,23 @@ impl Validator<'_> {
             }
             (_, None) => None,
         };
+        let mut allow = Allow::default();
+        for a in &r.allow {
+            if contents != Some(Contents::Runtime) {
+                self.err(
+                    a,
+                    "allow",
+                    "only a runtime area (contents = \"runtime\") has 'allow'",
+                );
+            } else if !allow.set(a.get_ref()) {
+                let msg = format!(
+                    "unknown allowance '{}'; any of {}",
+                    a.get_ref(),
+                    Allow::NAMES.join(", ")
+                );
+                self.err(a, "allow", msg);
+            }
+        }
         if let Some(b) = &r.removed_at_boot {
             if *b.get_ref() && (kind != Kind::File || runtime) {
                 self.err(
@@ -604,6 +625,7 @@ impl Validator<'_> {
             device,
             mounted,
             contents,
+            allow,
             component,
             why,
             used_by: r.used_by.clone(),

@@ -67,6 +67,12 @@ impl Script {
         self.push(format!("plant {path}"))
     }
 
+    /// Runs a program of the node in init's mount namespace (`host
+    /// /bin/busybox mount -o remount,exec /var/log`); admin block N.
+    pub fn host(&mut self, args: &str) -> u32 {
+        self.push(format!("host {args}"))
+    }
+
     /// Waits up to `ms` for PATH to exist on the node.
     pub fn wait_file(&mut self, path: &str, ms: u64) -> u32 {
         self.push(format!("wait-file {path} {ms}"))

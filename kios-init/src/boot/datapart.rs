@@ -5,15 +5,17 @@
 //! | on the partition | at runtime                               |
 //! |------------------|------------------------------------------|
 //! | meta/etc         | /etc (overlay upper; work meta/.etc.work)|
-//! | meta/log         | /var/log                                 |
-//! | data/oci         | /var/lib/containers/storage              |
-//! | data/pods        | /var/lib/kubelet/pods                    |
+//! | meta/log         | /var/log (nodev,noexec,nosuid)           |
+//! | data/oci         | /var/lib/containers/storage (nodev)      |
+//! | data/pods        | /var/lib/kubelet/pods (nodev)            |
 //! | modules          | /lib/modules (ro,nosuid,nodev; only when non-empty) |
 //! | meta             | /var/meta (nodev,noexec,nosuid)          |
 //!
 //! and, with or without a partition, /etc/seccomp bound onto
-//! /var/lib/kubelet/seccomp. Missing directories on the partition are
-//! created. The partition itself is mounted at [`DATAPART_MOUNT`].
+//! /var/lib/kubelet/seccomp (ro,nodev,noexec,nosuid). Missing directories
+//! on the partition are created. The partition itself is mounted at
+//! [`DATAPART_MOUNT`] nodev,noexec,nosuid: only container storage and pod
+//! volumes, where containers run programs, get exec (and suid) back.
 
 use crate::boot::gpt;
 use crate::boot::DatapartStatus;
@@ -21,6 +23,10 @@ use crate::sys::{MountCall, Sys, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDO
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The flags of what holds no programs: the partition itself, /var/log,
+/// /var/meta (and what a bind inherits unless remounted).
+const NO_PROGRAMS: u64 = MS_NODEV | MS_NOEXEC | MS_NOSUID;
 
 /// Where the partition itself is mounted.
 pub const DATAPART_MOUNT: &str = "/run/kios/datapart";
@@ -273,15 +279,16 @@ pub fn mount_layout(sys: &dyn Sys, root: &Path) -> Vec<String> {
         fail(format!("mount overlay on /etc: {e}"));
     }
 
-    for (src, target) in [
-        ("meta/log", "/var/log"),
-        ("data/oci", "/var/lib/containers/storage"),
-        ("data/pods", "/var/lib/kubelet/pods"),
+    for (src, target, flags) in [
+        ("meta/log", "/var/log", NO_PROGRAMS),
+        ("data/oci", "/var/lib/containers/storage", MS_NODEV),
+        ("data/pods", "/var/lib/kubelet/pods", MS_NODEV),
     ] {
         let t = Path::new(target);
         let r = sys
             .create_dir_all(t, 0o755)
-            .and_then(|()| bind(sys, &root.join(src), t));
+            .and_then(|()| bind(sys, &root.join(src), t))
+            .and_then(|()| remount_bind(sys, t, flags));
         if let Err(e) = r {
             fail(format!(
                 "bind {} on {target}: {e}",
@@ -316,7 +323,7 @@ pub fn mount_layout(sys: &dyn Sys, root: &Path) -> Vec<String> {
     let r = sys
         .create_dir_all(t, 0o755)
         .and_then(|()| bind(sys, &meta, t))
-        .and_then(|()| remount_bind(sys, t, MS_NODEV | MS_NOEXEC | MS_NOSUID));
+        .and_then(|()| remount_bind(sys, t, NO_PROGRAMS));
     if let Err(e) = r {
         fail(format!("bind {} on /var/meta: {e}", meta.display()));
     }
@@ -333,7 +340,8 @@ pub fn bind_seccomp(sys: &dyn Sys) -> Option<String> {
     let t = Path::new("/var/lib/kubelet/seccomp");
     let r = sys
         .create_dir_all(t, 0o755)
-        .and_then(|()| bind(sys, src, t));
+        .and_then(|()| bind(sys, src, t))
+        .and_then(|()| remount_bind(sys, t, MS_RDONLY | NO_PROGRAMS));
     r.err().map(|e| {
         let msg = format!("bind /etc/seccomp on /var/lib/kubelet/seccomp: {e}");
         crate::kerr!("{msg}");
@@ -379,7 +387,7 @@ fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> Data
             source: Some(device),
             target: root,
             fstype: Some("ext4"),
-            flags: 0,
+            flags: NO_PROGRAMS,
             data: None,
         })
     });
@@ -479,11 +487,20 @@ mod tests {
         assert!(mounted_device().is_some());
         let m = layout_targets(&sys);
         let want: Vec<(String, u64)> = vec![
-            ("/run/kios/datapart".into(), 0),
+            ("/run/kios/datapart".into(), NO_PROGRAMS),
             ("/etc".into(), 0),
             ("/var/log".into(), MS_BIND),
+            ("/var/log".into(), MS_REMOUNT | MS_BIND | NO_PROGRAMS),
             ("/var/lib/containers/storage".into(), MS_BIND),
+            (
+                "/var/lib/containers/storage".into(),
+                MS_REMOUNT | MS_BIND | MS_NODEV,
+            ),
             ("/var/lib/kubelet/pods".into(), MS_BIND),
+            (
+                "/var/lib/kubelet/pods".into(),
+                MS_REMOUNT | MS_BIND | MS_NODEV,
+            ),
             ("/lib/modules".into(), MS_BIND),
             (
                 "/lib/modules".into(),
@@ -495,6 +512,10 @@ mod tests {
                 MS_REMOUNT | MS_BIND | MS_NODEV | MS_NOEXEC | MS_NOSUID,
             ),
             ("/var/lib/kubelet/seccomp".into(), MS_BIND),
+            (
+                "/var/lib/kubelet/seccomp".into(),
+                MS_REMOUNT | MS_BIND | MS_RDONLY | NO_PROGRAMS,
+            ),
         ];
         assert_eq!(m, want);
         let calls = sys.calls();

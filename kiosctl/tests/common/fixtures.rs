@@ -258,6 +258,10 @@ pub fn verify_clean_line() -> String {
             "overridden",
             "replaced by meta/etc/kubernetes/node-labels on the data partition",
         )],
+        out_of_scope: vec![
+            "/var/lib/containers/storage".into(),
+            "/var/lib/kubelet/pods".into(),
+        ],
     })
 }
 
@@ -282,7 +286,14 @@ pub fn verify_dirty_line() -> String {
                 "a file the image does not have",
             ),
             finding("/bin/crun", "mode", "mode 0755, expected 0500"),
+            finding(r"/bin/\xff\xfekworker", "unexpected", "file, mode 0755"),
+            finding(
+                "/tmp",
+                "mount",
+                "remounted rw,exec,suid,nodev (at boot rw,noexec,nosuid,nodev)",
+            ),
         ],
+        out_of_scope: vec!["/var/lib/containers/storage".into()],
     })
 }
 
@@ -304,7 +315,8 @@ pub fn version_line() -> String {
         protocol: 1,
         init: "0.1.0".into(),
         image_version: None,
-        build_id: None,
+        inventory_sha256: Some("5e".repeat(32)),
+        build_id: Some("0123456789abcdef".into()),
     })
 }
 
@@ -313,6 +325,7 @@ pub fn version_line_with_image() -> String {
         protocol: 1,
         init: "0.1.0".into(),
         image_version: Some("0.2.0".into()),
+        inventory_sha256: None,
         build_id: Some("0123abcd".into()),
     })
 }

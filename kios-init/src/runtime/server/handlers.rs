@@ -60,12 +60,20 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
     }
     let response = match request {
         Request::Help => Ok(Reply::Help(HelpReply::all_verbs())),
-        Request::Version => Ok(Reply::Version(VersionReply {
-            protocol: PROTOCOL_VERSION,
-            init: env!("CARGO_PKG_VERSION").to_string(),
-            image_version: state.node.release.version.clone(),
-            build_id: state.node.release.build_id.clone(),
-        })),
+        Request::Version => {
+            // The build id the sealed boot inventory carries; os-release's
+            // (the same string on an image of ours) when there is none.
+            let (inventory_sha256, build_id) = crate::runtime::server::inventory::identity();
+            Ok(Reply::Version(VersionReply {
+                protocol: PROTOCOL_VERSION,
+                init: env!("CARGO_PKG_VERSION").to_string(),
+                image_version: state.node.release.version.clone(),
+                inventory_sha256,
+                build_id: build_id
+                    .filter(|b| !b.is_empty())
+                    .or_else(|| state.node.release.build_id.clone()),
+            }))
+        }
         Request::Status => Ok(Reply::Status(state.status(now))),
         Request::Boot => Ok(Reply::Boot(state.boot_reply())),
         Request::Restart { service } => state
