@@ -39,5 +39,5 @@ pub mod spec;
 #[cfg(feature = "builder")]
 pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions};
 pub use inventory::{Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
-pub use procs::{verify_processes, ExpectedProcs};
+pub use procs::{classify, snapshot, verify_processes, ExpectedProcs, ProcInfo, Role, Snapshot};
 pub use verify::{verify_tree, Finding, Problem, Report, VerifyOptions};
