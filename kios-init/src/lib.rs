@@ -14,6 +14,7 @@ pub mod datapart;
 pub mod gpt;
 pub mod grace;
 pub mod kmsg;
+pub mod kmsgread;
 pub mod milestones;
 pub mod modules;
 pub mod mounts;
@@ -22,6 +23,7 @@ pub mod sys;
 pub mod teardown;
 
 // Runtime (supervision, socket, shutdown).
+pub mod audit;
 pub mod logcapture;
 pub mod power_button;
 pub mod reaper;

@@ -111,12 +111,11 @@ async fn read_device(shared: Shared, open: OpenDevices, path: PathBuf, fd: Async
             Ok(Ok(n)) => {
                 if has_power_press(&buf[..n - n % EVENT_SIZE]) {
                     let by = format!("power button ({})", path.display());
-                    shared.borrow_mut().request_shutdown(
-                        PowerMode::Poweroff,
-                        false,
-                        &by,
-                        Now::current(),
-                    );
+                    let now = Now::current();
+                    let mut state = shared.borrow_mut();
+                    let requested = state.request_shutdown(PowerMode::Poweroff, false, &by, now);
+                    let mode = PowerMode::Poweroff;
+                    crate::audit::shutdown_trigger(&mut state, mode, &by, requested, now.epoch_ms);
                 }
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}

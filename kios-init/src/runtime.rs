@@ -148,6 +148,14 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
         config.paths.clone(),
         kill_signaller(),
     );
+    let mut state = state;
+    // The audit trail goes to the data partition's /var/log, like service logs.
+    match crate::audit::AuditLog::start(config.paths.log_dir.clone(), state.audit.boot_ms()) {
+        Ok(audit) => state.audit = audit,
+        Err(e) => crate::kerr!(
+            "cannot start the audit writer: {e}; audit entries are kept in memory only"
+        ),
+    }
     let shared: Shared = Rc::new(RefCell::new(state));
 
     // The socket before any service: the kubelet connects at start.
@@ -441,9 +449,10 @@ impl Runtime {
     }
 
     fn signal_shutdown(&mut self, mode: PowerMode, by: &str) {
-        self.shared
-            .borrow_mut()
-            .request_shutdown(mode, false, by, Now::current());
+        let now = Now::current();
+        let mut state = self.shared.borrow_mut();
+        let requested = state.request_shutdown(mode, false, by, now);
+        crate::audit::shutdown_trigger(&mut state, mode, by, requested, now.epoch_ms);
     }
 
     /// Drains every exited child, then restarts what is due at once.

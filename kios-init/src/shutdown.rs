@@ -377,9 +377,12 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
     enter(&shared, ShutdownPhase::Unmounting);
     close_socket(&shared).await;
     let writer = shared.borrow_mut().logs.close_writer();
-    if let Some(handle) = writer {
+    let audit = shared.borrow_mut().audit.close_writer();
+    if writer.is_some() || audit.is_some() {
         blocking_step("closing the log files", LOG_CLOSE_WAIT, move || {
-            let _ = handle.join();
+            for handle in [writer, audit].into_iter().flatten() {
+                let _ = handle.join();
+            }
         })
         .await;
     }

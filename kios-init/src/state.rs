@@ -19,6 +19,7 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 
+use crate::audit::AuditLog;
 use crate::logcapture::LogHub;
 use crate::milestones::Milestones;
 use crate::server::clients::Clients;
@@ -89,6 +90,8 @@ pub struct State {
     pub shutdown: Shutdown,
     pub clients: Clients,
     pub logs: LogHub,
+    /// State-changing requests and shutdown triggers (`audit`).
+    pub audit: AuditLog,
     pub paths: Paths,
     pub signaller: Signaller,
     /// Wakes the runtime loop after a change it must act on (a service to
@@ -107,12 +110,14 @@ impl State {
         paths: Paths,
         signaller: Signaller,
     ) -> State {
+        let audit = AuditLog::in_memory(milestones.start_epoch_ms());
         State {
             node,
             milestones,
             supervisor,
             shutdown: Shutdown::new(),
             clients: Clients::new(),
+            audit,
             logs,
             paths,
             signaller,
@@ -142,6 +147,7 @@ impl State {
                 datapart: self.node.datapart.clone(),
                 shutdown: self.shutdown.status().cloned(),
                 graceful_shutdown_armed: self.clients.could_be_kubelet(kubelet_pid) > 0,
+                previous_shutdown: self.audit.previous_shutdown(),
             },
             services: self.supervisor.statuses(),
             clients: self.clients.infos(kubelet_pid),

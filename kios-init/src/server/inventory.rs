@@ -24,6 +24,15 @@ pub struct ExpectedPids {
     pub peer: Option<u32>,
 }
 
+impl ExpectedPids {
+    /// What `verify` and `ps` expect of the processes.
+    pub fn procs(&self) -> ExpectedProcs {
+        let mut procs = ExpectedProcs::node(self.init, self.crio, self.kubelet);
+        procs.also_allowed.extend(self.peer);
+        procs
+    }
+}
+
 fn load(paths: &Paths) -> Result<Inventory, ErrorBody> {
     Inventory::read(&paths.inventory).map_err(|e| {
         ErrorBody::new(
@@ -85,9 +94,7 @@ pub fn verify(paths: &Paths, expected: ExpectedPids) -> Response {
         )
     })?;
     drop(inventory);
-    let mut procs = ExpectedProcs::node(expected.init, expected.crio, expected.kubelet);
-    procs.also_allowed.extend(expected.peer);
-    match kios_rootfs::verify_processes(&paths.proc_root, &procs) {
+    match kios_rootfs::verify_processes(&paths.proc_root, &expected.procs()) {
         Ok(process_report) => report.merge(process_report),
         Err(e) => {
             return Err(ErrorBody::new(

@@ -14,6 +14,8 @@ pub mod clients;
 pub mod connection;
 pub mod handlers;
 pub mod inventory;
+pub mod kernel;
+pub mod ps;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -241,6 +243,16 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
                             Ok(Outcome::Reply(response)) => response,
                             Err(body) => Err(body),
                             Ok(Outcome::Verify) => run_verify(&shared, &peer).await,
+                            Ok(Outcome::Ps { all }) => run_ps(&shared, &peer, all).await,
+                            Ok(Outcome::KernelLog(request)) => match kernel::start(request).await {
+                                kernel::Started::Once(response) => response,
+                                kernel::Started::Follow(response, records) => {
+                                    if respond(&mut conn, &response, &reg.close).await {
+                                        kernel::stream(&mut conn, &reg.close, records).await;
+                                    }
+                                    break;
+                                }
+                            },
                         };
                         if !respond(&mut conn, &response, &reg.close).await {
                             break;
@@ -267,17 +279,34 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
     state.shutdown.progress.notify_one();
 }
 
+fn expected_pids(shared: &Shared, peer: &Peer) -> inventory::ExpectedPids {
+    let state = shared.borrow();
+    inventory::ExpectedPids {
+        init: std::process::id(),
+        crio: state.supervisor.crio.pid,
+        kubelet: state.supervisor.kubelet.pid,
+        // 0: the peer is outside init's PID namespace.
+        peer: peer.pid.filter(|p| *p > 0).map(|p| p as u32),
+    }
+}
+
+async fn run_ps(shared: &Shared, peer: &Peer, all: bool) -> Response {
+    let expected = expected_pids(shared, peer);
+    let proc_root = shared.borrow().paths.proc_root.clone();
+    let units = ps::Units::of_this_machine();
+    match tokio::task::spawn_blocking(move || ps::ps(&proc_root, expected, all, units)).await {
+        Ok(response) => response,
+        Err(e) => {
+            crate::kerr!("bug: ps failed to run: {e}");
+            Err(ErrorBody::new(ErrorCode::Internal, "ps failed to run"))
+        }
+    }
+}
+
 async fn run_verify(shared: &Shared, peer: &Peer) -> Response {
     let (paths, expected) = {
-        let state = shared.borrow();
-        let expected = inventory::ExpectedPids {
-            init: std::process::id(),
-            crio: state.supervisor.crio.pid,
-            kubelet: state.supervisor.kubelet.pid,
-            // 0: the peer is outside init's PID namespace.
-            peer: peer.pid.filter(|p| *p > 0).map(|p| p as u32),
-        };
-        (state.paths.clone(), expected)
+        let expected = expected_pids(shared, peer);
+        (shared.borrow().paths.clone(), expected)
     };
     match tokio::task::spawn_blocking(move || inventory::verify(&paths, expected)).await {
         Ok(response) => response,
