@@ -423,6 +423,7 @@ pub struct AuditEntry {
 /// The success payload of any verb.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // one per request, short-lived
 pub enum Reply {
     Help(HelpReply),
     Version(VersionReply),
