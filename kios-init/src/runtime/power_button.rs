@@ -18,8 +18,8 @@ use std::rc::Rc;
 use kios_protocol::PowerMode;
 use tokio::io::unix::AsyncFd;
 
-use crate::state::Shared;
-use crate::supervisor::Now;
+use crate::runtime::state::Shared;
+use crate::runtime::supervisor::Now;
 
 /// The input devices directory.
 pub const INPUT_DIR: &str = "/dev/input";
@@ -115,7 +115,13 @@ async fn read_device(shared: Shared, open: OpenDevices, path: PathBuf, fd: Async
                     let mut state = shared.borrow_mut();
                     let requested = state.request_shutdown(PowerMode::Poweroff, false, &by, now);
                     let mode = PowerMode::Poweroff;
-                    crate::audit::shutdown_trigger(&mut state, mode, &by, requested, now.epoch_ms);
+                    crate::runtime::audit::shutdown_trigger(
+                        &mut state,
+                        mode,
+                        &by,
+                        requested,
+                        now.epoch_ms,
+                    );
                 }
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}

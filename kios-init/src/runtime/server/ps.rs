@@ -7,7 +7,7 @@ use kios_protocol::{ErrorBody, ErrorCode, ProcessInfo, PsReply, Reply, Response}
 use kios_rootfs::{procs, ProcInfo, Role};
 use std::path::Path;
 
-use crate::server::inventory::ExpectedPids;
+use crate::runtime::server::inventory::ExpectedPids;
 
 /// Clock ticks per second and page size, for CPU time and RSS.
 #[derive(Debug, Clone, Copy)]

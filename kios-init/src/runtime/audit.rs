@@ -20,9 +20,9 @@ use std::thread::JoinHandle;
 
 use kios_protocol::{AuditEntry, PowerMode};
 
-use crate::server::clients::Peer;
-use crate::shutdown::Requested;
-use crate::state::State;
+use crate::runtime::server::clients::Peer;
+use crate::runtime::shutdown::Requested;
+use crate::runtime::state::State;
 
 /// Entries of this boot kept in memory.
 pub const RING_ENTRIES: usize = 256;

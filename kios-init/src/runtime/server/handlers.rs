@@ -12,10 +12,10 @@ use kios_protocol::{
     WatchReply, PROTOCOL_VERSION,
 };
 
-use crate::server::clients::Peer;
-use crate::shutdown::Requested;
-use crate::state::State;
-use crate::supervisor::{Now, StopReason};
+use crate::runtime::server::clients::Peer;
+use crate::runtime::shutdown::Requested;
+use crate::runtime::state::State;
+use crate::runtime::supervisor::{Now, StopReason};
 
 /// What the connection does with a handled request.
 #[derive(Debug, PartialEq)]
@@ -28,7 +28,7 @@ pub enum Outcome {
     /// Read /proc off the event loop for `ps`, then send the response.
     Ps { all: bool },
     /// Read (and maybe follow) the kernel log off the event loop.
-    KernelLog(crate::server::kernel::KernelLogRequest),
+    KernelLog(crate::runtime::server::kernel::KernelLogRequest),
 }
 
 fn not_permitted(verb: &str) -> ErrorBody {
@@ -117,7 +117,9 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
                 events: vec!["service".into(), "shutdown".into(), "milestone".into()],
             }))
         }
-        Request::Files { path } => crate::server::inventory::files(&state.paths, path.as_deref()),
+        Request::Files { path } => {
+            crate::runtime::server::inventory::files(&state.paths, path.as_deref())
+        }
         Request::Verify => return Outcome::Verify,
         Request::Ps { all } => return Outcome::Ps { all },
         Request::KernelLog {
@@ -126,7 +128,7 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
             follow,
             since_ms,
         } => {
-            return Outcome::KernelLog(crate::server::kernel::KernelLogRequest {
+            return Outcome::KernelLog(crate::runtime::server::kernel::KernelLogRequest {
                 init_only,
                 lines,
                 follow,
@@ -140,7 +142,7 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
     if let Some(action) = audited {
         let outcome = match (&response, requested) {
             (Err(e), _) => e.code.as_str(),
-            (Ok(_), Some(r)) => crate::audit::requested_outcome(r),
+            (Ok(_), Some(r)) => crate::runtime::audit::requested_outcome(r),
             (Ok(_), None) => "ok",
         };
         let ends_boot = requested == Some(Requested::Started);
@@ -158,7 +160,8 @@ fn audit_request(
     now: Now,
 ) {
     let by = format!("socket {}", peer.describe());
-    let entry = crate::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
+    let entry =
+        crate::runtime::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
     state.audit.record(entry);
 }
 
@@ -190,7 +193,7 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
             if requested == Requested::AlreadyInProgress {
                 crate::kinfo!("a shutdown is already in progress");
             }
-            let outcome = crate::audit::requested_outcome(requested);
+            let outcome = crate::runtime::audit::requested_outcome(requested);
             audit_legacy(
                 state,
                 peer,
@@ -241,7 +244,8 @@ fn audit_legacy(
         peer.describe(),
         command.to_byte()
     );
-    let entry = crate::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
+    let entry =
+        crate::runtime::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
     state.audit.record(entry);
 }
 
@@ -263,7 +267,7 @@ pub fn snapshot_events(state: &State) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::testing::test_state;
+    use crate::runtime::state::testing::test_state;
     use kios_protocol::{ServiceState, ShutdownPhase};
     use nix::sys::signal::Signal;
 
