@@ -612,6 +612,30 @@ impl Sandbox {
         run_with_deadline(command, DEFAULT_WAIT)
     }
 
+    /// Starts a program of the sandbox inside it like [`Sandbox::run_inside`]
+    /// but without waiting: a process of the test's own in init's PID
+    /// namespace (e.g. a stray one), to end by pid.
+    pub fn spawn_inside(&self, program: &str, args: &[&str]) -> Result<std::process::Child> {
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &self.init_pid.to_string(),
+                "-a",
+                "-r",
+                "-w",
+                "--",
+                program,
+            ])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {program} in the sandbox with nsenter"))
+    }
+
     /// Sends lines from a process whose uid and gid are 65534 (it keeps
     /// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient capabilities only to
     /// reach the root-only socket through /proc/<init>/root), and returns
