@@ -278,14 +278,17 @@ pub fn audit_by(e: &AuditEntry) -> String {
 }
 
 /// `kiosctl audit`: newest last; earlier boots marked.
-pub fn audit_table(reply: &AuditReply, current_boot_ms: Option<u64>, view: View) -> String {
+pub fn audit_table(reply: &AuditReply, view: View) -> String {
     let mut headers = vec!["TIME", "BOOT", "ACTION", "BY", "OUTCOME"];
     if view.wide {
         headers.extend(["PID", "UID", "COMMAND"]);
     }
-    let boot_of = |e: &AuditEntry| match current_boot_ms {
-        Some(b) if b == e.boot_ms => "this".to_string(),
-        _ => format!("since {}", render::timestamp(e.boot_ms)),
+    let boot_of = |e: &AuditEntry| {
+        if e.boot_ms == reply.boot_ms {
+            "this".to_string()
+        } else {
+            format!("since {}", render::timestamp(e.boot_ms))
+        }
     };
     let rows: Vec<Vec<String>> = reply
         .entries
@@ -321,9 +324,7 @@ pub fn audit_table(reply: &AuditReply, current_boot_ms: Option<u64>, view: View)
 pub fn audit(s: &mut Session, lines: usize) -> Result<Exit> {
     let reply: AuditReply = s.ask(&Request::Audit { lines })?;
     if !s.json {
-        // Entries of this boot carry its boot_ms, the newest one's.
-        let current = reply.entries.iter().map(|e| e.boot_ms).max();
-        s.out.write(&audit_table(&reply, current, s.view))?;
+        s.out.write(&audit_table(&reply, s.view))?;
     }
     Ok(Exit::Ok)
 }

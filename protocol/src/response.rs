@@ -393,6 +393,8 @@ impl KmsgRecord {
 /// the data partition) before this boot's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditReply {
+    /// This boot (its entries carry this `boot_ms`; earlier boots' others).
+    pub boot_ms: u64,
     pub entries: Vec<AuditEntry>,
 }
 

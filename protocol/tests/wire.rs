@@ -496,6 +496,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
         (
             Request::Audit { lines: 10 },
             Reply::Audit(AuditReply {
+                boot_ms: 1_700_000_000_000,
                 entries: vec![sample_audit()],
             }),
         ),

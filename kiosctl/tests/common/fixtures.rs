@@ -368,6 +368,7 @@ pub fn audit_entries() -> Vec<AuditEntry> {
 
 pub fn audit_line() -> String {
     ok(&AuditReply {
+        boot_ms: NOW - 3_600_000,
         entries: audit_entries(),
     })
 }

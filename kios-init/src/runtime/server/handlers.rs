@@ -136,6 +136,7 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
             })
         }
         Request::Audit { lines } => Ok(Reply::Audit(AuditReply {
+            boot_ms: state.audit.boot_ms(),
             entries: state.audit.entries(lines),
         })),
     };
