@@ -85,7 +85,6 @@ impl AuditLog {
     /// Records one entry; never blocks.
     pub fn record(&mut self, mut entry: AuditEntry) {
         entry.boot_ms = self.boot_ms;
-        crate::kinfo!("audit: {} by {}: {}", entry.action, entry.by, entry.outcome);
         if let Some((tx, _)) = &self.writer {
             if let Ok(line) = serde_json::to_string(&entry) {
                 match tx.try_send(Msg::Entry(line)) {
