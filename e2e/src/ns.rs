@@ -595,6 +595,23 @@ impl Sandbox {
     /// working directory), with `PATH=/bin` only; killed after
     /// [`DEFAULT_WAIT`].
     pub fn run_inside(&self, program: &str, args: &[&str]) -> Result<Output> {
+        run_with_deadline(self.inside(program, args), DEFAULT_WAIT)
+    }
+
+    /// Starts a program of the sandbox inside it like [`Sandbox::run_inside`]
+    /// but without waiting: a process of the test's own in init's PID
+    /// namespace (e.g. a stray one), to end by pid.
+    pub fn spawn_inside(&self, program: &str, args: &[&str]) -> Result<std::process::Child> {
+        self.inside(program, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {program} in the sandbox with nsenter"))
+    }
+
+    /// `nsenter -t <init> -a -r -w -- PROGRAM ARGS` with `PATH=/bin` only.
+    fn inside(&self, program: &str, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
         command
             .args([
@@ -609,7 +626,7 @@ impl Sandbox {
             .args(args)
             .env_clear()
             .env("PATH", "/bin");
-        run_with_deadline(command, DEFAULT_WAIT)
+        command
     }
 
     /// Sends lines from a process whose uid and gid are 65534 (it keeps

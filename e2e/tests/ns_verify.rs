@@ -14,7 +14,6 @@
 //! does not have (`datapart=none`): the VM tests cover it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
 use kios_e2e::ns::{Sandbox, SandboxConfig};
@@ -123,22 +122,7 @@ fn verify_reports_each_kind_of_tampering() -> Result<()> {
     ensure!(f["problem"] == "kind", "symlink swap: {f}");
 
     // A stray process in init's PID namespace.
-    let mut stray = Command::new("nsenter")
-        .args([
-            "-t",
-            &sandbox.init_pid().to_string(),
-            "-a",
-            "-r",
-            "-w",
-            "--",
-        ])
-        .args(["/bin/busybox", "sleep", "300"])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start a stray process with nsenter")?;
+    let mut stray = sandbox.spawn_inside("/bin/busybox", &["sleep", "300"])?;
     let stray_ns_pid = sandbox
         .wait_process("busybox", kios_e2e::ns::DEFAULT_WAIT)?
         .ns_pid;

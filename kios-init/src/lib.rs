@@ -13,5 +13,6 @@
 
 pub mod boot;
 pub mod kmsg;
+pub mod kmsgread;
 pub mod runtime;
 pub mod sys;

@@ -104,12 +104,33 @@ pub fn run(cli: Cli, out: &mut Out) -> Result<Exit> {
             service,
             lines,
             follow,
-        } => logs(&mut s, service.into(), lines as usize, follow)?,
+            since,
+        } => match service.service() {
+            Some(service) if since.is_none() => logs(&mut s, service, lines as usize, follow)?,
+            Some(_) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "kiosctl: --since is for 'logs kernel' and 'logs init'"
+                );
+                Exit::Usage
+            }
+            None => {
+                let request = Request::KernelLog {
+                    init_only: service == crate::cli::LogSource::Init,
+                    lines: lines as usize,
+                    follow,
+                    since_ms: since.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+                };
+                crate::observe::kernel_log(&mut s, request)?
+            }
+        },
         Command::Watch => watch(&mut s)?,
         Command::Boot => boot(&mut s)?,
         Command::Files { path } => files(&mut s, path)?,
         Command::Verify => verify(&mut s)?,
         Command::Version => version(&mut s)?,
+        Command::Ps { all } => crate::observe::ps(&mut s, all)?,
+        Command::Audit { lines } => crate::observe::audit(&mut s, lines as usize)?,
         Command::Completion { .. } | Command::Man { .. } => Exit::Ok,
     };
     s.out.flush()?;

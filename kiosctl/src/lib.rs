@@ -22,6 +22,7 @@ pub mod client;
 pub mod commands;
 pub mod discovery;
 pub mod exit;
+pub mod observe;
 pub mod output;
 pub mod render;
 pub mod signals;

@@ -311,6 +311,13 @@ pub fn status(reply: &StatusReply, view: View) -> String {
         vec!["shutdown".to_string(), shutdown],
         vec!["graceful".to_string(), graceful],
     ];
+    let mut facts = facts;
+    if let Some(previous) = &node.previous_shutdown {
+        facts.push(vec![
+            "previous".to_string(),
+            crate::observe::previous_shutdown(previous),
+        ]);
+    }
     let mut text = table(&[], &facts, true);
     text.push('\n');
     text.push_str(&services);
@@ -565,6 +572,8 @@ pub fn event_time(event: &Event) -> u64 {
         Event::Shutdown(s) => s.phase_since_ms.max(s.since_ms),
         Event::Milestone(m) => m.at_ms,
         Event::Log(l) => l.at_ms,
+        // Kernel records carry time since boot, not wall time.
+        Event::Kmsg(_) | Event::KmsgMissed { .. } => 0,
     }
 }
 
@@ -596,6 +605,8 @@ pub fn event_summary(event: &Event) -> String {
         Event::Log(LogLine { service, line, .. }) => {
             format!("log        {service}: {}", sanitize(line))
         }
+        Event::Kmsg(r) => format!("kernel     {}", sanitize(&r.message)),
+        Event::KmsgMissed { count } => format!("kernel     {count} lines missed"),
     }
 }
 

@@ -73,7 +73,10 @@ impl LiveState {
                     Event::Shutdown(shutdown) => {
                         self.status.node.shutdown = Some(shutdown.clone());
                     }
-                    Event::Milestone(_) | Event::Log(_) => {}
+                    Event::Milestone(_)
+                    | Event::Log(_)
+                    | Event::Kmsg(_)
+                    | Event::KmsgMissed { .. } => {}
                 }
                 (at, render::event_summary(&event))
             }
@@ -266,6 +269,7 @@ mod tests {
                 datapart: None,
                 shutdown: None,
                 graceful_shutdown_armed: true,
+                previous_shutdown: None,
             },
             services: vec![
                 service(

@@ -58,6 +58,6 @@ pub mod uki;
 pub use build::{build_cpio, build_tree, BuildOptions, Compression, ModulesOptions, Release};
 pub use inventory::{Allow, Component, Contents, Entry, Inventory, Kind, Presence, INVENTORY_PATH};
 pub use osrelease::ImageRelease;
-pub use procs::{verify_processes, ExpectedProcs};
+pub use procs::{classify, snapshot, verify_processes, ExpectedProcs, ProcInfo, Role, Snapshot};
 pub use reference::{verify_node, BootReference, NodePaths};
 pub use verify::{verify_tree, Finding, Problem, Report, VerifyOptions};

@@ -106,6 +106,14 @@ pub enum Answer {
         paths: Paths,
         expected: ExpectedPids,
     },
+    /// Read /proc off the event loop for `ps`, then write its response.
+    Ps {
+        proc_root: std::path::PathBuf,
+        expected: ExpectedPids,
+        all: bool,
+    },
+    /// Read (and maybe follow) the kernel log off the event loop.
+    KernelLog(crate::runtime::server::kernel::KernelLogRequest),
 }
 
 /// The sending side of the owner's queue, cloned into every source.

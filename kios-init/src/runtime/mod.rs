@@ -18,6 +18,7 @@
 //! One inotify instance serves everything and is never closed: closing one
 //! makes the kernel wait for an RCU grace period (~19 ms).
 
+pub mod audit;
 pub mod event;
 pub mod logcapture;
 pub mod owner;
@@ -128,6 +129,15 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
         config.paths.clone(),
         sys.clone(),
     );
+    // The audit trail goes to the data partition's /var/log, like service logs.
+    match audit::AuditLog::start(config.paths.log_dir.clone(), state.audit.boot_ms()) {
+        Ok(log) => state.audit = log,
+        Err(e) => {
+            crate::kerr!(
+                "cannot start the audit writer: {e}; audit entries are kept in memory only"
+            )
+        }
+    }
 
     // The socket before any service: the kubelet connects at start.
     let stop_serving = Rc::new(Notify::new());

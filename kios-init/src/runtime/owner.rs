@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
+use crate::runtime::audit;
 use crate::runtime::event::{Answer, ClientEvent, Event, ShutdownSignal};
 use crate::runtime::power_button;
 use crate::runtime::reaper::Reaped;
@@ -179,7 +180,8 @@ impl Owner {
                     ShutdownSignal::Pwr => (PowerMode::Poweroff, "SIGPWR"),
                     ShutdownSignal::Int => (PowerMode::Reboot, "ctrl-alt-del (SIGINT)"),
                 };
-                self.state.request_shutdown(mode, false, by, now);
+                let requested = self.state.request_shutdown(mode, false, by, now);
+                audit::shutdown_trigger(&mut self.state, mode, by, requested, now.epoch_ms);
             }
             Event::Reaped { reaped, error } => self.reaped(&reaped, error, now),
             Event::Inotify(events) => self.on_inotify(events),
@@ -191,8 +193,9 @@ impl Owner {
             }
             Event::PowerButton { device } => {
                 let by = format!("power button ({})", device.display());
-                self.state
-                    .request_shutdown(PowerMode::Poweroff, false, &by, now);
+                let mode = PowerMode::Poweroff;
+                let requested = self.state.request_shutdown(mode, false, &by, now);
+                audit::shutdown_trigger(&mut self.state, mode, &by, requested, now.epoch_ms);
             }
             Event::InputDeviceGone { device } => {
                 self.devices.remove(&device);
@@ -254,19 +257,26 @@ impl Owner {
                 let verb = request.verb();
                 let state = &mut self.state;
                 let outcome = guarded(verb, || handlers::handle(state, &peer, request, now));
+                let expected = ExpectedPids {
+                    init: std::process::id(),
+                    crio: self.state.supervisor.crio.pid,
+                    kubelet: self.state.supervisor.kubelet.pid,
+                    // 0: the peer is outside init's PID namespace.
+                    peer: peer.pid.filter(|p| *p > 0).map(|p| p as u32),
+                };
                 let answer = match outcome {
                     Ok(Outcome::Reply(response)) => Answer::Response(response),
                     Err(body) => Answer::Response(Err(body)),
                     Ok(Outcome::Verify) => Answer::Verify {
                         paths: self.state.paths.clone(),
-                        expected: ExpectedPids {
-                            init: std::process::id(),
-                            crio: self.state.supervisor.crio.pid,
-                            kubelet: self.state.supervisor.kubelet.pid,
-                            // 0: the peer is outside init's PID namespace.
-                            peer: peer.pid.filter(|p| *p > 0).map(|p| p as u32),
-                        },
+                        expected,
                     },
+                    Ok(Outcome::Ps { all }) => Answer::Ps {
+                        proc_root: self.state.paths.proc_root.clone(),
+                        expected,
+                        all,
+                    },
+                    Ok(Outcome::KernelLog(request)) => Answer::KernelLog(request),
                 };
                 // A client that hung up meanwhile needs no answer.
                 let _ = reply.send(answer);
@@ -337,12 +347,18 @@ impl Owner {
             }
             Action::Run(job) => {
                 let work: Box<dyn FnOnce() + Send> = match job {
-                    Job::CloseLogs => match self.state.logs.close_writer() {
-                        Some(handle) => Box::new(move || {
-                            let _ = handle.join();
-                        }),
-                        None => Box::new(|| {}),
-                    },
+                    Job::CloseLogs => {
+                        // Service logs and the audit log: both on the data partition.
+                        let writers = [
+                            self.state.logs.close_writer(),
+                            self.state.audit.close_writer(),
+                        ];
+                        Box::new(move || {
+                            for handle in writers.into_iter().flatten() {
+                                let _ = handle.join();
+                            }
+                        })
+                    }
                     Job::Unmount => {
                         let sys = self.state.sys.clone();
                         let device = self.datapart_device();
@@ -823,7 +839,9 @@ mod tests {
             self.at(ms, Some(Event::Client(event)));
             match answer.try_recv().unwrap() {
                 Answer::Response(response) => response,
-                Answer::Verify { .. } => panic!("unexpected verify"),
+                Answer::Verify { .. } | Answer::Ps { .. } | Answer::KernelLog(_) => {
+                    panic!("unexpected work off the loop")
+                }
             }
         }
 

@@ -17,6 +17,7 @@ use kios_protocol::{
 use nix::sys::signal::Signal;
 
 use crate::boot::milestones::Milestones;
+use crate::runtime::audit::AuditLog;
 use crate::runtime::logcapture::LogHub;
 use crate::runtime::server::clients::Clients;
 use crate::runtime::shutdown::{Requested, Shutdown};
@@ -70,6 +71,8 @@ pub struct State {
     pub shutdown: Shutdown,
     pub clients: Clients,
     pub logs: LogHub,
+    /// State-changing requests and shutdown triggers (`audit`).
+    pub audit: AuditLog,
     pub paths: Paths,
     /// The machine: signals go through it.
     pub sys: Arc<dyn Sys>,
@@ -84,12 +87,14 @@ impl State {
         paths: Paths,
         sys: Arc<dyn Sys>,
     ) -> State {
+        let audit = AuditLog::in_memory(milestones.start_epoch_ms());
         State {
             node,
             milestones,
             supervisor,
             shutdown: Shutdown::new(),
             clients: Clients::new(),
+            audit,
             logs,
             paths,
             sys,
@@ -117,6 +122,7 @@ impl State {
                 datapart: self.node.datapart.clone(),
                 shutdown: self.shutdown.status().cloned(),
                 graceful_shutdown_armed: self.clients.could_be_kubelet(kubelet_pid) > 0,
+                previous_shutdown: self.audit.previous_shutdown(),
             },
             services: self.supervisor.statuses(),
             clients: self.clients.infos(kubelet_pid),

@@ -7,9 +7,9 @@
 //! request is written to the kernel log with the peer's pid, uid and command.
 
 use kios_protocol::{
-    ContinueShutdownReply, ErrorBody, ErrorCode, Event, HelpReply, LegacyCommand, LogsReply,
-    PowerMode, Reply, Request, Response, ServiceName, ShutdownReply, VersionReply, WatchReply,
-    PROTOCOL_VERSION,
+    AuditReply, ContinueShutdownReply, ErrorBody, ErrorCode, Event, HelpReply, LegacyCommand,
+    LogsReply, PowerMode, Reply, Request, Response, ServiceName, ShutdownReply, VersionReply,
+    WatchReply, PROTOCOL_VERSION,
 };
 
 use crate::runtime::server::clients::Peer;
@@ -25,6 +25,10 @@ pub enum Outcome {
     Reply(Response),
     /// Run `verify` off the event loop, then send its response.
     Verify,
+    /// Read /proc off the event loop for `ps`, then send the response.
+    Ps { all: bool },
+    /// Read (and maybe follow) the kernel log off the event loop.
+    KernelLog(crate::runtime::server::kernel::KernelLogRequest),
 }
 
 fn not_permitted(verb: &str) -> ErrorBody {
@@ -54,10 +58,21 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
                 request.to_line(),
                 peer.describe()
             );
-            return Outcome::Reply(Err(not_permitted(request.verb())));
+            let error = not_permitted(request.verb());
+            audit_request(
+                state,
+                peer,
+                request.to_line(),
+                error.code.as_str(),
+                false,
+                now,
+            );
+            return Outcome::Reply(Err(error));
         }
         crate::kinfo!("request '{}' from {}", request.to_line(), peer.describe());
     }
+    let audited = request.changes_state().then(|| request.to_line());
+    let mut requested = None;
     let response = match request {
         Request::Help => Ok(Reply::Help(HelpReply::all_verbs())),
         Request::Version => {
@@ -81,7 +96,7 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
             .map(Reply::Restart),
         Request::Shutdown { mode, force } => {
             let by = format!("socket {}", peer.describe());
-            state.request_shutdown(mode, force, &by, now);
+            requested = Some(state.request_shutdown(mode, force, &by, now));
             match (state.shutdown.mode(), state.shutdown.phase()) {
                 (Some(mode), Some(phase)) => Ok(Reply::Shutdown(ShutdownReply { mode, phase })),
                 _ => Err(ErrorBody::new(
@@ -127,8 +142,49 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
             crate::runtime::server::inventory::files(&state.paths, path.as_deref())
         }
         Request::Verify => return Outcome::Verify,
+        Request::Ps { all } => return Outcome::Ps { all },
+        Request::KernelLog {
+            init_only,
+            lines,
+            follow,
+            since_ms,
+        } => {
+            return Outcome::KernelLog(crate::runtime::server::kernel::KernelLogRequest {
+                init_only,
+                lines,
+                follow,
+                since_ms,
+            })
+        }
+        Request::Audit { lines } => Ok(Reply::Audit(AuditReply {
+            boot_ms: state.audit.boot_ms(),
+            entries: state.audit.entries(lines),
+        })),
     };
+    if let Some(action) = audited {
+        let outcome = match (&response, requested) {
+            (Err(e), _) => e.code.as_str(),
+            (Ok(_), Some(r)) => crate::runtime::audit::requested_outcome(r),
+            (Ok(_), None) => "ok",
+        };
+        let ends_boot = requested == Some(Requested::Started);
+        audit_request(state, peer, action, outcome, ends_boot, now);
+    }
     Outcome::Reply(response)
+}
+
+fn audit_request(
+    state: &mut State,
+    peer: &Peer,
+    action: String,
+    outcome: &str,
+    ends_boot: bool,
+    now: Now,
+) {
+    let by = format!("socket {}", peer.describe());
+    let entry =
+        crate::runtime::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
+    state.audit.record(entry);
 }
 
 /// Handles one legacy byte. The legacy dialect has no responses; refused
@@ -144,6 +200,7 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
             command.to_byte(),
             peer.describe()
         );
+        audit_legacy(state, peer, command, "not-permitted", false, now);
         return;
     }
     crate::kinfo!(
@@ -154,14 +211,23 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
     match command {
         LegacyCommand::SoftShutdown => {
             let by = format!("socket {} (legacy 0x01)", peer.describe());
-            if state.request_shutdown(PowerMode::Poweroff, false, &by, now)
-                == Requested::AlreadyInProgress
-            {
+            let requested = state.request_shutdown(PowerMode::Poweroff, false, &by, now);
+            if requested == Requested::AlreadyInProgress {
                 crate::kinfo!("a shutdown is already in progress");
             }
+            let outcome = crate::runtime::audit::requested_outcome(requested);
+            audit_legacy(
+                state,
+                peer,
+                command,
+                outcome,
+                requested == Requested::Started,
+                now,
+            );
         }
         LegacyCommand::ContinueShutdown => {
             state.shutdown.continue_shutdown();
+            audit_legacy(state, peer, command, "ok", false, now);
         }
         LegacyCommand::RestartKubelet | LegacyCommand::RestartCrio => {
             let service = if command == LegacyCommand::RestartKubelet {
@@ -169,11 +235,40 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
             } else {
                 ServiceName::Crio
             };
-            if let Err(e) = state.restart(service, StopReason::AdminRestart, now) {
-                crate::kwarn!("legacy restart {service}: {}", e.message);
-            }
+            let outcome = match state.restart(service, StopReason::AdminRestart, now) {
+                Ok(_) => "ok",
+                Err(e) => {
+                    crate::kwarn!("legacy restart {service}: {}", e.message);
+                    e.code.as_str()
+                }
+            };
+            audit_legacy(state, peer, command, outcome, false, now);
         }
     }
+}
+
+fn audit_legacy(
+    state: &mut State,
+    peer: &Peer,
+    command: LegacyCommand,
+    outcome: &str,
+    ends_boot: bool,
+    now: Now,
+) {
+    let action = match command {
+        LegacyCommand::SoftShutdown => "shutdown poweroff".to_string(),
+        LegacyCommand::ContinueShutdown => "continue-shutdown".to_string(),
+        LegacyCommand::RestartKubelet => "restart kubelet".to_string(),
+        LegacyCommand::RestartCrio => "restart crio".to_string(),
+    };
+    let by = format!(
+        "socket {} (legacy 0x{:02x})",
+        peer.describe(),
+        command.to_byte()
+    );
+    let entry =
+        crate::runtime::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
+    state.audit.record(entry);
 }
 
 /// The watch events a subscriber would get for the current state (used in
@@ -219,7 +314,7 @@ mod tests {
     fn reply(outcome: Outcome) -> Response {
         match outcome {
             Outcome::Reply(r) => r,
-            Outcome::Verify => panic!("unexpected verify"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -228,6 +323,48 @@ mod tests {
             Err(e) => e.code,
             Ok(r) => panic!("expected an error, got {r:?}"),
         }
+    }
+
+    #[test]
+    fn state_changes_and_refusals_are_audited_with_the_peer() {
+        let mut t = test_state();
+        let now = Now::current();
+        let admin = root(&mut t.state);
+        let stranger = nobody(&mut t.state);
+        let restart = Request::Restart {
+            service: ServiceName::Crio,
+        };
+        let _ = handle(&mut t.state, &stranger, restart.clone(), now);
+        let _ = handle(&mut t.state, &admin, restart, now);
+        let _ = handle(&mut t.state, &admin, Request::Status, now);
+        let shutdown = Request::Shutdown {
+            mode: PowerMode::Reboot,
+            force: false,
+        };
+        let _ = handle(&mut t.state, &admin, shutdown, now);
+        let entries = match reply(handle(
+            &mut t.state,
+            &admin,
+            Request::Audit { lines: 10 },
+            now,
+        )) {
+            Ok(Reply::Audit(a)) => a.entries,
+            other => panic!("{other:?}"),
+        };
+        let seen: Vec<(&str, Option<i32>, &str, bool)> = entries
+            .iter()
+            .map(|e| (e.action.as_str(), e.pid, e.outcome.as_str(), e.shutdown))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("restart crio", Some(4243), "not-permitted", false),
+                ("restart crio", Some(4242), "ok", false),
+                ("shutdown reboot", Some(4242), "started", true),
+            ]
+        );
+        assert_eq!(entries[2].by, "socket pid 4242 uid 0 (kiosctl)");
+        assert_eq!(entries[2].command.as_deref(), Some("kiosctl"));
     }
 
     #[test]

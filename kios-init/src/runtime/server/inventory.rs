@@ -150,6 +150,15 @@ fn reference(paths: &Paths) -> Result<BootReference, ErrorBody> {
     reference.map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e))
 }
 
+impl ExpectedPids {
+    /// What `verify` and `ps` expect of the processes.
+    pub fn procs(&self) -> ExpectedProcs {
+        let mut procs = ExpectedProcs::node(self.init, self.crio, self.kubelet);
+        procs.also_allowed.extend(self.peer);
+        procs
+    }
+}
+
 fn load(paths: &Paths) -> Result<Inventory, ErrorBody> {
     reference(paths)?.inventory().map_err(|e| {
         ErrorBody::new(
@@ -218,9 +227,7 @@ pub fn verify(paths: &Paths, expected: ExpectedPids) -> Response {
             format!("cannot verify the root filesystem: {e}"),
         )
     })?;
-    let mut procs = ExpectedProcs::node(expected.init, expected.crio, expected.kubelet);
-    procs.also_allowed.extend(expected.peer);
-    match kios_rootfs::verify_processes(&paths.proc_root, &procs) {
+    match kios_rootfs::verify_processes(&paths.proc_root, &expected.procs()) {
         Ok(process_report) => report.merge(process_report),
         Err(e) => {
             return Err(ErrorBody::new(

@@ -15,6 +15,8 @@ pub mod clients;
 pub mod connection;
 pub mod handlers;
 pub mod inventory;
+pub mod kernel;
+pub mod ps;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -175,9 +177,9 @@ async fn respond(conn: &mut Connection<UnixStream>, response: &Response, close: 
     write_bounded(conn, line.as_bytes(), close).await
 }
 
-/// Sends a request to the owner and waits for its answer; `None` when the
-/// owner is gone.
-async fn ask(events: &Events, peer: &Peer, request: Request) -> Option<Response> {
+/// Sends a request to the owner and waits for its answer (run off the
+/// event loop where the owner says so); `None` when the owner is gone.
+async fn ask(events: &Events, peer: &Peer, request: Request) -> Option<kernel::Started> {
     let (reply, answer) = oneshot::channel();
     let event = ClientEvent::Request {
         peer: peer.clone(),
@@ -187,10 +189,17 @@ async fn ask(events: &Events, peer: &Peer, request: Request) -> Option<Response>
     if !events.send(Event::Client(event)).await {
         return None;
     }
-    match answer.await.ok()? {
-        Answer::Response(response) => Some(response),
-        Answer::Verify { paths, expected } => Some(run_verify(paths, expected).await),
-    }
+    let once = kernel::Started::Once;
+    Some(match answer.await.ok()? {
+        Answer::Response(response) => once(response),
+        Answer::Verify { paths, expected } => once(run_verify(paths, expected).await),
+        Answer::Ps {
+            proc_root,
+            expected,
+            all,
+        } => once(run_ps(proc_root, expected, all).await),
+        Answer::KernelLog(request) => kernel::start(request).await,
+    })
 }
 
 async fn client_task(events: Events, stream: UnixStream, peer: Peer, mut reg: Registration) {
@@ -231,11 +240,19 @@ async fn client_task(events: Events, stream: UnixStream, peer: Peer, mut reg: Re
                         }
                     }
                     Ok(Some(Incoming::Line(Ok(request)))) => {
-                        let Some(response) = ask(&events, &peer, request).await else {
-                            break;
-                        };
-                        if !respond(&mut conn, &response, &reg.close).await {
-                            break;
+                        match ask(&events, &peer, request).await {
+                            None => break,
+                            Some(kernel::Started::Once(response)) => {
+                                if !respond(&mut conn, &response, &reg.close).await {
+                                    break;
+                                }
+                            }
+                            Some(kernel::Started::Follow(response, records)) => {
+                                if respond(&mut conn, &response, &reg.close).await {
+                                    kernel::stream(&mut conn, &reg.close, records).await;
+                                }
+                                break;
+                            }
                         }
                     }
                     Err(ReadError::LineTooLong) => {
@@ -259,6 +276,21 @@ async fn client_task(events: Events, stream: UnixStream, peer: Peer, mut reg: Re
     events
         .send(Event::Client(ClientEvent::Gone { id: peer.id }))
         .await;
+}
+
+async fn run_ps(
+    proc_root: std::path::PathBuf,
+    expected: inventory::ExpectedPids,
+    all: bool,
+) -> Response {
+    let units = ps::Units::of_this_machine();
+    match tokio::task::spawn_blocking(move || ps::ps(&proc_root, expected, all, units)).await {
+        Ok(response) => response,
+        Err(e) => {
+            crate::kerr!("bug: ps failed to run: {e}");
+            Err(ErrorBody::new(ErrorCode::Internal, "ps failed to run"))
+        }
+    }
 }
 
 async fn run_verify(paths: Paths, expected: inventory::ExpectedPids) -> Response {
