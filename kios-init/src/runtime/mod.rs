@@ -201,15 +201,12 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
     }
 }
 
-/// The node facts `status` shows, from the boot report and what
-/// `datapart=` asked for.
-pub fn node_info(
-    report: &crate::boot::BootReport,
-    wanted: &crate::boot::datapart::DatapartSpec,
-) -> NodeInfo {
+/// The node facts `status` shows, from the boot report (and what
+/// `datapart=` asked for, in the configuration it carries).
+pub fn node_info(report: &crate::boot::BootReport) -> NodeInfo {
     use crate::boot::datapart::DatapartSpec;
     use crate::boot::DatapartStatus as Boot;
-    let wanted_text = match wanted {
+    let wanted_text = match &report.config.datapart {
         DatapartSpec::Auto => "auto".to_string(),
         DatapartSpec::None => "none".to_string(),
         DatapartSpec::Device(path) => path.display().to_string(),
@@ -244,29 +241,33 @@ pub fn node_info(
 mod tests {
     use super::*;
     use crate::boot::datapart::DatapartSpec;
-    use crate::boot::{BootReport, DatapartStatus};
+    use crate::boot::{BootConfig, BootReport, DatapartStatus};
 
-    fn report(datapart: DatapartStatus) -> BootReport {
+    fn report(datapart: DatapartStatus, wanted: DatapartSpec) -> BootReport {
         BootReport {
             datapart,
             hostname: "node-a".into(),
             warnings: vec!["a warning".into()],
+            config: BootConfig {
+                datapart: wanted,
+                ..BootConfig::default()
+            },
         }
     }
 
     #[test]
     fn node_info_shows_the_data_partition_as_status_does() {
-        let none = node_info(&report(DatapartStatus::Disabled), &DatapartSpec::None);
+        let none = node_info(&report(DatapartStatus::Disabled, DatapartSpec::None));
         assert_eq!(none.datapart, None);
         assert_eq!(none.boot_warnings, vec!["a warning".to_string()]);
         assert!(!none.kernel.is_empty());
 
-        let mounted = node_info(
-            &report(DatapartStatus::Mounted {
+        let mounted = node_info(&report(
+            DatapartStatus::Mounted {
                 device: "/dev/vda1".into(),
-            }),
-            &DatapartSpec::Auto,
-        );
+            },
+            DatapartSpec::Auto,
+        ));
         let d = mounted.datapart.unwrap();
         assert_eq!(
             (d.device.as_deref(), d.mounted, d.wanted.as_str()),
@@ -274,13 +275,13 @@ mod tests {
         );
         assert_eq!(d.problem, None);
 
-        let missing = node_info(
-            &report(DatapartStatus::Missing {
+        let missing = node_info(&report(
+            DatapartStatus::Missing {
                 wanted: "/dev/sdz1".into(),
                 reason: "timed out".into(),
-            }),
-            &DatapartSpec::Device("/dev/sdz1".into()),
-        );
+            },
+            DatapartSpec::Device("/dev/sdz1".into()),
+        ));
         let d = missing.datapart.unwrap();
         assert_eq!((d.device, d.mounted), (None, false));
         assert_eq!(d.wanted, "/dev/sdz1");
