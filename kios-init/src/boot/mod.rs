@@ -19,6 +19,7 @@ use crate::boot::milestones::Milestones;
 use crate::kmsg::{self, LogTarget};
 use crate::sys::Sys;
 use datapart::DatapartSpec;
+pub use datapart::DatapartStatus;
 use std::path::Path;
 use std::time::Duration;
 
@@ -234,21 +235,6 @@ impl BootConfig {
             .collect();
         BootConfig::from_env_and_cmdline(&env, cmdline)
     }
-}
-
-/// The state of the data partition after boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DatapartStatus {
-    /// `datapart=none`: an ephemeral node.
-    Disabled,
-    Mounted {
-        device: String,
-    },
-    /// Wanted but not mounted; the node runs without it.
-    Missing {
-        wanted: String,
-        reason: String,
-    },
 }
 
 /// What boot did, for `status` and the kernel log.
