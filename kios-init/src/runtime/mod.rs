@@ -4,7 +4,7 @@
 //!
 //! One task, the owner (`owner.rs`), owns the [`State`]. Every other task is
 //! an event source (`event.rs`): the shutdown signals and the reaper
-//! (`sources.rs`), the inotify reader, the service output pumps, the power
+//! (`sources.rs`, one task), the inotify reader, the service output pumps, the power
 //! button readers (`power_button.rs`), the socket's accept loop and client
 //! tasks (`server/`), and the shutdown's blocking steps. They send events
 //! over one bounded queue; requests get their answers on oneshots. The
@@ -34,14 +34,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use nix::sys::inotify::{InitFlags, Inotify};
-use tokio::signal::unix::SignalKind;
 use tokio::sync::{mpsc, Notify};
 
 use crate::boot::milestones::Milestones;
 use crate::runtime::event::{Event, Events};
 use crate::runtime::logcapture::{LogHub, LogWriter};
 use crate::runtime::owner::Owner;
-use crate::runtime::sources::{register, LoopSpawner};
+use crate::runtime::sources::LoopSpawner;
 use crate::runtime::state::{NodeInfo, Paths, State};
 use crate::runtime::supervisor::{BackoffPolicy, Now, Supervisor};
 use crate::sys::Sys;
@@ -100,18 +99,9 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
     // Services inherit the umask (posix_spawn has no umask attribute).
     sys.umask(0o022);
     // Signals first: no child exists yet, so no exit can be missed.
-    let sigchld = register(SignalKind::child(), "SIGCHLD");
-    let sigterm = register(SignalKind::terminate(), "SIGTERM");
-    let sigint = register(SignalKind::interrupt(), "SIGINT");
-    let sigpwr = register(SignalKind::from_raw(libc::SIGPWR), "SIGPWR");
+    let signals = sources::Signals::register();
     let (events, rx) = Events::channel();
-    tokio::task::spawn_local(sources::reaper(sigchld, events.clone()));
-    tokio::task::spawn_local(sources::shutdown_signals(
-        sigterm,
-        sigpwr,
-        sigint,
-        events.clone(),
-    ));
+    tokio::task::spawn_local(sources::signals(signals, events.clone()));
 
     let writer = match LogWriter::start(config.paths.log_dir.clone()) {
         Ok(writer) => Some(writer),
