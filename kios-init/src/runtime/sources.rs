@@ -161,18 +161,28 @@ pub async fn pump_output(service: ServiceName, fd: AsyncFd<File>, events: Events
         let Ok(mut guard) = fd.readable().await else {
             break;
         };
-        // Not live across an await: on the stack, not in the task's memory.
-        let mut buf = [0u8; 4096];
-        let read = guard.try_io(|inner| {
-            let mut file: &File = inner.get_ref();
-            file.read(&mut buf)
-        });
-        match read {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => splitter.push(&buf[..n], &mut lines),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Ok(Err(_)) => break,
-            Err(_would_block) => {}
+        // The buffer lives in this block only, so it is on the stack, not
+        // in the task's memory (the send below is an await).
+        let ended = {
+            let mut buf = [0u8; 4096];
+            let read = guard.try_io(|inner| {
+                let mut file: &File = inner.get_ref();
+                file.read(&mut buf)
+            });
+            match read {
+                Ok(Ok(0)) => true,
+                Ok(Ok(n)) => {
+                    splitter.push(&buf[..n], &mut lines);
+                    false
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => false,
+                Ok(Err(_)) => true,
+                Err(_would_block) => false,
+            }
+        };
+        drop(guard);
+        if ended {
+            break;
         }
         if !lines.is_empty() {
             let batch = std::mem::take(&mut lines);
