@@ -805,9 +805,12 @@ impl Sandbox {
 
     /// Init's mount table (`/proc/<init>/mountinfo`, paths as init sees them).
     pub fn mounts(&self) -> Result<Vec<MountInfo>> {
-        let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.init_pid))
+        let table = std::fs::read(format!("/proc/{}/mountinfo", self.init_pid))
             .context("cannot read init's mountinfo")?;
-        Ok(text.lines().filter_map(MountInfo::parse).collect())
+        Ok(kios_rootfs::mountinfo::parse(&table)
+            .into_iter()
+            .map(MountInfo::from)
+            .collect())
     }
 
     /// Whether the sandbox has ended (without waiting).
@@ -880,7 +883,9 @@ impl Drop for Sandbox {
     }
 }
 
-/// One line of /proc/PID/mountinfo.
+/// One line of /proc/PID/mountinfo, as the tests compare it: text fields
+/// over the workspace's one parser ([`kios_rootfs::mountinfo`]), the mount
+/// point shown lossily (the tests' mount points are plain text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
     pub mount_point: String,
@@ -893,23 +898,23 @@ pub struct MountInfo {
     pub super_options: Vec<String>,
 }
 
+impl From<kios_rootfs::mountinfo::MountInfo> for MountInfo {
+    fn from(m: kios_rootfs::mountinfo::MountInfo) -> MountInfo {
+        MountInfo {
+            mount_point: m.mount_point.to_string_lossy().into_owned(),
+            fstype: m.fstype,
+            source: m.source,
+            options: m.options,
+            propagation: m.propagation,
+            super_options: m.super_options,
+        }
+    }
+}
+
 impl MountInfo {
     /// Parses a mountinfo line.
     pub fn parse(line: &str) -> Option<MountInfo> {
-        let (before, after) = line.split_once(" - ")?;
-        let fields: Vec<&str> = before.split(' ').collect();
-        let after: Vec<&str> = after.split(' ').collect();
-        Some(MountInfo {
-            mount_point: unescape_octal(fields.get(4)?),
-            options: fields.get(5)?.split(',').map(str::to_string).collect(),
-            propagation: fields.get(6..)?.iter().map(|s| s.to_string()).collect(),
-            fstype: after.first()?.to_string(),
-            source: after.get(1)?.to_string(),
-            super_options: after
-                .get(2)
-                .map(|o| o.split(',').map(str::to_string).collect())
-                .unwrap_or_default(),
-        })
+        kios_rootfs::mountinfo::MountInfo::parse_line(line.as_bytes()).map(MountInfo::from)
     }
 
     pub fn has_option(&self, option: &str) -> bool {
@@ -919,28 +924,6 @@ impl MountInfo {
     pub fn is_shared(&self) -> bool {
         self.propagation.iter().any(|p| p.starts_with("shared:"))
     }
-}
-
-fn unescape_octal(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A line-dialect connection: one request, one JSON reply line.
@@ -1109,6 +1092,12 @@ mod tests {
         assert!(m.is_shared());
         assert_eq!(m.super_options, vec!["rw", "mode=755"]);
         assert_eq!(MountInfo::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn an_escape_above_a_byte_is_kept_not_overflowed() {
+        let m = MountInfo::parse("36 35 0:1 / /mnt/a\\477b rw - tmpfs none rw").expect("parses");
+        assert_eq!(m.mount_point, "/mnt/a\\477b");
     }
 
     #[test]

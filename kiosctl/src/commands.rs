@@ -1,6 +1,6 @@
 //! One function per subcommand: build the request, ask the node, print the
 //! reply (`-o json`: the reply line exactly as received), and say how the
-//! run ended. Refusals come back as [`crate::exit::Refused`] errors.
+//! run ended. Refusals come back as [`crate::client::Refused`] errors.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +11,6 @@ use kios_protocol::{
     BootReply, Event, FilesReply, LogsReply, PowerMode, Request, RestartReply, ServiceName,
     ShutdownReply, StatusReply, VerifyReply, VersionReply, WatchReply, PROTOCOL_VERSION,
 };
-use serde::de::DeserializeOwned;
 
 use crate::cli::{Cli, Command, Format};
 use crate::client::Connection;
@@ -19,27 +18,7 @@ use crate::discovery;
 use crate::exit::Exit;
 use crate::output::Out;
 use crate::render::{self, View};
-
-/// A connection and how to show what comes back.
-pub struct Session<'a> {
-    pub conn: Connection,
-    pub out: &'a mut Out,
-    pub view: View,
-    pub json: bool,
-}
-
-impl Session<'_> {
-    /// Sends a request and returns its success payload. With `-o json` the
-    /// reply line is printed first, whatever it says.
-    pub fn ask<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
-        let reply = self.conn.call::<T>(request)?;
-        if self.json {
-            self.out.line(&reply.raw)?;
-            self.out.flush()?;
-        }
-        Ok(reply.body?)
-    }
-}
+use crate::session::Session;
 
 /// Connects to the first socket that answers.
 pub fn connect(socket: Option<&Path>, timeout: std::time::Duration) -> Result<Connection> {

@@ -10,10 +10,10 @@ use kios_protocol::{
     AuditEntry, AuditReply, Event, KernelLogReply, KmsgRecord, ProcessInfo, PsReply, Request,
 };
 
-use crate::commands::Session;
 use crate::exit::Exit;
 use crate::output::Color;
 use crate::render::{self, table, View};
+use crate::session::Session;
 
 /// Control characters as visible escapes (`\n`, `\u{1b}`): a command line
 /// cannot move the cursor or fake a table row.

@@ -17,10 +17,10 @@ use crossterm::terminal::{Clear, ClearType};
 use kios_protocol::{Event, Request, StatusReply, WatchReply};
 
 use crate::client::Line;
-use crate::commands::Session;
 use crate::exit::Exit;
 use crate::output::{Color, Painter};
 use crate::render::{self, View};
+use crate::session::Session;
 
 /// Most events kept for the screen.
 pub const MAX_EVENTS: usize = 200;

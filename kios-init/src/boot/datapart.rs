@@ -18,7 +18,6 @@
 //! volumes, where containers run programs, get exec (and suid) back.
 
 use crate::boot::gpt;
-use crate::boot::DatapartStatus;
 use crate::sys::{MountCall, Sys, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -85,6 +84,21 @@ pub fn mounted_device() -> Option<String> {
 
 fn remember_device(dev: &str) {
     *MOUNTED_DEVICE.lock().unwrap_or_else(|e| e.into_inner()) = Some(dev.to_string());
+}
+
+/// The state of the data partition after boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatapartStatus {
+    /// `datapart=none`: an ephemeral node.
+    Disabled,
+    Mounted {
+        device: String,
+    },
+    /// Wanted but not mounted; the node runs without it.
+    Missing {
+        wanted: String,
+        reason: String,
+    },
 }
 
 /// What a scan of /sys/block found.

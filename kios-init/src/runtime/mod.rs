@@ -4,7 +4,7 @@
 //!
 //! One task, the owner (`owner.rs`), owns the [`State`]. Every other task is
 //! an event source (`event.rs`): the shutdown signals and the reaper
-//! (`sources.rs`), the inotify reader, the service output pumps, the power
+//! (`sources.rs`, one task), the inotify reader, the service output pumps, the power
 //! button readers (`power_button.rs`), the socket's accept loop and client
 //! tasks (`server/`), and the shutdown's blocking steps. They send events
 //! over one bounded queue; requests get their answers on oneshots. The
@@ -35,14 +35,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use nix::sys::inotify::{InitFlags, Inotify};
-use tokio::signal::unix::SignalKind;
 use tokio::sync::{mpsc, Notify};
 
 use crate::boot::milestones::Milestones;
 use crate::runtime::event::{Event, Events};
 use crate::runtime::logcapture::{LogHub, LogWriter};
 use crate::runtime::owner::Owner;
-use crate::runtime::sources::{register, LoopSpawner};
+use crate::runtime::sources::LoopSpawner;
 use crate::runtime::state::{NodeInfo, Paths, State};
 use crate::runtime::supervisor::{BackoffPolicy, Now, Supervisor};
 use crate::sys::Sys;
@@ -101,18 +100,9 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
     // Services inherit the umask (posix_spawn has no umask attribute).
     sys.umask(0o022);
     // Signals first: no child exists yet, so no exit can be missed.
-    let sigchld = register(SignalKind::child(), "SIGCHLD");
-    let sigterm = register(SignalKind::terminate(), "SIGTERM");
-    let sigint = register(SignalKind::interrupt(), "SIGINT");
-    let sigpwr = register(SignalKind::from_raw(libc::SIGPWR), "SIGPWR");
+    let signals = sources::Signals::register();
     let (events, rx) = Events::channel();
-    tokio::task::spawn_local(sources::reaper(sigchld, events.clone()));
-    tokio::task::spawn_local(sources::shutdown_signals(
-        sigterm,
-        sigpwr,
-        sigint,
-        events.clone(),
-    ));
+    tokio::task::spawn_local(sources::signals(signals, events.clone()));
 
     let writer = match LogWriter::start(config.paths.log_dir.clone()) {
         Ok(writer) => Some(writer),
@@ -211,15 +201,12 @@ async fn sleep_until_opt(deadline: Option<std::time::Instant>) {
     }
 }
 
-/// The node facts `status` shows, from the boot report and what
-/// `datapart=` asked for.
-pub fn node_info(
-    report: &crate::boot::BootReport,
-    wanted: &crate::boot::datapart::DatapartSpec,
-) -> NodeInfo {
+/// The node facts `status` shows, from the boot report (and what
+/// `datapart=` asked for, in the configuration it carries).
+pub fn node_info(report: &crate::boot::BootReport) -> NodeInfo {
     use crate::boot::datapart::DatapartSpec;
     use crate::boot::DatapartStatus as Boot;
-    let wanted_text = match wanted {
+    let wanted_text = match &report.config.datapart {
         DatapartSpec::Auto => "auto".to_string(),
         DatapartSpec::None => "none".to_string(),
         DatapartSpec::Device(path) => path.display().to_string(),
@@ -255,30 +242,34 @@ pub fn node_info(
 mod tests {
     use super::*;
     use crate::boot::datapart::DatapartSpec;
-    use crate::boot::{BootReport, DatapartStatus};
+    use crate::boot::{BootConfig, BootReport, DatapartStatus};
 
-    fn report(datapart: DatapartStatus) -> BootReport {
+    fn report(datapart: DatapartStatus, wanted: DatapartSpec) -> BootReport {
         BootReport {
             datapart,
             hostname: "node-a".into(),
             warnings: vec!["a warning".into()],
             release: Default::default(),
+            config: BootConfig {
+                datapart: wanted,
+                ..BootConfig::default()
+            },
         }
     }
 
     #[test]
     fn node_info_shows_the_data_partition_as_status_does() {
-        let none = node_info(&report(DatapartStatus::Disabled), &DatapartSpec::None);
+        let none = node_info(&report(DatapartStatus::Disabled, DatapartSpec::None));
         assert_eq!(none.datapart, None);
         assert_eq!(none.boot_warnings, vec!["a warning".to_string()]);
         assert!(!none.kernel.is_empty());
 
-        let mounted = node_info(
-            &report(DatapartStatus::Mounted {
+        let mounted = node_info(&report(
+            DatapartStatus::Mounted {
                 device: "/dev/vda1".into(),
-            }),
-            &DatapartSpec::Auto,
-        );
+            },
+            DatapartSpec::Auto,
+        ));
         let d = mounted.datapart.unwrap();
         assert_eq!(
             (d.device.as_deref(), d.mounted, d.wanted.as_str()),
@@ -286,13 +277,13 @@ mod tests {
         );
         assert_eq!(d.problem, None);
 
-        let missing = node_info(
-            &report(DatapartStatus::Missing {
+        let missing = node_info(&report(
+            DatapartStatus::Missing {
                 wanted: "/dev/sdz1".into(),
                 reason: "timed out".into(),
-            }),
-            &DatapartSpec::Device("/dev/sdz1".into()),
-        );
+            },
+            DatapartSpec::Device("/dev/sdz1".into()),
+        ));
         let d = missing.datapart.unwrap();
         assert_eq!((d.device, d.mounted), (None, false));
         assert_eq!(d.wanted, "/dev/sdz1");

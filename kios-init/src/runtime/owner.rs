@@ -700,30 +700,26 @@ pub mod testing {
     //! Spawners for tests: nothing runs beside the owner.
     use super::*;
 
-    /// Starts no reader; runs each blocking step at once, in the caller.
-    pub struct InlineSpawner;
+    /// Starts no reader. Blocking steps run at once, in the caller
+    /// ([`INLINE_SPAWNER`]), or never finish, like on a hung disk
+    /// ([`HUNG_SPAWNER`]).
+    pub struct TestSpawner {
+        pub run_jobs: bool,
+    }
 
-    impl Spawner for InlineSpawner {
+    pub const INLINE_SPAWNER: TestSpawner = TestSpawner { run_jobs: true };
+    pub const HUNG_SPAWNER: TestSpawner = TestSpawner { run_jobs: false };
+
+    impl Spawner for TestSpawner {
         fn output(&self, _service: ServiceName, _pid: u32, _read_end: OwnedFd) {}
         fn input_device(&self, _path: &Path) -> bool {
             false
         }
         fn job(&self, _job: Job, work: Box<dyn FnOnce() + Send>) -> bool {
-            work();
-            true
-        }
-    }
-
-    /// Starts no reader; blocking steps never finish (a hung disk).
-    pub struct HungSpawner;
-
-    impl Spawner for HungSpawner {
-        fn output(&self, _service: ServiceName, _pid: u32, _read_end: OwnedFd) {}
-        fn input_device(&self, _path: &Path) -> bool {
-            false
-        }
-        fn job(&self, _job: Job, _work: Box<dyn FnOnce() + Send>) -> bool {
-            false
+            if self.run_jobs {
+                work();
+            }
+            self.run_jobs
         }
     }
 }
@@ -733,7 +729,7 @@ mod tests {
     //! The whole shutdown against the recording fake, on a made-up clock:
     //! phase order, the drain bound, force, requests during each phase, and
     //! what is unmounted in which order. No namespace, no tokio runtime.
-    use super::testing::{HungSpawner, InlineSpawner};
+    use super::testing::{HUNG_SPAWNER, INLINE_SPAWNER};
     use super::*;
     use crate::runtime::server::clients::Registration;
     use crate::runtime::shutdown::{
@@ -885,7 +881,7 @@ mod tests {
 
     #[test]
     fn the_whole_shutdown_walks_its_phases_in_order_and_unmounts_children_first() {
-        let mut n = node("order", Box::new(InlineSpawner));
+        let mut n = node("order", Box::new(INLINE_SPAWNER));
         let (kubelet, mut kubelet_reg) = n.connect(1, 4000);
         let (watcher, mut watcher_reg) = n.connect(2, 4001);
         n.at(
@@ -975,7 +971,7 @@ mod tests {
 
     #[test]
     fn the_drain_waits_for_the_kubelet_only_up_to_its_grace_plus_the_margin() {
-        let mut n = node("bound", Box::new(InlineSpawner));
+        let mut n = node("bound", Box::new(INLINE_SPAWNER));
         std::fs::write(
             n.owner.state.paths.etc_kubernetes.join("config.yaml"),
             "shutdownGracePeriod: 2s\n",
@@ -998,11 +994,11 @@ mod tests {
 
     #[test]
     fn no_kubelet_means_no_drain_and_a_kubelet_that_leaves_ends_it() {
-        let mut alone = node("alone", Box::new(InlineSpawner));
+        let mut alone = node("alone", Box::new(INLINE_SPAWNER));
         alone.at(1, Some(Event::Signal(ShutdownSignal::Pwr)));
         assert_eq!(alone.phase(), Some(ShutdownPhase::Stopping));
 
-        let mut n = node("leaves", Box::new(InlineSpawner));
+        let mut n = node("leaves", Box::new(INLINE_SPAWNER));
         let (kubelet, _reg) = n.connect(1, 4000);
         n.at(2, Some(Event::Signal(ShutdownSignal::Term)));
         assert_eq!(n.phase(), Some(ShutdownPhase::Draining));
@@ -1012,7 +1008,7 @@ mod tests {
 
     #[test]
     fn force_on_the_first_request_skips_the_drain_but_not_the_term_grace() {
-        let mut n = node("force-first", Box::new(InlineSpawner));
+        let mut n = node("force-first", Box::new(INLINE_SPAWNER));
         let (_kubelet, _reg) = n.connect(1, 4000);
         let (admin, _admin_reg) = n.connect(2, 4001);
         let reply = n.request(3, &admin, shutdown(PowerMode::Poweroff, true));
@@ -1026,7 +1022,7 @@ mod tests {
 
     #[test]
     fn a_later_force_skips_every_wait_left() {
-        let mut n = node("force-later", Box::new(InlineSpawner));
+        let mut n = node("force-later", Box::new(INLINE_SPAWNER));
         let (_kubelet, _reg) = n.connect(1, 4000);
         let (admin, _admin_reg) = n.connect(2, 4001);
         n.at(3, Some(Event::Signal(ShutdownSignal::Term)));
@@ -1049,7 +1045,7 @@ mod tests {
 
     #[test]
     fn requests_in_every_phase_get_their_answers() {
-        let mut n = node("requests", Box::new(HungSpawner));
+        let mut n = node("requests", Box::new(HUNG_SPAWNER));
         let (_kubelet, _reg) = n.connect(1, 4000);
         let (admin, _admin_reg) = n.connect(2, 4001);
         n.at(
@@ -1104,7 +1100,7 @@ mod tests {
 
     #[test]
     fn a_hung_writer_or_disk_does_not_keep_the_node_up() {
-        let mut n = node("hung", Box::new(HungSpawner));
+        let mut n = node("hung", Box::new(HUNG_SPAWNER));
         n.sys.set_processes_left(false);
         let (client, _reg) = n.connect(1, 4000);
         n.at(2, Some(Event::Client(ClientEvent::Gone { id: client.id })));
@@ -1138,7 +1134,7 @@ mod tests {
 
     #[test]
     fn clients_that_never_close_are_waited_for_only_briefly() {
-        let mut n = node("stuck-client", Box::new(InlineSpawner));
+        let mut n = node("stuck-client", Box::new(INLINE_SPAWNER));
         n.sys.set_processes_left(false);
         let (_client, _reg) = n.connect(1, 4000);
         let (admin, _admin_reg) = n.connect(2, 4001);
@@ -1156,7 +1152,7 @@ mod tests {
 
     #[test]
     fn a_crashed_service_is_restarted_in_the_turn_that_reaps_it() {
-        let mut n = node("restart", Box::new(InlineSpawner));
+        let mut n = node("restart", Box::new(INLINE_SPAWNER));
         let crio = n.owner.state.supervisor.crio.pid.expect("cri-o started");
         let reaped = Event::Reaped {
             reaped: vec![Reaped {

@@ -83,28 +83,34 @@ pub async fn read_device(device: PathBuf, fd: AsyncFd<File>, events: Events) {
         let Ok(mut guard) = fd.readable().await else {
             break;
         };
-        let mut buf = [0u8; EVENT_SIZE * 16];
-        let read = guard.try_io(|inner| {
-            let mut file: &File = inner.get_ref();
-            file.read(&mut buf)
-        });
+        // The buffer lives in this block only (not in the task's memory).
+        let read = {
+            let mut buf = [0u8; EVENT_SIZE * 16];
+            let read = guard.try_io(|inner| {
+                let mut file: &File = inner.get_ref();
+                file.read(&mut buf)
+            });
+            match read {
+                Ok(Ok(0)) => None,
+                Ok(Ok(n)) => Some(has_power_press(&buf[..n - n % EVENT_SIZE])),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => Some(false),
+                // ENODEV: the device went away.
+                Ok(Err(_)) => None,
+                Err(_would_block) => Some(false),
+            }
+        };
+        drop(guard);
         match read {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => {
-                if has_power_press(&buf[..n - n % EVENT_SIZE])
-                    && !events
-                        .send(Event::PowerButton {
-                            device: device.clone(),
-                        })
-                        .await
-                {
+            None => break,
+            Some(true) => {
+                let press = Event::PowerButton {
+                    device: device.clone(),
+                };
+                if !events.send(press).await {
                     return;
                 }
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // ENODEV: the device went away.
-            Ok(Err(_)) => break,
-            Err(_would_block) => {}
+            Some(false) => {}
         }
     }
     events.send(Event::InputDeviceGone { device }).await;

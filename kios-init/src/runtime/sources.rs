@@ -1,5 +1,5 @@
 //! The event sources of the runtime that are neither the socket nor the
-//! power button: shutdown signals, the reaper (SIGCHLD), the inotify
+//! power button: the signals with the reaper (SIGCHLD), the inotify
 //! reader, the readers of the services' output pipes, and the spawner that
 //! starts them (and the shutdown's blocking steps) for the owner. Each only
 //! reads and sends [`Event`]s; none touches the state.
@@ -50,43 +50,60 @@ async fn recv(signal: &mut Option<Signal>) {
     }
 }
 
-/// The shutdown signals (registered before any child exists), forever.
-pub async fn shutdown_signals(
-    mut term: Option<Signal>,
-    mut pwr: Option<Signal>,
-    mut int: Option<Signal>,
-    events: Events,
-) {
-    loop {
-        let which = tokio::select! {
-            _ = recv(&mut term) => ShutdownSignal::Term,
-            _ = recv(&mut pwr) => ShutdownSignal::Pwr,
-            _ = recv(&mut int) => ShutdownSignal::Int,
-        };
-        if !events.send(Event::Signal(which)).await {
-            return;
+/// The signals init handles, registered before any child exists.
+pub struct Signals {
+    pub chld: Option<Signal>,
+    pub term: Option<Signal>,
+    pub pwr: Option<Signal>,
+    pub int: Option<Signal>,
+}
+
+impl Signals {
+    /// Registers every signal; a failure is logged and leaves `None`.
+    pub fn register() -> Signals {
+        Signals {
+            chld: register(SignalKind::child(), "SIGCHLD"),
+            term: register(SignalKind::terminate(), "SIGTERM"),
+            int: register(SignalKind::interrupt(), "SIGINT"),
+            pwr: register(SignalKind::from_raw(libc::SIGPWR), "SIGPWR"),
         }
     }
 }
 
-/// The reaper: on every SIGCHLD (or every [`FALLBACK_REAP`] without one),
-/// drains every exited child and sends what it found.
-pub async fn reaper(mut sigchld: Option<Signal>, events: Events) {
+/// Without a SIGCHLD handler, a tick every [`FALLBACK_REAP`]; else never.
+async fn fallback_reap(needed: bool) {
+    if needed {
+        tokio::time::sleep(FALLBACK_REAP).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The signals and the reaper, forever: a shutdown signal is sent as it
+/// is; on every SIGCHLD (or every [`FALLBACK_REAP`] without a handler)
+/// every exited child is reaped and what was found is sent.
+pub async fn signals(mut signals: Signals, events: Events) {
+    let no_sigchld = signals.chld.is_none();
     loop {
-        match sigchld.as_mut() {
-            Some(s) => {
-                if s.recv().await.is_none() {
-                    sigchld = None;
+        let event = tokio::select! {
+            _ = recv(&mut signals.chld) => None,
+            _ = fallback_reap(no_sigchld) => None,
+            _ = recv(&mut signals.term) => Some(ShutdownSignal::Term),
+            _ = recv(&mut signals.pwr) => Some(ShutdownSignal::Pwr),
+            _ = recv(&mut signals.int) => Some(ShutdownSignal::Int),
+        };
+        let event = match event {
+            Some(signal) => Event::Signal(signal),
+            None => {
+                let mut reaped = Vec::new();
+                let error = reaper::reap_all(&mut reaped).err();
+                if reaped.is_empty() && error.is_none() {
+                    continue;
                 }
+                Event::Reaped { reaped, error }
             }
-            None => tokio::time::sleep(FALLBACK_REAP).await,
-        }
-        let mut reaped = Vec::new();
-        let error = reaper::reap_all(&mut reaped).err();
-        if reaped.is_empty() && error.is_none() {
-            continue;
-        }
-        if !events.send(Event::Reaped { reaped, error }).await {
+        };
+        if !events.send(event).await {
             return;
         }
     }
@@ -144,18 +161,28 @@ pub async fn pump_output(service: ServiceName, fd: AsyncFd<File>, events: Events
         let Ok(mut guard) = fd.readable().await else {
             break;
         };
-        // Not live across an await: on the stack, not in the task's memory.
-        let mut buf = [0u8; 4096];
-        let read = guard.try_io(|inner| {
-            let mut file: &File = inner.get_ref();
-            file.read(&mut buf)
-        });
-        match read {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => splitter.push(&buf[..n], &mut lines),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Ok(Err(_)) => break,
-            Err(_would_block) => {}
+        // The buffer lives in this block only, so it is on the stack, not
+        // in the task's memory (the send below is an await).
+        let ended = {
+            let mut buf = [0u8; 4096];
+            let read = guard.try_io(|inner| {
+                let mut file: &File = inner.get_ref();
+                file.read(&mut buf)
+            });
+            match read {
+                Ok(Ok(0)) => true,
+                Ok(Ok(n)) => {
+                    splitter.push(&buf[..n], &mut lines);
+                    false
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => false,
+                Ok(Err(_)) => true,
+                Err(_would_block) => false,
+            }
+        };
+        drop(guard);
+        if ended {
+            break;
         }
         if !lines.is_empty() {
             let batch = std::mem::take(&mut lines);

@@ -306,7 +306,7 @@ async fn run_verify(paths: Paths, expected: inventory::ExpectedPids) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::owner::testing::InlineSpawner;
+    use crate::runtime::owner::testing::INLINE_SPAWNER;
     use crate::runtime::owner::Owner;
     use crate::runtime::run_owner;
     use crate::runtime::state::testing::test_state;
@@ -343,7 +343,7 @@ mod tests {
             tokio::task::spawn_local(serve(listener, events.clone(), stop.clone()));
             let mut owner = Owner::new(
                 test_state().state,
-                Box::new(InlineSpawner),
+                Box::new(INLINE_SPAWNER),
                 None,
                 false,
                 stop,
