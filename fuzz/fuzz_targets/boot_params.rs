@@ -3,8 +3,8 @@
 //! partition device stays under /dev without `..`.
 #![no_main]
 
+use kios_init::boot::datapart::DatapartSpec;
 use kios_init::boot::{cmdline_params, BootConfig, MAX_DATAPART_TIMEOUT};
-use kios_init::datapart::DatapartSpec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use kios_init::gpt::{crc32, read_partitions, MAX_ENTRIES};
+use kios_init::boot::gpt::{crc32, read_partitions, MAX_ENTRIES};
 use kios_init::sys::fake::FakeSys;
 use libfuzzer_sys::fuzz_target;
 

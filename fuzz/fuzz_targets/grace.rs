@@ -3,7 +3,7 @@
 //! MAX_GRACE.
 #![no_main]
 
-use kios_init::grace::{grace_from_text, parse_go_duration, MAX_GRACE};
+use kios_init::boot::grace::{grace_from_text, parse_go_duration, MAX_GRACE};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

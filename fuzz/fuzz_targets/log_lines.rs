@@ -3,7 +3,7 @@
 //! newlines and a `\r` before them. The first byte picks the limit.
 #![no_main]
 
-use kios_init::logcapture::LineSplitter;
+use kios_init::runtime::logcapture::LineSplitter;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use kios_init::modules::{
+use kios_init::boot::modules::{
     load_order, module_name, parse_module_list, ModuleError, ModulesDep, MAX_WANTED,
 };
 use libfuzzer_sys::fuzz_target;

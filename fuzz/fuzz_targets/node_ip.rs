@@ -2,7 +2,7 @@
 //! non-empty word without whitespace.
 #![no_main]
 
-use kios_init::argv::parse_node_ip;
+use kios_init::boot::argv::parse_node_ip;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! bounded.
 #![no_main]
 
-use kios_init::argv::{parse_node_labels, parse_node_labels_detailed, LABEL_LIMIT};
+use kios_init::boot::argv::{parse_node_labels, parse_node_labels_detailed, LABEL_LIMIT};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
