@@ -27,6 +27,21 @@ fn init_rss_kib(sandbox: &Sandbox) -> Result<u64> {
         .context("no VmRSS in init's status")
 }
 
+/// Init's fd count once boot has settled: the service log files are opened
+/// at the first line each service writes, so wait for both first.
+fn settled_fd_count(sandbox: &Sandbox) -> Result<usize> {
+    sandbox.status()?;
+    sandbox.wait_for("init to open both service logs", DEFAULT_WAIT, || {
+        let fds = sandbox.init_fds();
+        let open = |name: &str| {
+            fds.iter()
+                .any(|f| f.ends_with(&format!("/var/log/{name}.log")))
+        };
+        (open("crio") && open("kubelet")).then_some(())
+    })?;
+    sandbox.init_fd_count()
+}
+
 /// What must hold after every abuse: `status` answers within a second and
 /// the fd count returns to `baseline`.
 fn still_well(sandbox: &Sandbox, baseline: usize, after: &str) -> Result<()> {
@@ -88,8 +103,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn hostile_bytes_get_errors_and_change_nothing() -> Result<()> {
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("hostile"))?;
-    sandbox.status()?;
-    let baseline = sandbox.init_fd_count()?;
+    let baseline = settled_fd_count(&sandbox)?;
     let rss_before = init_rss_kib(&sandbox)?;
     let kubelet_pid = Sandbox::service(&sandbox.status()?, "kubelet")?["pid"].clone();
 
@@ -186,8 +200,7 @@ fn ten_thousand_held_connections_are_refused_cleanly_beyond_the_limit() -> Resul
         "this test needs {CONNECTIONS} descriptors; the limit is {soft}"
     );
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("ten-thousand"))?;
-    sandbox.status()?;
-    let baseline = sandbox.init_fd_count()?;
+    let baseline = settled_fd_count(&sandbox)?;
     let rss_before = init_rss_kib(&sandbox)?;
     let mut held = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
@@ -239,8 +252,7 @@ fn ten_thousand_held_connections_are_refused_cleanly_beyond_the_limit() -> Resul
 #[test]
 fn a_hundred_concurrent_restarts_never_run_two_kubelets() -> Result<()> {
     let sandbox = Arc::new(Sandbox::boot_ready(SandboxConfig::new("restart-storm"))?);
-    sandbox.status()?;
-    let baseline = sandbox.init_fd_count()?;
+    let baseline = settled_fd_count(&sandbox)?;
     let done = Arc::new(AtomicBool::new(false));
     let most = Arc::new(AtomicUsize::new(0));
     let watcher = {
