@@ -16,32 +16,6 @@ use anyhow::{bail, ensure, Context, Result};
 use kios_e2e::ns::{Sandbox, SandboxConfig, DEFAULT_WAIT};
 use serde_json::Value;
 
-/// Init's resident memory in KiB.
-fn init_rss_kib(sandbox: &Sandbox) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", sandbox.init_pid()))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in init's status")
-}
-
-/// Init's fd count once boot has settled: the service log files are opened
-/// at the first line each service writes, so wait for both first.
-fn settled_fd_count(sandbox: &Sandbox) -> Result<usize> {
-    sandbox.status()?;
-    sandbox.wait_for("init to open both service logs", DEFAULT_WAIT, || {
-        let fds = sandbox.init_fds();
-        let open = |name: &str| {
-            fds.iter()
-                .any(|f| f.ends_with(&format!("/var/log/{name}.log")))
-        };
-        (open("crio") && open("kubelet")).then_some(())
-    })?;
-    sandbox.init_fd_count()
-}
-
 /// What must hold after every abuse: `status` answers within a second and
 /// the fd count returns to `baseline`.
 fn still_well(sandbox: &Sandbox, baseline: usize, after: &str) -> Result<()> {
@@ -103,8 +77,9 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 #[test]
 fn hostile_bytes_get_errors_and_change_nothing() -> Result<()> {
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("hostile"))?;
-    let baseline = settled_fd_count(&sandbox)?;
-    let rss_before = init_rss_kib(&sandbox)?;
+    sandbox.status()?;
+    let baseline = sandbox.settled_fd_count()?;
+    let rss_before = sandbox.init_rss_kib()?;
     let kubelet_pid = Sandbox::service(&sandbox.status()?, "kubelet")?["pid"].clone();
 
     // A 1 MB line: one line-too-long error, then init closes.
@@ -177,7 +152,7 @@ fn hostile_bytes_get_errors_and_change_nothing() -> Result<()> {
         "the kubelet was restarted: {kubelet_pid} -> {after}"
     );
 
-    let rss_after = init_rss_kib(&sandbox)?;
+    let rss_after = sandbox.init_rss_kib()?;
     ensure!(
         rss_after <= rss_before + 512,
         "init's memory grew from {rss_before} KiB to {rss_after} KiB"
@@ -200,8 +175,9 @@ fn ten_thousand_held_connections_are_refused_cleanly_beyond_the_limit() -> Resul
         "this test needs {CONNECTIONS} descriptors; the limit is {soft}"
     );
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("ten-thousand"))?;
-    let baseline = settled_fd_count(&sandbox)?;
-    let rss_before = init_rss_kib(&sandbox)?;
+    sandbox.status()?;
+    let baseline = sandbox.settled_fd_count()?;
+    let rss_before = sandbox.init_rss_kib()?;
     let mut held = Vec::with_capacity(CONNECTIONS);
     for i in 0..CONNECTIONS {
         let stream = UnixStream::connect(sandbox.path("/run/system.sock"))
@@ -237,7 +213,7 @@ fn ten_thousand_held_connections_are_refused_cleanly_beyond_the_limit() -> Resul
     let peak = sandbox.init_fd_count()?;
     drop(held);
     still_well(&sandbox, baseline, "10,000 held connections")?;
-    let rss_after = init_rss_kib(&sandbox)?;
+    let rss_after = sandbox.init_rss_kib()?;
     ensure!(
         rss_after <= rss_before + 1024,
         "init's memory grew from {rss_before} KiB to {rss_after} KiB"
@@ -252,7 +228,8 @@ fn ten_thousand_held_connections_are_refused_cleanly_beyond_the_limit() -> Resul
 #[test]
 fn a_hundred_concurrent_restarts_never_run_two_kubelets() -> Result<()> {
     let sandbox = Arc::new(Sandbox::boot_ready(SandboxConfig::new("restart-storm"))?);
-    let baseline = settled_fd_count(&sandbox)?;
+    sandbox.status()?;
+    let baseline = sandbox.settled_fd_count()?;
     let done = Arc::new(AtomicBool::new(false));
     let most = Arc::new(AtomicUsize::new(0));
     let watcher = {

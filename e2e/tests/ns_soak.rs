@@ -12,29 +12,6 @@ use anyhow::{bail, ensure, Context, Result};
 use kios_e2e::ns::{Sandbox, SandboxConfig, DEFAULT_WAIT};
 use nix::sys::signal::Signal;
 
-fn rss_kib(sandbox: &Sandbox) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", sandbox.init_pid()))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
-}
-
-/// Waits until init has both service logs open and returns its fd count.
-fn settled_fds(sandbox: &Sandbox) -> Result<usize> {
-    sandbox.wait_for("both service logs open", DEFAULT_WAIT, || {
-        let fds = sandbox.init_fds();
-        let open = |n: &str| {
-            fds.iter()
-                .any(|f| f.ends_with(&format!("/var/log/{n}.log")))
-        };
-        (open("crio") && open("kubelet")).then_some(())
-    })?;
-    sandbox.init_fd_count()
-}
-
 #[test]
 fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
     let seconds: u64 = std::env::var("KIOS_SOAK_SECONDS")
@@ -43,8 +20,8 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
         .unwrap_or(120);
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("soak"))?;
     sandbox.status()?;
-    let fds_before = settled_fds(&sandbox)?;
-    let rss_before = rss_kib(&sandbox)?;
+    let fds_before = sandbox.settled_fd_count()?;
+    let rss_before = sandbox.init_rss_kib()?;
 
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -144,7 +121,7 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
             || (sandbox.init_fd_count().ok()? <= fds_before).then_some(()),
         )
         .with_context(|| format!("fds now: {:#?}", sandbox.init_fds()))?;
-    let rss_after = rss_kib(&sandbox)?;
+    let rss_after = sandbox.init_rss_kib()?;
     latencies.sort();
     let p99 = latencies
         .get(latencies.len().saturating_sub(1) * 99 / 100)
