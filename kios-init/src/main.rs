@@ -65,6 +65,7 @@ fn main() {
             policy: BackoffPolicy::default(),
         },
         milestones,
+        std::sync::Arc::new(sys::LinuxSys),
     )
 }
 

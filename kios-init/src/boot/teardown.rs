@@ -1,7 +1,7 @@
 //! The end of the node's file systems: unmount everything listed in
 //! /proc/self/mountinfo, children before parents (by the parent ids of
 //! mountinfo, newest first among siblings), and remount read-only what
-//! cannot be unmounted; then sync.
+//! cannot be unmounted (the shutdown then syncs, through `Sys`).
 //!
 //! Read-only fallback, and why it is careful: pseudo file systems (proc,
 //! sysfs, devtmpfs, cgroup2, tmpfs, ...) share their superblock with the
@@ -255,11 +255,6 @@ pub fn unmount_all_with(sys: &dyn Sys, datapart_device: Option<&str>) -> Unmount
         }
     }
     report
-}
-
-/// sync(2): flush every file system.
-pub fn sync_all() {
-    crate::sys::sync();
 }
 
 #[cfg(test)]

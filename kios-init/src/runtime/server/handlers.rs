@@ -34,6 +34,17 @@ fn not_permitted(verb: &str) -> ErrorBody {
     )
 }
 
+/// Runs `f` (a handler) and turns a panic into an `internal` error.
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, ErrorBody> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        crate::kerr!("bug: the handler of '{what}' panicked; the connection and init carry on");
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("kios-init hit a bug while handling '{what}'"),
+        )
+    })
+}
+
 /// Handles one line-dialect request.
 pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Outcome {
     if request.changes_state() {
@@ -230,7 +241,7 @@ mod tests {
             );
         }
         assert!(!t.state.shutdown.is_active());
-        assert!(t.signals.borrow().is_empty());
+        assert!(t.signals().is_empty());
         // Reading is fine.
         assert!(reply(handle(&mut t.state, &p, Request::Status, now)).is_ok());
         // Legacy commands from non-root are ignored too.
@@ -263,7 +274,7 @@ mod tests {
                 old_pid: Some(777)
             })
         );
-        assert_eq!(*t.signals.borrow(), vec![(777, Signal::SIGTERM)]);
+        assert_eq!(t.signals(), vec![(777, Signal::SIGTERM)]);
         assert_eq!(t.state.supervisor.crio.state, ServiceState::Stopping);
         // Not running: old_pid null, no signal.
         let r = reply(handle(
@@ -282,7 +293,7 @@ mod tests {
                 old_pid: None
             })
         );
-        assert_eq!(t.signals.borrow().len(), 1);
+        assert_eq!(t.signals().len(), 1);
     }
 
     #[test]
