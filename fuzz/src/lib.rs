@@ -5,8 +5,7 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::rc::Rc;
-use std::sync::{Once, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 
 use kios_init::boot::milestones::Milestones;
 use kios_init::kmsg::{self, LogTarget};
@@ -15,11 +14,11 @@ use kios_init::runtime::reaper::Exit;
 use kios_init::runtime::server::clients::{Peer, Registration};
 use kios_init::runtime::server::connection::{Connection, Incoming, ReadError};
 use kios_init::runtime::server::handlers::{self, Outcome};
-use kios_init::runtime::state::{NodeInfo, Paths, Signaller, State};
+use kios_init::runtime::state::{NodeInfo, Paths, State};
 use kios_init::runtime::supervisor::{BackoffPolicy, Now, Supervisor};
+use kios_init::sys::fake::{Call, FakeSys};
 use kios_protocol::{decode_response, encode_response, Request, ServiceName, ServiceState};
 use nix::sys::signal::Signal;
-use std::cell::RefCell;
 
 /// Every target calls this first: kios-init's logger must never write to
 /// the host's kernel log (the fuzzer may run as root).
@@ -78,11 +77,13 @@ fn fixture_paths() -> Paths {
 }
 
 /// One node: its state with cri-o and the kubelet running, a root and a
-/// non-root client, and the signals init sent (the fake processes obey
-/// them at the next [`FakeNode::settle`]).
+/// non-root client, and the fake machine that records the signals init
+/// sends (the fake processes obey them at the next [`FakeNode::settle`]).
 pub struct FakeNode {
     pub state: State,
-    signals: Rc<RefCell<Vec<(u32, Signal)>>>,
+    sys: Arc<FakeSys>,
+    /// Calls of `sys` already acted on.
+    seen_calls: usize,
     next_pid: u32,
     queues: Vec<Registration>,
     pub root: Peer,
@@ -98,12 +99,7 @@ impl Default for FakeNode {
 impl FakeNode {
     pub fn new() -> FakeNode {
         quiet_logs();
-        let signals: Rc<RefCell<Vec<(u32, Signal)>>> = Rc::default();
-        let recorded = signals.clone();
-        let signaller: Signaller = Rc::new(move |pid, sig| {
-            recorded.borrow_mut().push((pid, sig));
-            Ok(())
-        });
+        let sys = Arc::new(FakeSys::new());
         let now = Now::current();
         let mut state = State::new(
             NodeInfo {
@@ -115,7 +111,7 @@ impl FakeNode {
             Supervisor::new(BackoffPolicy::default(), now),
             LogHub::new(None),
             fixture_paths(),
-            signaller,
+            sys.clone(),
         );
         state
             .supervisor
@@ -139,7 +135,8 @@ impl FakeNode {
         let nobody = peer(&mut state, 65534, 4243);
         FakeNode {
             state,
-            signals,
+            sys,
+            seen_calls: 0,
             next_pid: 200,
             queues,
             root,
@@ -175,7 +172,15 @@ impl FakeNode {
     /// cri-o) and that `status` answers.
     pub fn settle(&mut self) {
         let now = Now::current();
-        let sent: Vec<(u32, Signal)> = self.signals.borrow_mut().drain(..).collect();
+        let calls = self.sys.calls();
+        let sent: Vec<(u32, Signal)> = calls[self.seen_calls.min(calls.len())..]
+            .iter()
+            .filter_map(|c| match c {
+                Call::Kill(pid, signal) => Some((*pid, *signal)),
+                _ => None,
+            })
+            .collect();
+        self.seen_calls = calls.len();
         for (pid, signal) in sent {
             if matches!(signal, Signal::SIGTERM | Signal::SIGKILL) {
                 let _ = self
