@@ -803,6 +803,33 @@ impl Sandbox {
             .count())
     }
 
+    /// Init's fd count once boot has settled: the service log files are
+    /// opened at the first line each service writes, so this waits until
+    /// init has both open.
+    pub fn settled_fd_count(&self) -> Result<usize> {
+        self.wait_for("init to open both service logs", DEFAULT_WAIT, || {
+            let fds = self.init_fds();
+            let open = |name: &str| {
+                fds.iter()
+                    .any(|f| f.ends_with(&format!("/var/log/{name}.log")))
+            };
+            (open("crio") && open("kubelet")).then_some(())
+        })?;
+        self.init_fd_count()
+    }
+
+    /// Init's resident memory (VmRSS) in KiB.
+    pub fn init_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.init_pid))
+            .context("cannot read init's status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS in init's status")
+    }
+
     /// Init's mount table (`/proc/<init>/mountinfo`, paths as init sees them).
     pub fn mounts(&self) -> Result<Vec<MountInfo>> {
         let table = std::fs::read(format!("/proc/{}/mountinfo", self.init_pid))
