@@ -7,6 +7,8 @@
 //! - [`verify`]: the live root filesystem against the inventory;
 //! - [`procs`]: the processes of init's PID namespace;
 //! - [`mountinfo`]: the one parser of `/proc/PID/mountinfo`;
+//! - [`modprobe`]: modules.dep/softdep/alias/builtin and modprobe's load
+//!   order (kios-init loads by it, the builder copies by it);
 //! - [`hash`]: fast SHA-256 of files.
 //!
 //! With the `builder` feature (build time only):
@@ -19,6 +21,7 @@
 
 pub mod hash;
 pub mod inventory;
+pub mod modprobe;
 pub mod mountinfo;
 pub mod procs;
 pub mod verify;
