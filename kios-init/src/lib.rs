@@ -13,6 +13,7 @@ pub mod boot;
 pub mod datapart;
 pub mod gpt;
 pub mod grace;
+pub mod kernlog;
 pub mod kmsg;
 pub mod milestones;
 pub mod modules;

@@ -271,6 +271,7 @@ impl ModuleIndex {
             index: self,
             plan: Plan::default(),
             visited: BTreeSet::new(),
+            stack: Vec::new(),
             placed: BTreeMap::new(),
         };
         for name in wanted {
@@ -350,6 +351,8 @@ struct Walk<'a> {
     plan: Plan,
     /// Modules whose probe list was made (modprobe's `visited`).
     visited: BTreeSet<String>,
+    /// The modules.dep chain being walked (for cycles).
+    stack: Vec<String>,
     /// Module name -> index in `plan.steps`.
     placed: BTreeMap<String, usize>,
 }
@@ -364,7 +367,7 @@ impl Walk<'_> {
     /// A module an alias names: a module or a built-in.
     fn alias_target(&mut self, name: &str, why: &Reason, required: bool, depth: usize) {
         if self.index.modules.contains_key(name) {
-            self.probe_with(name, why, required, depth);
+            self.probe(name, why, required, depth);
         } else if self.index.builtin.contains_key(name) {
             self.builtin(name);
         } else if let Reason::SoftDependencyOf(of) = why {
@@ -379,68 +382,59 @@ impl Walk<'_> {
         }
     }
 
-    fn probe_with(&mut self, name: &str, why: &Reason, required: bool, depth: usize) {
-        self.probe(name, why, required, depth);
-        // Already visited through another path: still record this reason.
-        if let Some(&i) = self.placed.get(name) {
-            let step = &mut self.plan.steps[i];
-            step.required |= required;
-            if !step.reasons.contains(why) {
-                step.reasons.push(why.clone());
-            }
-        }
-    }
-
     /// modprobe's probe list of one module: each dependency (last listed
-    /// first) with its soft dependencies, then the module with its own.
+    /// first, modules.dep's order for loading) with its soft dependencies,
+    /// then the module with its own. A dependency's own modules.dep line
+    /// is followed too (depmod's lines already hold the whole closure, so
+    /// this only matters for hand-written ones).
     fn probe(&mut self, name: &str, why: &Reason, required: bool, depth: usize) {
-        if !self.visited.insert(name.to_string()) {
+        if self.visited.contains(name) {
+            self.note(name, why, required);
             return;
         }
-        let Some(line) = self.index.modules.get(name) else {
-            return;
-        };
-        for dep_path in line.deps.iter().rev() {
-            let dep = module_name(dep_path);
-            match self.index.modules.get(&dep) {
-                Some(dl) if dl.deps.iter().any(|d| module_name(d) == name) => {
-                    self.plan.problems.push(Problem::Cycle {
-                        chain: vec![name.to_string(), dep.clone(), name.to_string()],
-                    });
-                    continue;
-                }
-                Some(_) => {}
-                None => {
-                    self.plan.problems.push(Problem::Unlisted {
-                        path: dep_path.clone(),
-                        of: name.to_string(),
-                    });
-                    continue;
-                }
-            }
-            self.with_softdeps(
-                &dep,
-                &Reason::DependencyOf(name.to_string()),
-                required,
-                depth,
-            );
-        }
-        self.with_softdeps(name, why, required, depth);
-    }
-
-    /// `pre:` soft dependencies, the module, `post:` soft dependencies.
-    fn with_softdeps(&mut self, name: &str, why: &Reason, required: bool, depth: usize) {
-        let soft = self.index.softdep(name);
-        let (pre, post) = match soft {
-            Some(s) => (s.pre.clone(), s.post.clone()),
-            None => (Vec::new(), Vec::new()),
-        };
-        if depth >= MAX_DEPTH && !(pre.is_empty() && post.is_empty()) {
+        if depth > MAX_DEPTH {
             self.plan.problems.push(Problem::TooDeep {
                 name: name.to_string(),
             });
             return;
         }
+        let Some(line) = self.index.modules.get(name) else {
+            return;
+        };
+        self.visited.insert(name.to_string());
+        self.stack.push(name.to_string());
+        for dep_path in line.deps.iter().rev() {
+            let dep = module_name(dep_path);
+            if let Some(start) = self.stack.iter().position(|n| *n == dep) {
+                let mut chain = self.stack[start..].to_vec();
+                chain.push(dep);
+                self.plan.problems.push(Problem::Cycle { chain });
+                continue;
+            }
+            if !self.index.modules.contains_key(&dep) {
+                self.plan.problems.push(Problem::Unlisted {
+                    path: dep_path.clone(),
+                    of: name.to_string(),
+                });
+                continue;
+            }
+            self.probe(
+                &dep,
+                &Reason::DependencyOf(name.to_string()),
+                required,
+                depth + 1,
+            );
+        }
+        self.stack.pop();
+        self.with_softdeps(name, why, required, depth);
+    }
+
+    /// `pre:` soft dependencies, the module, `post:` soft dependencies.
+    fn with_softdeps(&mut self, name: &str, why: &Reason, required: bool, depth: usize) {
+        let (pre, post) = match self.index.softdep(name) {
+            Some(s) => (s.pre.clone(), s.post.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
         self.soft(name, &pre, depth);
         self.place(name, why, required);
         self.soft(name, &post, depth);
@@ -450,7 +444,7 @@ impl Walk<'_> {
         let why = Reason::SoftDependencyOf(of.to_string());
         for n in names {
             match self.index.lookup(n) {
-                Lookup::Module(m) => self.probe_with(&m, &why, false, depth + 1),
+                Lookup::Module(m) => self.probe(&m, &why, false, depth + 1),
                 Lookup::Alias(targets) => {
                     for t in targets {
                         self.alias_target(&t, &why, false, depth + 1);
@@ -466,12 +460,8 @@ impl Walk<'_> {
     }
 
     fn place(&mut self, name: &str, why: &Reason, required: bool) {
-        if let Some(&i) = self.placed.get(name) {
-            let step = &mut self.plan.steps[i];
-            step.required |= required;
-            if !step.reasons.contains(why) {
-                step.reasons.push(why.clone());
-            }
+        if self.placed.contains_key(name) {
+            self.note(name, why, required);
             return;
         }
         let Some(line) = self.index.modules.get(name) else {
@@ -485,6 +475,25 @@ impl Walk<'_> {
             required,
             reasons: vec![why.clone()],
         });
+    }
+
+    /// One more reason for a placed module; once required, its
+    /// dependencies are required too.
+    fn note(&mut self, name: &str, why: &Reason, required: bool) {
+        let Some(&i) = self.placed.get(name) else {
+            return;
+        };
+        let step = &mut self.plan.steps[i];
+        if !step.reasons.contains(why) {
+            step.reasons.push(why.clone());
+        }
+        if required && !step.required {
+            step.required = true;
+            let deps: Vec<String> = step.deps.iter().map(|d| module_name(d)).collect();
+            for d in deps {
+                self.note(&d, &Reason::DependencyOf(name.to_string()), true);
+            }
+        }
     }
 }
 
