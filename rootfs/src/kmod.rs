@@ -393,18 +393,10 @@ kernel/fs/overlayfs/overlay.ko:\n";
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debian-6.1.0-57")
     }
 
-    const ADMIN_LIST: [&str; 6] = [
-        "virtio_pci",
-        "virtio_blk",
-        "ext4",
-        "overlay",
-        "evdev",
-        "button",
-    ];
-
     #[test]
     fn an_image_listing_ext4_carries_crc32c_and_its_index() {
-        let names = ADMIN_LIST.map(String::from).to_vec();
+        let admin = crate::modprobe::tests::admin_list();
+        let names: Vec<String> = admin.iter().map(|n| n.to_string()).collect();
         let set = resolve(&debian_tree(), &names).unwrap();
         let crc: Vec<&ModuleFile> = set
             .files
@@ -416,7 +408,7 @@ kernel/fs/overlayfs/overlay.ko:\n";
             .iter()
             .all(|f| f.soft_of.contains("ext4") && f.soft_of.contains("jbd2")));
         assert!(crc.iter().all(|f| !f.requested));
-        assert_eq!(set.load_list, ADMIN_LIST);
+        assert_eq!(set.load_list, admin);
         let softdep = set.modules_softdep();
         assert_eq!(
             softdep,

@@ -500,16 +500,11 @@ fn an_image_listing_ext4_carries_crc32c_from_softdeps_and_aliases() {
     opts.modules = Some(ModulesOptions {
         modules_root: root,
         version: "6.1.0-57-amd64".to_string(),
-        names: [
-            "virtio_pci",
-            "virtio_blk",
-            "ext4",
-            "overlay",
-            "evdev",
-            "button",
-        ]
-        .map(String::from)
-        .to_vec(),
+        names: std::fs::read_to_string(fixtures.join("kios-modules"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect(),
     });
     let out = dir.join("img.cpio");
     let inv = build::build_cpio(&opts, &out, Compression::None).unwrap();
