@@ -46,24 +46,25 @@ pub fn normalize_alias(alias: &str) -> String {
 /// names: `*` any run, `?` one character, `[abc]`, `[a-z]`, `[!x]`/`[^x]`,
 /// `\` quotes the next character. A malformed class matches nothing.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    // Bytes: module names and aliases are ASCII (a multi-byte character
+    // only ever matches itself or `*`).
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     // Iterative matching with one backtrack point (the last `*`).
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
         let step = match p.get(pi) {
-            Some('*') => {
+            Some(b'*') => {
                 star = Some((pi, ti));
                 pi += 1;
                 continue;
             }
-            Some('?') => Some(pi + 1),
-            Some('[') => match class_match(&p, pi, t[ti]) {
+            Some(b'?') => Some(pi + 1),
+            Some(b'[') => match class_match(p, pi, t[ti]) {
                 Some((true, next)) => Some(next),
                 _ => None,
             },
-            Some('\\') if pi + 1 < p.len() => (p[pi + 1] == t[ti]).then_some(pi + 2),
+            Some(b'\\') if pi + 1 < p.len() => (p[pi + 1] == t[ti]).then_some(pi + 2),
             Some(&c) => (c == t[ti]).then_some(pi + 1),
             None => None,
         };
@@ -82,14 +83,14 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
-/// Whether the class starting at `p[start] == '['` matches `c`, and the
+/// Whether the class starting at `p[start] == b'['` matches `c`, and the
 /// index after it; `None` when the class is not closed.
-fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
+fn class_match(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
     let mut i = start + 1;
-    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    let negate = matches!(p.get(i), Some(b'!') | Some(b'^'));
     if negate {
         i += 1;
     }
@@ -97,11 +98,11 @@ fn class_match(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
     let mut first = true;
     loop {
         let lo = *p.get(i)?;
-        if lo == ']' && !first {
+        if lo == b']' && !first {
             return Some((matched != negate, i + 1));
         }
         first = false;
-        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&hi| hi != ']') {
+        if p.get(i + 1) == Some(&b'-') && p.get(i + 2).is_some_and(|&hi| hi != b']') {
             let hi = p[i + 2];
             matched |= lo <= c && c <= hi;
             i += 3;
@@ -186,8 +187,8 @@ pub struct ModuleIndex {
     pub softdeps: Vec<SoftDep>,
     /// (normalized pattern, module name), in file order.
     pub aliases: Vec<(String, String)>,
-    /// Built-in module name -> its modules.builtin line.
-    pub builtin: BTreeMap<String, String>,
+    /// Built-in module names.
+    pub builtin: BTreeSet<String>,
 }
 
 /// What a name stands for.
@@ -225,7 +226,7 @@ impl ModuleIndex {
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .map(|l| (module_name(l), l.to_string()))
+            .map(module_name)
             .collect();
         ModuleIndex {
             modules,
@@ -252,7 +253,7 @@ impl ModuleIndex {
         if !targets.is_empty() {
             return Lookup::Alias(targets);
         }
-        if self.builtin.contains_key(&as_module) {
+        if self.builtin.contains(&as_module) {
             return Lookup::Builtin(as_module);
         }
         Lookup::NotFound
@@ -272,7 +273,6 @@ impl ModuleIndex {
             plan: Plan::default(),
             visited: BTreeSet::new(),
             stack: Vec::new(),
-            placed: BTreeMap::new(),
         };
         for name in wanted {
             let name = name.trim();
@@ -353,8 +353,6 @@ struct Walk<'a> {
     visited: BTreeSet<String>,
     /// The modules.dep chain being walked (for cycles).
     stack: Vec<String>,
-    /// Module name -> index in `plan.steps`.
-    placed: BTreeMap<String, usize>,
 }
 
 impl Walk<'_> {
@@ -368,7 +366,7 @@ impl Walk<'_> {
     fn alias_target(&mut self, name: &str, why: &Reason, required: bool, depth: usize) {
         if self.index.modules.contains_key(name) {
             self.probe(name, why, required, depth);
-        } else if self.index.builtin.contains_key(name) {
+        } else if self.index.builtin.contains(name) {
             self.builtin(name);
         } else if let Reason::SoftDependencyOf(of) = why {
             self.plan.problems.push(Problem::SoftNotFound {
@@ -459,15 +457,18 @@ impl Walk<'_> {
         }
     }
 
+    fn position(&self, name: &str) -> Option<usize> {
+        self.plan.steps.iter().position(|s| s.name == name)
+    }
+
     fn place(&mut self, name: &str, why: &Reason, required: bool) {
-        if self.placed.contains_key(name) {
+        if self.position(name).is_some() {
             self.note(name, why, required);
             return;
         }
         let Some(line) = self.index.modules.get(name) else {
             return;
         };
-        self.placed.insert(name.to_string(), self.plan.steps.len());
         self.plan.steps.push(Step {
             name: name.to_string(),
             path: line.path.clone(),
@@ -480,7 +481,7 @@ impl Walk<'_> {
     /// One more reason for a placed module; once required, its
     /// dependencies are required too.
     fn note(&mut self, name: &str, why: &Reason, required: bool) {
-        let Some(&i) = self.placed.get(name) else {
+        let Some(i) = self.position(name) else {
             return;
         };
         let step = &mut self.plan.steps[i];
