@@ -92,6 +92,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("mkdir", "coreutils"),
     ("mkfs.ext4", "e2fsprogs"),
     ("mount", "mount"),
+    ("mv", "coreutils"),
     ("nsenter", "util-linux"),
     ("ps", "procps"),
     ("qemu-system-x86_64", "qemu-system-x86"),
@@ -180,13 +181,23 @@ pub fn is_built(program: &str) -> bool {
 /// The packages of `scripts/deps`: every word of its `...packages=(`
 /// arrays, comments stripped.
 pub fn deps_packages(deps_script: &str) -> BTreeSet<String> {
+    deps_arrays(deps_script, |name| name.ends_with("packages"))
+}
+
+/// The packages `scripts/deps` installs without options (its `packages=(`
+/// array; `--rehearse` adds `rehearse_packages`).
+pub fn default_deps_packages(deps_script: &str) -> BTreeSet<String> {
+    deps_arrays(deps_script, |name| name == "packages")
+}
+
+fn deps_arrays(deps_script: &str, wanted: impl Fn(&str) -> bool) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut in_array = false;
     for line in deps_script.lines() {
         let code = line.split('#').next().unwrap_or("").trim();
         if !in_array {
             if let Some((name, rest)) = code.split_once("=(") {
-                if name.ends_with("packages") && !name.contains(' ') {
+                if wanted(name) && !name.contains(' ') {
                     in_array = !rest.contains(')');
                     let rest = rest.split(')').next().unwrap_or("");
                     out.extend(rest.split_whitespace().map(str::to_string));
@@ -689,8 +700,11 @@ mod tests {
             d.into_iter().collect::<Vec<_>>(),
             ["conmon", "crun", "qemu-system-x86"]
         );
-        let d = deps_packages("packages=(a b)\nrehearse_packages=(\n c # x\n)\n");
+        let script = "packages=(a b)\nrehearse_packages=(\n c # x\n)\n";
+        let d = deps_packages(script);
         assert_eq!(d.into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        let d = default_deps_packages(script);
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]
