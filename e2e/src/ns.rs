@@ -632,9 +632,11 @@ impl Sandbox {
     /// Sends lines from a process whose uid and gid are 65534 (it keeps
     /// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient capabilities only to
     /// reach the root-only socket through /proc/<init>/root), and returns
-    /// one parsed reply per line.
+    /// one parsed reply per line. The process is the e2e crate's own
+    /// `socket-peer` (a musl binary built with the stand-ins).
     pub fn request_as_nobody(&self, lines: &[&str]) -> Result<Vec<Value>> {
         let path = self.path(SOCKET);
+        let peer = artifacts::artifacts()?.binary("socket-peer");
         let mut child = Command::new("setpriv")
             .args([
                 "--reuid=65534",
@@ -643,17 +645,14 @@ impl Sandbox {
                 "--inh-caps=+dac_override,+sys_ptrace",
                 "--ambient-caps=+dac_override,+sys_ptrace",
                 "--",
-                "socat",
-                "-t",
-                "10",
-                "-",
             ])
-            .arg(format!("UNIX-CONNECT:{}", path.display()))
+            .arg(&peer)
+            .arg(&path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("cannot run setpriv + socat (packages util-linux, socat)")?;
+            .with_context(|| format!("cannot run setpriv (util-linux) + {}", peer.display()))?;
         let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -673,7 +672,7 @@ impl Sandbox {
         let mut failure = None;
         for line in lines {
             if let Err(e) = stdin.write_all(format!("{line}\n").as_bytes()) {
-                failure = Some(anyhow!("cannot write to socat: {e}"));
+                failure = Some(anyhow!("cannot write to socket-peer: {e}"));
                 break;
             }
             match rx.recv_timeout(DEFAULT_WAIT) {
@@ -697,7 +696,10 @@ impl Sandbox {
             let stderr = output
                 .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
                 .unwrap_or_default();
-            return Err(failure.context(format!("socat stderr: {stderr}\n{}", self.diagnostics())));
+            return Err(failure.context(format!(
+                "socket-peer stderr: {stderr}\n{}",
+                self.diagnostics()
+            )));
         }
         Ok(replies)
     }

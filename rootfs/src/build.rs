@@ -621,9 +621,16 @@ fn add_modules(
                 "Kernel module {} loaded early at boot (listed in /etc/kios/modules).",
                 f.name
             )
-        } else {
+        } else if !f.needed_by.is_empty() {
             let by: Vec<_> = f.needed_by.iter().cloned().collect();
             format!("Kernel module {}, needed by {}.", f.name, by.join(", "))
+        } else {
+            let of: Vec<_> = f.soft_of.iter().cloned().collect();
+            format!(
+                "Kernel module {}, a soft dependency of {} (loaded before or after it, as modprobe does).",
+                f.name,
+                of.join(", ")
+            )
         };
         let mut entry = generated_entry(
             format!("{base}/{}", f.rel_path),
@@ -643,23 +650,48 @@ fn add_modules(
             },
         )?;
     }
-    let mut entry = generated_entry(
-        format!("{base}/modules.dep"),
-        Kind::File,
-        0o444,
-        MODULES_COMPONENT,
-        "Which module needs which, for the modules in this image; kios-init loads dependencies first.".to_string(),
-    );
-    entry.source = "generated".to_string();
-    entry.used_by = vec!["kios-init".to_string(), "modprobe".to_string()];
-    insert_generated(
-        items,
-        spec,
-        Item {
-            entry,
-            content: Content::Bytes(set.modules_dep().into_bytes()),
-        },
-    )
+    let index = [
+        (
+            "modules.dep",
+            "Which module needs which, for the modules in this image; kios-init loads dependencies first.",
+            set.modules_dep(),
+        ),
+        (
+            "modules.softdep",
+            "The kernel's soft dependencies of the modules in this image (e.g. ext4 pre: crypto-crc32c); kios-init loads them as modprobe does.",
+            set.modules_softdep(),
+        ),
+        (
+            "modules.alias",
+            "The kernel's aliases of the modules in this image (e.g. crypto-crc32c -> crc32c_generic); kios-init resolves soft dependencies and listed aliases with them.",
+            set.modules_alias(),
+        ),
+        (
+            "modules.builtin",
+            "The built-in modules the early list reaches; kios-init counts them as loaded.",
+            set.modules_builtin(),
+        ),
+    ];
+    for (file, why, text) in index {
+        let mut entry = generated_entry(
+            format!("{base}/{file}"),
+            Kind::File,
+            0o444,
+            MODULES_COMPONENT,
+            why.to_string(),
+        );
+        entry.source = "generated".to_string();
+        entry.used_by = vec!["kios-init".to_string(), "modprobe".to_string()];
+        insert_generated(
+            items,
+            spec,
+            Item {
+                entry,
+                content: Content::Bytes(text.into_bytes()),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Resolves an image path through the spec's symlinks (e.g. /lib64 -> lib).

@@ -12,6 +12,8 @@
 //!   [`reference::verify_node`], every file and mount check of a node;
 //! - [`procs`]: the processes of init's PID namespace;
 //! - [`mountinfo`]: the one parser of `/proc/PID/mountinfo`;
+//! - [`modprobe`]: modules.dep/softdep/alias/builtin and modprobe's load
+//!   order (kios-init loads by it, the builder copies by it);
 //! - [`hash`]: fast SHA-256 of files;
 //! - [`osrelease`]: the image's os-release text and its version fields.
 //!
@@ -30,6 +32,7 @@
 pub mod areas;
 pub mod hash;
 pub mod inventory;
+pub mod modprobe;
 pub mod mountcheck;
 pub mod mountinfo;
 pub mod osrelease;

@@ -407,7 +407,13 @@ fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> Data
     });
     match r {
         Err(e) => {
-            let reason = format!("mount ext4 {device} on {DATAPART_MOUNT}: {e}");
+            let mut reason = format!("mount ext4 {device} on {DATAPART_MOUNT}: {e}");
+            // The errno alone hides the cause (ENOENT for a missing crc32c
+            // driver); the kernel logged it.
+            let messages = sys.kernel_messages();
+            if let Some(cause) = crate::kernlog::mount_failure_cause(&messages, "ext4", device) {
+                reason = format!("{reason}: {cause}");
+            }
             crate::kerr!(
                 "DATA PARTITION MISSING: {reason}; continuing without it (node state is ephemeral)"
             );
@@ -657,6 +663,26 @@ mod tests {
             1,
             "nothing of the layout after a failed mount"
         );
+    }
+
+    #[test]
+    fn a_missing_driver_named_by_the_kernel_is_the_reason() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.add_file("/dev/kmsg", "EXT4-fs (vda1): Cannot load crc32c driver.\n");
+        sys.fail("mount", "/run/kios/datapart", libc::ENOENT);
+        let (status, _) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        match status {
+            DatapartStatus::Missing { reason, .. } => assert!(
+                reason.starts_with("mount ext4 /dev/vda1 on /run/kios/datapart: No such file or directory (os error 2): ext4 could not load its crc32c driver"),
+                "{reason}"
+            ),
+            other => panic!("expected Missing, got {other:?}"),
+        }
     }
 
     #[test]

@@ -315,6 +315,20 @@ impl Sys for FakeSys {
         Ok(self.lock().release.clone())
     }
 
+    /// The lines of the fake's /dev/kmsg file (plain messages).
+    fn kernel_messages(&self) -> Vec<String> {
+        let s = self.lock();
+        s.files
+            .get(Path::new("/dev/kmsg"))
+            .map(|b| {
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn set_link_up(&self, ifname: &str) -> io::Result<()> {
         let mut s = self.lock();
         s.calls.push(Call::LinkUp(ifname.into()));

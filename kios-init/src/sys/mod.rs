@@ -87,6 +87,9 @@ pub trait Sys: Send + Sync {
     fn hostname(&self) -> io::Result<String>;
     /// uname -r.
     fn kernel_release(&self) -> io::Result<String>;
+    /// The kernel's recent log messages, oldest first (see
+    /// [`crate::kernlog`]); empty when they cannot be read.
+    fn kernel_messages(&self) -> Vec<String>;
     /// Set IFF_UP on a network interface.
     fn set_link_up(&self, ifname: &str) -> io::Result<()>;
     /// reboot(RB_DISABLE_CAD): Ctrl-Alt-Del sends SIGINT to init instead
@@ -343,6 +346,10 @@ impl Sys for LinuxSys {
 
     fn kernel_release(&self) -> io::Result<String> {
         uname_field(|u| &u.release)
+    }
+
+    fn kernel_messages(&self) -> Vec<String> {
+        crate::kernlog::recent_kernel_messages()
     }
 
     fn set_link_up(&self, ifname: &str) -> io::Result<()> {
