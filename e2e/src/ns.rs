@@ -822,14 +822,25 @@ impl Sandbox {
 
     /// Init's resident memory (VmRSS) in KiB.
     pub fn init_rss_kib(&self) -> Result<u64> {
+        self.init_status_kib("VmRSS")
+    }
+
+    /// Init's private memory (`RssAnon` of /proc/PID/status, KiB): heap and
+    /// stacks, without the binary's code pages that merely become resident
+    /// as more of the code runs. What a leak would grow.
+    pub fn init_anon_kib(&self) -> Result<u64> {
+        self.init_status_kib("RssAnon")
+    }
+
+    fn init_status_kib(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.init_pid))
             .context("cannot read init's status")?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .context("no VmRSS in init's status")
+            .with_context(|| format!("no {field} in init's status"))
     }
 
     /// Init's mount table (`/proc/<init>/mountinfo`, paths as init sees them).

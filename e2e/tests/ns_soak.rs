@@ -22,6 +22,12 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
     sandbox.status()?;
     let fds_before = sandbox.settled_fd_count()?;
     let rss_before = sandbox.init_rss_kib()?;
+    let anon_at_boot = sandbox.init_anon_kib()?;
+    // Init's bounded buffers (service log tails, the audit ring, the kernel
+    // log ring, per-client queues) fill in the first part of the run; a
+    // leak is growth after that. The private memory is taken again once a
+    // third of the run has passed, and must stay there.
+    let mut anon_warm: Option<u64> = None;
 
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -35,6 +41,9 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
     let mut zombies: BTreeMap<i32, Instant> = BTreeMap::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
+        if anon_warm.is_none() && started.elapsed() >= Duration::from_secs(seconds / 3) {
+            anon_warm = Some(sandbox.init_anon_kib()?);
+        }
         let action = match next() % 10 {
             0 => {
                 let status = sandbox.status()?;
@@ -122,6 +131,8 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
         )
         .with_context(|| format!("fds now: {:#?}", sandbox.init_fds()))?;
     let rss_after = sandbox.init_rss_kib()?;
+    let anon_after = sandbox.init_anon_kib()?;
+    let anon_before = anon_warm.unwrap_or(anon_at_boot);
     latencies.sort();
     let p99 = latencies
         .get(latencies.len().saturating_sub(1) * 99 / 100)
@@ -129,13 +140,18 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
         .unwrap_or_default();
     eprintln!(
         "soak: {seconds} s, actions {counts:?}, status p99 {p99:?} of {} \
-         (max {:?}), rss {rss_before} -> {rss_after} KiB, fds {fds_before} -> baseline",
+         (max {:?}), rss {rss_before} -> {rss_after} KiB, private (RssAnon) \
+         {anon_at_boot} at boot, {anon_before} warm -> {anon_after} KiB, fds {fds_before} -> baseline",
         latencies.len(),
         latencies.last().copied().unwrap_or_default()
     );
+    // A leak grows private memory. VmRSS also counts the binary's code
+    // pages, which become resident as the chaos runs code that boot never
+    // did (verify, audit, restarts): bounded by the binary's size, not a
+    // leak, and reported above.
     ensure!(
-        rss_after <= rss_before + 512,
-        "init's memory grew from {rss_before} to {rss_after} KiB"
+        anon_after <= anon_before + 128,
+        "init's private memory grew from {anon_before} to {anon_after} KiB"
     );
     // The budget is 5 ms on an idle node; the harness's own request
     // (connect through /proc, JSON) and a loaded CI machine get 100 ms.
