@@ -1,46 +1,50 @@
-//! modules.dep and /etc/kios/modules: the load order has each module once,
-//! dependencies before their users, whatever cycles or depths the files
-//! hold. Input: the wanted list, a NUL, then modules.dep.
+//! modprobe's planner over arbitrary modules.dep, modules.softdep,
+//! modules.alias and modules.builtin text and /etc/kios/modules: the plan
+//! has each module once, and a module's modules.dep dependencies that are
+//! listed come before it unless a cycle (reported) passes through them.
+//! Input: the wanted list, then the four files, separated by NUL bytes.
 #![no_main]
 
 use std::collections::BTreeSet;
 
-use kios_init::boot::modules::{
-    load_order, module_name, parse_module_list, ModuleError, ModulesDep, MAX_WANTED,
-};
+use kios_init::boot::modules::{parse_module_list, MAX_WANTED};
+use kios_rootfs::modprobe::{module_name, ModuleIndex, Problem};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let (list, dep_text) = text.split_once('\0').unwrap_or(("", &text));
+    let mut parts = text.split('\0');
+    let list = parts.next().unwrap_or("");
+    let dep = parts.next().unwrap_or("");
+    let softdep = parts.next().unwrap_or("");
+    let alias = parts.next().unwrap_or("");
+    let builtin = parts.next().unwrap_or("");
     let wanted = parse_module_list(list);
     assert!(wanted.len() <= MAX_WANTED);
-    let dep = ModulesDep::parse(dep_text);
-    // Wanted names that modules.dep does not know: every other one builtin.
-    let builtin: BTreeSet<String> = wanted.iter().step_by(2).cloned().collect();
-    let (order, errors) = load_order(&dep, &builtin, &wanted, "modules.dep");
+    let index = ModuleIndex::parse(dep, softdep, alias, builtin);
+    let plan = index.plan(&wanted);
     let mut seen = BTreeSet::new();
-    for path in &order {
-        assert!(seen.insert(path.clone()), "{path} twice in {order:?}");
-        let name = module_name(path);
-        let (_, deps) = &dep.modules[&name];
-        for d in deps {
-            // A dependency that is listed comes first (unless a cycle
-            // passes through it, which is reported).
-            if let Some((dpath, _)) = dep.modules.get(d) {
-                let dpos = order.iter().position(|p| p == dpath);
-                let pos = order.iter().position(|p| p == path);
-                if let (Some(dpos), Some(pos)) = (dpos, pos) {
-                    if dpos > pos {
-                        assert!(
-                            errors.iter().any(|e| matches!(
-                                e,
-                                ModuleError::Cycle { .. } | ModuleError::TooDeep { .. }
-                            )),
-                            "{d} after {name} without a cycle: {order:?}"
-                        );
-                    }
-                }
+    for step in &plan.steps {
+        assert!(seen.insert(step.name.clone()), "{} twice: {plan:?}", step.name);
+        assert!(
+            !plan.builtin.contains(&step.name),
+            "{} both loaded and built in",
+            step.name
+        );
+    }
+    let cycle = plan
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::Cycle { .. } | Problem::TooDeep { .. }));
+    let position = |name: &str| plan.steps.iter().position(|s| s.name == name);
+    for (pos, step) in plan.steps.iter().enumerate() {
+        for d in &step.deps {
+            if let Some(dpos) = position(&module_name(d)) {
+                assert!(
+                    dpos < pos || cycle,
+                    "{d} after {} without a cycle: {plan:?}",
+                    step.name
+                );
             }
         }
     }

@@ -106,6 +106,7 @@ impl FakeNode {
                 kernel: "6.1.0-fuzz".into(),
                 datapart: None,
                 boot_warnings: vec![],
+                release: Default::default(),
             },
             Milestones::new(),
             Supervisor::new(BackoffPolicy::default(), now),
