@@ -23,6 +23,7 @@ pub mod teardown;
 
 // Runtime (supervision, socket, shutdown).
 pub mod logcapture;
+pub mod logind;
 pub mod power_button;
 pub mod reaper;
 pub mod runtime;

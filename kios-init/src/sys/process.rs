@@ -18,7 +18,7 @@
 use std::ffi::{CString, NulError};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// The whole environment a service gets: nothing of init's boot parameters.
 pub const SERVICE_ENV: [&str; 2] = ["PATH=/bin", "HOME=/"];
@@ -201,6 +201,18 @@ pub fn async_file(file: File) -> io::Result<tokio::io::unix::AsyncFd<File>> {
     // file description until the File is dropped, which happens only when the
     // AsyncFd (its owner) is dropped; `as_raw_fd` always returns that fd.
     unsafe { tokio::io::unix::AsyncFd::register(file).map_err(io::Error::from) }
+}
+
+/// sendmsg(2) of `bytes` with one descriptor attached (SCM_RIGHTS), without
+/// blocking; returns how many bytes went (the descriptor travels with the
+/// first of them). The caller's copy of `fd` stays its own to close.
+pub fn send_with_fd(socket: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let fds = [fd.as_raw_fd()];
+    let cmsgs = [ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(bytes)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    sendmsg::<UnixAddr>(socket.as_raw_fd(), &iov, &cmsgs, flags, None).map_err(io::Error::from)
 }
 
 /// An inotify instance that can be registered with the reactor.
