@@ -1,33 +1,17 @@
-//! kios-init: PID 1 of a kiOS node.
+//! kios-init: PID 1 of a kiOS node. The folder tree is the code map:
 //!
-//! The boot path (`boot`) mounts the base filesystems, loads early kernel
-//! modules, finds and mounts the data partition and sets up the network
-//! basics. The runtime (`runtime`) then supervises cri-o and the kubelet,
-//! reaps every zombie, serves the system socket and runs the graceful
-//! shutdown. Every syscall with side effects on the machine goes through
-//! `sys`.
+//! - `boot/`: the boot path, run once before any child exists: base mounts,
+//!   early kernel modules, the data partition and its layout, network
+//!   basics, the services' command lines, the boot timeline, and the
+//!   unmounting that shutdown ends with.
+//! - `runtime/`: the event loop that supervises cri-o and the kubelet, reaps
+//!   every zombie, captures service output, serves the system socket
+//!   (`runtime/server/`) and runs the graceful shutdown.
+//! - `sys/`: every syscall with side effects on the machine, behind the
+//!   `Sys` trait; the only module with `unsafe`.
+//! - `kmsg`: the kernel log, written by both halves.
 
-// System layer (boot side).
-pub mod argv;
 pub mod boot;
-pub mod datapart;
-pub mod gpt;
-pub mod grace;
 pub mod kmsg;
-pub mod milestones;
-pub mod modules;
-pub mod mounts;
-pub mod netsetup;
-pub mod sys;
-pub mod teardown;
-
-// Runtime (supervision, socket, shutdown).
-pub mod logcapture;
-pub mod logind;
-pub mod power_button;
-pub mod reaper;
 pub mod runtime;
-pub mod server;
-pub mod shutdown;
-pub mod state;
-pub mod supervisor;
+pub mod sys;

@@ -10,11 +10,11 @@
 
 use std::path::PathBuf;
 
+use kios_init::boot::milestones::Milestones;
 use kios_init::boot::{self, BootConfig};
-use kios_init::milestones::Milestones;
+use kios_init::runtime::state::Paths;
+use kios_init::runtime::supervisor::BackoffPolicy;
 use kios_init::runtime::{self, RuntimeConfig};
-use kios_init::state::Paths;
-use kios_init::supervisor::BackoffPolicy;
 use kios_init::sys;
 
 fn main() {

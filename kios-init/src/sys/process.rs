@@ -8,7 +8,7 @@
 //!   close-on-exec (`close_range(CLOSE_RANGE_CLOEXEC)`), so the child gets
 //!   exactly 0-2 even if something in init opened a descriptor without the
 //!   flag. The child is never waited on here: the one reaper
-//!   (`crate::reaper`) collects every exit;
+//!   (`crate::runtime::reaper`) collects every exit;
 //! - registering owned descriptors (pipes, input devices, inotify) with
 //!   tokio's reactor (`AsyncFd::register` is `unsafe`: the descriptor must
 //!   stay open and the same while registered, which owning types guarantee).

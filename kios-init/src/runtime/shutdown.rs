@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use kios_protocol::{PowerMode, ShutdownPhase, ShutdownStatus};
 use tokio::sync::Notify;
 
-use crate::state::Shared;
-use crate::supervisor::Now;
+use crate::runtime::state::Shared;
+use crate::runtime::supervisor::Now;
 
 /// Added to the kubelet's shutdownGracePeriod before init stops waiting.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(5);
@@ -317,7 +317,7 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
         let mut state = shared.borrow_mut();
         let sent = state.clients.broadcast_legacy_shutdown();
         let config = state.paths.etc_kubernetes.join("config.yaml");
-        (sent, crate::grace::kubelet_shutdown_grace(&config))
+        (sent, crate::boot::grace::kubelet_shutdown_grace(&config))
     };
     let bound = grace.min(MAX_DRAIN) + DRAIN_MARGIN;
     crate::kinfo!(
@@ -384,7 +384,7 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
         .await;
     }
     blocking_step("unmounting", DISK_WAIT, || {
-        let report = crate::teardown::unmount_all(&crate::sys::LinuxSys);
+        let report = crate::boot::teardown::unmount_all(&crate::sys::LinuxSys);
         crate::kinfo!(
             "shutdown: unmounted {}, remounted read-only {}, failed {}",
             report.unmounted,
@@ -399,7 +399,7 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
 
     // 4. Syncing.
     enter(&shared, ShutdownPhase::Syncing);
-    blocking_step("sync", DISK_WAIT, crate::teardown::sync_all).await;
+    blocking_step("sync", DISK_WAIT, crate::boot::teardown::sync_all).await;
 
     // 5. Final.
     enter(&shared, ShutdownPhase::Final);

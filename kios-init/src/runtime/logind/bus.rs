@@ -841,7 +841,7 @@ mod tests {
             "AddMatch",
             vec![s("member='x'")],
         );
-        quiet.flags = crate::logind::wire::NO_REPLY_EXPECTED;
+        quiet.flags = crate::runtime::logind::wire::NO_REPLY_EXPECTED;
         assert_eq!(bus.handle(&mut c, &quiet), Action::Nothing);
         assert_eq!(c.matches.len(), 1, "the match is still added");
         let signal = bus.prepare_for_shutdown(true);

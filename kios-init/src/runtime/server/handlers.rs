@@ -12,10 +12,10 @@ use kios_protocol::{
     PROTOCOL_VERSION,
 };
 
-use crate::server::clients::Peer;
-use crate::shutdown::Requested;
-use crate::state::State;
-use crate::supervisor::{Now, StopReason};
+use crate::runtime::server::clients::Peer;
+use crate::runtime::shutdown::Requested;
+use crate::runtime::state::State;
+use crate::runtime::supervisor::{Now, StopReason};
 
 /// What the connection does with a handled request.
 #[derive(Debug, PartialEq)]
@@ -102,7 +102,9 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
                 events: vec!["service".into(), "shutdown".into(), "milestone".into()],
             }))
         }
-        Request::Files { path } => crate::server::inventory::files(&state.paths, path.as_deref()),
+        Request::Files { path } => {
+            crate::runtime::server::inventory::files(&state.paths, path.as_deref())
+        }
         Request::Verify => return Outcome::Verify,
     };
     Outcome::Reply(response)
@@ -171,7 +173,7 @@ pub fn snapshot_events(state: &State) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::testing::test_state;
+    use crate::runtime::state::testing::test_state;
     use kios_protocol::{ServiceState, ShutdownPhase};
     use nix::sys::signal::Signal;
 

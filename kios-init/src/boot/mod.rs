@@ -5,11 +5,20 @@
 //! Each step is a boot milestone. Nothing here panics or fails as a whole:
 //! problems are kernel-logged and collected in [`BootReport::warnings`].
 
-use crate::datapart::{self, DatapartSpec};
+pub mod argv;
+pub mod datapart;
+pub mod gpt;
+pub mod grace;
+pub mod milestones;
+pub mod modules;
+pub mod mounts;
+pub mod netsetup;
+pub mod teardown;
+
+use crate::boot::milestones::Milestones;
 use crate::kmsg::{self, LogTarget};
-use crate::milestones::Milestones;
 use crate::sys::Sys;
-use crate::{modules, mounts, netsetup};
+use datapart::DatapartSpec;
 use std::path::Path;
 use std::time::Duration;
 

@@ -31,8 +31,8 @@ pub use clients::{Peer, MAX_CLIENTS};
 use connection::{Connection, Incoming, ReadError};
 use handlers::Outcome;
 
-use crate::state::Shared;
-use crate::supervisor::Now;
+use crate::runtime::state::Shared;
+use crate::runtime::supervisor::Now;
 
 /// A response or event that cannot be written within this time drops the client.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -303,7 +303,7 @@ async fn run_verify(shared: &Shared, peer: &Peer) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::testing::test_state;
+    use crate::runtime::state::testing::test_state;
     use std::cell::RefCell;
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, Notify};
 use super::auth::Authenticator;
 use super::bus::{errors, Action, Bus, Client, Inhibitor};
 use super::wire::{self, DecodeError, Message};
-use crate::server::BindError;
-use crate::supervisor::Now;
+use crate::runtime::server::BindError;
+use crate::runtime::supervisor::Now;
 use crate::sys::Sys;
 
 /// Where `$DBUS_SYSTEM_BUS_ADDRESS` points by default
@@ -104,8 +104,8 @@ impl BusHandle {
 /// InhibitDelayMaxUSec: the kubelet's grace (capped) plus init's margin,
 /// the same bound the drain waits.
 pub fn delay_usec(kubelet_config: &Path) -> u64 {
-    let grace = crate::grace::kubelet_shutdown_grace(kubelet_config);
-    let bound = grace.min(crate::shutdown::MAX_DRAIN) + crate::shutdown::DRAIN_MARGIN;
+    let grace = crate::boot::grace::kubelet_shutdown_grace(kubelet_config);
+    let bound = grace.min(crate::runtime::shutdown::MAX_DRAIN) + crate::runtime::shutdown::DRAIN_MARGIN;
     u64::try_from(bound.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -204,7 +204,7 @@ pub fn start(
             crate::kwarn!("system bus: cannot create {}: {e}", dir.display());
         }
     }
-    let listener = crate::server::bind_with_mode(&config.socket, 0o666)?;
+    let listener = crate::runtime::server::bind_with_mode(&config.socket, 0o666)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let delay = delay_usec(&config.kubelet_config);
@@ -265,7 +265,7 @@ fn accept(inner: &Shared, stream: UnixStream) {
         id,
         pid,
         uid: cred.as_ref().map(|c| c.uid()),
-        command: pid.filter(|&p| p > 0).and_then(crate::server::read_comm),
+        command: pid.filter(|&p| p > 0).and_then(crate::runtime::server::read_comm),
         unix_fds: false,
         unique: None,
         matches: Vec::new(),

@@ -89,7 +89,7 @@ mod tests {
         let out = Command::new(exe)
             .args([
                 "--exact",
-                "reaper::tests::reaps_in_isolation",
+                "runtime::reaper::tests::reaps_in_isolation",
                 "--nocapture",
                 "--test-threads=1",
             ])

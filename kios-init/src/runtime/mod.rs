@@ -13,6 +13,15 @@
 //! One inotify instance serves everything and is never closed: closing one
 //! makes the kernel wait for an RCU grace period (~19 ms).
 
+pub mod logcapture;
+pub mod logind;
+pub mod power_button;
+pub mod reaper;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod supervisor;
+
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Read;
@@ -26,13 +35,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::logcapture::{LineSplitter, LogHub, LogWriter, MAX_LINE_BYTES};
-use crate::milestones::Milestones;
-use crate::power_button::{self, OpenDevices};
-use crate::reaper;
-use crate::state::{kill_signaller, NodeInfo, Paths, Shared, State};
-use crate::supervisor::{BackoffPolicy, Now, StopReason, Supervisor};
+use crate::boot::milestones::Milestones;
+use crate::runtime::logcapture::{LineSplitter, LogHub, LogWriter, MAX_LINE_BYTES};
+use crate::runtime::state::{kill_signaller, NodeInfo, Paths, Shared, State};
+use crate::runtime::supervisor::{BackoffPolicy, Now, StopReason, Supervisor};
 use crate::sys::process::InotifyFd;
+use power_button::OpenDevices;
 
 /// What the runtime needs from main.
 pub struct RuntimeConfig {
@@ -151,9 +159,9 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
     let shared: Shared = Rc::new(RefCell::new(state));
 
     // The socket before any service: the kubelet connects at start.
-    match crate::server::bind(&config.paths.socket) {
+    match crate::runtime::server::bind(&config.paths.socket) {
         Ok(listener) => {
-            tokio::task::spawn_local(crate::server::serve(listener, shared.clone()));
+            tokio::task::spawn_local(crate::runtime::server::serve(listener, shared.clone()));
             shared.borrow_mut().milestone("socket");
         }
         Err(e) => {
@@ -422,7 +430,7 @@ impl Runtime {
             // Not running: it picks the file up when it starts.
             return;
         }
-        let argv = crate::argv::kubelet_argv(&state.paths.etc_kubernetes);
+        let argv = crate::boot::argv::kubelet_argv(&state.paths.etc_kubernetes);
         if argv == state.supervisor.kubelet.argv {
             return;
         }
@@ -516,7 +524,7 @@ impl Runtime {
         if start_shutdown {
             self.shutdown_started = true;
             let mode = self.shared.borrow().shutdown.mode();
-            let driver = tokio::task::spawn_local(crate::shutdown::drive(
+            let driver = tokio::task::spawn_local(crate::runtime::shutdown::drive(
                 self.shared.clone(),
                 self.reaped.clone(),
             ));
@@ -525,7 +533,7 @@ impl Runtime {
             tokio::task::spawn_local(async move {
                 let failure = driver.await;
                 crate::kerr!("bug: the shutdown driver failed ({failure:?}); ending the node now");
-                crate::teardown::sync_all();
+                crate::boot::teardown::sync_all();
                 crate::sys::final_reboot(match mode {
                     Some(PowerMode::Reboot) => crate::sys::PowerMode::Restart,
                     _ => crate::sys::PowerMode::PowerOff,
@@ -550,8 +558,8 @@ impl Runtime {
     fn start(&mut self, name: ServiceName) {
         let paths = self.shared.borrow().paths.clone();
         let argv = match name {
-            ServiceName::Crio => crate::argv::crio_argv(),
-            ServiceName::Kubelet => crate::argv::kubelet_argv(&paths.etc_kubernetes),
+            ServiceName::Crio => crate::boot::argv::crio_argv(),
+            ServiceName::Kubelet => crate::boot::argv::kubelet_argv(&paths.etc_kubernetes),
         };
         if name == ServiceName::Crio {
             // cri-o is not running: a socket file left is stale, and its
@@ -667,10 +675,10 @@ async fn pump_output(shared: Shared, name: ServiceName, fd: AsyncFd<File>) {
 /// `datapart=` asked for.
 pub fn node_info(
     report: &crate::boot::BootReport,
-    wanted: &crate::datapart::DatapartSpec,
+    wanted: &crate::boot::datapart::DatapartSpec,
 ) -> NodeInfo {
+    use crate::boot::datapart::DatapartSpec;
     use crate::boot::DatapartStatus as Boot;
-    use crate::datapart::DatapartSpec;
     let wanted_text = match wanted {
         DatapartSpec::Auto => "auto".to_string(),
         DatapartSpec::None => "none".to_string(),
@@ -705,8 +713,8 @@ pub fn node_info(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::boot::datapart::DatapartSpec;
     use crate::boot::{BootReport, DatapartStatus};
-    use crate::datapart::DatapartSpec;
 
     fn report(datapart: DatapartStatus) -> BootReport {
         BootReport {

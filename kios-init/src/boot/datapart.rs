@@ -15,8 +15,8 @@
 //! /var/lib/kubelet/seccomp. Missing directories on the partition are
 //! created. The partition itself is mounted at [`DATAPART_MOUNT`].
 
+use crate::boot::gpt;
 use crate::boot::DatapartStatus;
-use crate::gpt;
 use crate::sys::{MountCall, Sys, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -408,8 +408,8 @@ fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> Data
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::tests::build_image;
-    use crate::gpt::DATAPART_TYPE_GUID;
+    use crate::boot::gpt::tests::build_image;
+    use crate::boot::gpt::DATAPART_TYPE_GUID;
     use crate::sys::fake::{Call, FakeSys};
 
     const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";

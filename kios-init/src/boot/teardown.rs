@@ -167,7 +167,7 @@ pub struct UnmountReport {
 /// Unmount everything, children first; see the module docs for the
 /// read-only fallback. Never fails as a whole; each problem is logged.
 pub fn unmount_all(sys: &dyn Sys) -> UnmountReport {
-    let device = crate::datapart::mounted_device();
+    let device = crate::boot::datapart::mounted_device();
     unmount_all_with(sys, device.as_deref())
 }
 

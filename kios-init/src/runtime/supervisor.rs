@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use kios_protocol::{ExitStatus, ServiceName, ServiceState, ServiceStatus};
 
-use crate::reaper::Exit;
+use crate::runtime::reaper::Exit;
 
 /// How long a service gets between TERM and KILL on `restart`.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,11 +19,11 @@ use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 
-use crate::logcapture::LogHub;
-use crate::milestones::Milestones;
-use crate::server::clients::Clients;
-use crate::shutdown::{Requested, Shutdown};
-use crate::supervisor::{Now, RestartAction, StopReason, Supervisor};
+use crate::boot::milestones::Milestones;
+use crate::runtime::logcapture::LogHub;
+use crate::runtime::server::clients::Clients;
+use crate::runtime::shutdown::{Requested, Shutdown};
+use crate::runtime::supervisor::{Now, RestartAction, StopReason, Supervisor};
 
 pub type Shared = Rc<RefCell<State>>;
 
@@ -252,7 +252,7 @@ fn shutting_down() -> ErrorBody {
     ErrorBody::new(ErrorCode::ShuttingDown, "the node is shutting down")
 }
 
-fn to_wire_milestone(m: &crate::milestones::Milestone) -> kios_protocol::Milestone {
+fn to_wire_milestone(m: &crate::boot::milestones::Milestone) -> kios_protocol::Milestone {
     kios_protocol::Milestone {
         name: m.name.clone(),
         at_ms: m.at_ms,
@@ -264,7 +264,7 @@ fn to_wire_milestone(m: &crate::milestones::Milestone) -> kios_protocol::Milesto
 pub mod testing {
     //! A `State` for unit tests: no processes, signals recorded.
     use super::*;
-    use crate::supervisor::BackoffPolicy;
+    use crate::runtime::supervisor::BackoffPolicy;
 
     pub struct TestState {
         pub state: State,

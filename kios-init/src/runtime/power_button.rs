@@ -18,8 +18,8 @@ use std::rc::Rc;
 use kios_protocol::PowerMode;
 use tokio::io::unix::AsyncFd;
 
-use crate::state::Shared;
-use crate::supervisor::Now;
+use crate::runtime::state::Shared;
+use crate::runtime::supervisor::Now;
 
 /// The input devices directory.
 pub const INPUT_DIR: &str = "/dev/input";

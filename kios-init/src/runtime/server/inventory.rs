@@ -12,7 +12,7 @@ use kios_protocol::{
 };
 use kios_rootfs::{Entry, ExpectedProcs, Inventory, VerifyOptions};
 
-use crate::state::Paths;
+use crate::runtime::state::Paths;
 
 /// The pids `verify` expects to see on the host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
