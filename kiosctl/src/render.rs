@@ -9,8 +9,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use kios_protocol::{
-    BootReply, ClientInfo, Dialect, Event, ExitStatus, FileInfo, FilesReply, LogLine, Milestone,
-    ServiceState, ServiceStatus, ShutdownPhase, ShutdownStatus, StatusReply, VerifyReply,
+    BootReply, ClientInfo, Dialect, Event, ExitStatus, FileInfo, FilesReply, LogLine, LogindChange,
+    LogindEvent, Milestone, ServiceState, ServiceStatus, ShutdownPhase, ShutdownStatus,
+    StatusReply, VerifyReply,
 };
 use tabled::builder::Builder;
 use tabled::settings::{Padding, Style};
@@ -280,7 +281,13 @@ pub fn status(reply: &StatusReply, view: View) -> String {
             .paint(&shutdown_text(Some(s), now), phase_color(s.phase)),
     };
     let kubelet_client = reply.clients.iter().find(|c| c.kubelet);
-    let graceful = if node.graceful_shutdown_armed {
+    let graceful = if let Some(lock) = node.inhibitors.first() {
+        format!(
+            "armed (logind inhibitor held by pid {} ({}); a shutdown waits for its release)",
+            lock.pid.map_or("?".to_string(), |p| p.to_string()),
+            sanitize(&lock.who)
+        )
+    } else if node.graceful_shutdown_armed {
         match kubelet_client.and_then(|c| c.pid) {
             Some(pid) => format!(
                 "armed (the kubelet, pid {pid}, is connected; a shutdown waits for it to drain pods)"
@@ -541,6 +548,7 @@ pub fn event_time(event: &Event) -> u64 {
         Event::Shutdown(s) => s.phase_since_ms.max(s.since_ms),
         Event::Milestone(m) => m.at_ms,
         Event::Log(l) => l.at_ms,
+        Event::Logind(l) => l.at_ms,
     }
 }
 
@@ -572,6 +580,27 @@ pub fn event_summary(event: &Event) -> String {
         Event::Log(LogLine { service, line, .. }) => {
             format!("log        {service}: {}", sanitize(line))
         }
+        Event::Logind(l) => logind_summary(l),
+    }
+}
+
+fn logind_summary(l: &LogindEvent) -> String {
+    let holder = format!(
+        "pid {} ({})",
+        l.pid.map_or("?".to_string(), |p| p.to_string()),
+        sanitize(l.who.as_deref().unwrap_or("?"))
+    );
+    match l.change {
+        LogindChange::LockTaken => format!("logind     inhibitor lock taken by {holder}"),
+        LogindChange::LockReleased => format!(
+            "logind     inhibitor lock of {holder} released after {}",
+            seconds(l.held_ms.unwrap_or(0) as f64)
+        ),
+        LogindChange::SignalSent => format!(
+            "logind     PrepareForShutdown({}) sent to {} bus client(s)",
+            l.start.unwrap_or(true),
+            l.clients.unwrap_or(0)
+        ),
     }
 }
 

@@ -73,7 +73,7 @@ impl LiveState {
                     Event::Shutdown(shutdown) => {
                         self.status.node.shutdown = Some(shutdown.clone());
                     }
-                    Event::Milestone(_) | Event::Log(_) => {}
+                    Event::Milestone(_) | Event::Log(_) | Event::Logind(_) => {}
                 }
                 (at, render::event_summary(&event))
             }
@@ -266,6 +266,7 @@ mod tests {
                 datapart: None,
                 shutdown: None,
                 graceful_shutdown_armed: true,
+                inhibitors: vec![],
             },
             services: vec![
                 service(

@@ -323,6 +323,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                 phase_since_ms: 1,
             }),
             graceful_shutdown_armed: true,
+            inhibitors: vec![],
         },
         services: vec![
             sample_service(ServiceName::Crio),

@@ -168,6 +168,8 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
             crate::kerr!("system socket: {e}; graceful shutdown through the kubelet is impossible")
         }
     }
+    // The system bus too: the upstream kubelet asks logind at start.
+    start_bus(&shared, &config.paths);
     if let Some(path) = &config.delete_after_start {
         match std::fs::remove_file(path) {
             Ok(()) => {}
@@ -227,6 +229,30 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones) {
             _ = wake.notified() => {}
         }
         rt.tick();
+    }
+}
+
+/// Serves logind on the system bus socket; its events go into the state.
+fn start_bus(shared: &Shared, paths: &crate::runtime::state::Paths) {
+    let config = crate::runtime::logind::BusConfig {
+        socket: paths.bus_socket.clone(),
+        kubelet_config: paths.etc_kubernetes.join("config.yaml"),
+    };
+    match crate::runtime::logind::start(config, Rc::new(crate::sys::LinuxSys)) {
+        Ok((handle, mut events)) => {
+            shared.borrow_mut().bus = Some(handle);
+            let shared = shared.clone();
+            tokio::task::spawn_local(async move {
+                while let Some(event) = events.recv().await {
+                    shared
+                        .borrow_mut()
+                        .bus_event(event, Now::current().epoch_ms);
+                }
+            });
+        }
+        Err(e) => crate::kerr!(
+            "system bus: {e}; the upstream kubelet's graceful node shutdown is impossible"
+        ),
     }
 }
 

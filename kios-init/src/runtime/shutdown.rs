@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use kios_protocol::{PowerMode, ShutdownPhase, ShutdownStatus};
 use tokio::sync::Notify;
 
+use crate::runtime::logind::BusCommand;
 use crate::runtime::state::Shared;
 use crate::runtime::supervisor::Now;
 
@@ -181,6 +182,9 @@ pub enum DrainEnd {
     Continued,
     /// `force`.
     Forced,
+    /// Every logind delay inhibitor lock (the upstream kubelet's) was
+    /// released, and no legacy client is left to wait for.
+    Released,
     /// No client that could be the kubelet was (or is still) connected.
     NoKubelet,
     /// The grace period plus margin ran out.
@@ -192,6 +196,7 @@ impl DrainEnd {
         match self {
             DrainEnd::Continued => "the kubelet finished its graceful node shutdown",
             DrainEnd::Forced => "forced: not waiting for the kubelet",
+            DrainEnd::Released => "every logind inhibitor lock was released: the kubelet drained",
             DrainEnd::NoKubelet => "no kubelet connected to the system socket: nothing to wait for",
             DrainEnd::TimedOut => {
                 "the kubelet did not answer within its grace period: going on without it"
@@ -200,18 +205,35 @@ impl DrainEnd {
     }
 }
 
-/// Decides whether draining is over, given the facts at this moment.
+/// logind delay inhibitor locks during a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Locks {
+    /// Held now.
+    pub held: usize,
+    /// Held when the drain began.
+    pub at_start: usize,
+}
+
+/// Decides whether draining is over, given the facts at this moment. The
+/// legacy kubelet (continue-shutdown, or no candidate left) and the
+/// upstream one (no delay lock left) must both be done.
 pub fn drain_end(
     shutdown: &Shutdown,
     kubelet_candidates: usize,
+    locks: Locks,
     deadline_passed: bool,
 ) -> Option<DrainEnd> {
-    if shutdown.continued() {
-        Some(DrainEnd::Continued)
+    let legacy_done = shutdown.continued() || kubelet_candidates == 0;
+    if legacy_done && locks.held == 0 {
+        Some(if shutdown.continued() {
+            DrainEnd::Continued
+        } else if locks.at_start > 0 {
+            DrainEnd::Released
+        } else {
+            DrainEnd::NoKubelet
+        })
     } else if shutdown.force() {
         Some(DrainEnd::Forced)
-    } else if kubelet_candidates == 0 {
-        Some(DrainEnd::NoKubelet)
     } else if deadline_passed {
         Some(DrainEnd::TimedOut)
     } else {
@@ -296,6 +318,9 @@ async fn close_socket(shared: &Shared) {
         let mut state = shared.borrow_mut();
         state.stop_serving.notify_one();
         state.clients.close_all();
+        if let Some(bus) = state.bus.take() {
+            bus.send(BusCommand::Stop);
+        }
     }
     let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_WAIT;
     while !shared.borrow().clients.is_empty() && tokio::time::Instant::now() < deadline {
@@ -313,29 +338,39 @@ pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
     };
 
     // 1. Draining.
-    let (sent, grace) = {
+    let (sent, grace, locks_at_start) = {
         let mut state = shared.borrow_mut();
         let sent = state.clients.broadcast_legacy_shutdown();
+        // The upstream kubelet: PrepareForShutdown(true) on the system bus.
+        if let Some(bus) = &state.bus {
+            if !bus.send(BusCommand::PrepareForShutdown(true)) {
+                crate::kwarn!("shutdown: the system bus did not take PrepareForShutdown");
+            }
+        }
         let config = state.paths.etc_kubernetes.join("config.yaml");
-        (sent, crate::boot::grace::kubelet_shutdown_grace(&config))
+        let grace = crate::boot::grace::kubelet_shutdown_grace(&config);
+        (sent, grace, state.inhibitors.len())
     };
     let bound = grace.min(MAX_DRAIN) + DRAIN_MARGIN;
     crate::kinfo!(
-        "shutdown: draining: shutdown event sent to {sent} client(s); waiting up to {} ms for the kubelet",
+        "shutdown: draining: shutdown event sent to {sent} client(s), {locks_at_start} logind inhibitor lock(s) held; waiting up to {} ms for the kubelet",
         bound.as_millis()
     );
     let deadline = tokio::time::Instant::now() + bound;
-    wait_until(&shared, &reaped, deadline, |shared| {
+    let facts = |shared: &Shared, deadline_passed: bool| {
         let state = shared.borrow();
         let candidates = state.clients.could_be_kubelet(state.kubelet_pid());
-        drain_end(&state.shutdown, candidates, false).is_some()
+        let locks = Locks {
+            held: state.inhibitors.len(),
+            at_start: locks_at_start,
+        };
+        drain_end(&state.shutdown, candidates, locks, deadline_passed)
+    };
+    wait_until(&shared, &reaped, deadline, |shared| {
+        facts(shared, false).is_some()
     })
     .await;
-    let end = {
-        let state = shared.borrow();
-        let candidates = state.clients.could_be_kubelet(state.kubelet_pid());
-        drain_end(&state.shutdown, candidates, true).unwrap_or(DrainEnd::TimedOut)
-    };
+    let end = facts(&shared, true).unwrap_or(DrainEnd::TimedOut);
     match end {
         DrainEnd::TimedOut => crate::kwarn!("shutdown: {}", end.describe()),
         _ => crate::kinfo!("shutdown: {}", end.describe()),
@@ -476,13 +511,36 @@ mod tests {
     fn drain_ends_for_the_right_reason() {
         let mut s = Shutdown::new();
         s.request(PowerMode::Poweroff, false, "SIGTERM", 1);
-        assert_eq!(drain_end(&s, 1, false), None);
-        assert_eq!(drain_end(&s, 0, false), Some(DrainEnd::NoKubelet));
-        assert_eq!(drain_end(&s, 1, true), Some(DrainEnd::TimedOut));
+        let none = Locks::default();
+        let held = Locks {
+            held: 1,
+            at_start: 1,
+        };
+        let released = Locks {
+            held: 0,
+            at_start: 1,
+        };
+        assert_eq!(drain_end(&s, 1, none, false), None);
+        assert_eq!(drain_end(&s, 0, none, false), Some(DrainEnd::NoKubelet));
+        assert_eq!(drain_end(&s, 1, none, true), Some(DrainEnd::TimedOut));
+        // The upstream kubelet's lock alone, then released.
+        assert_eq!(drain_end(&s, 0, held, false), None);
+        assert_eq!(drain_end(&s, 0, held, true), Some(DrainEnd::TimedOut));
+        assert_eq!(drain_end(&s, 0, released, false), Some(DrainEnd::Released));
+        // Both kubelets: the legacy one answered, the lock still held.
+        let mut both = Shutdown::new();
+        both.request(PowerMode::Poweroff, false, "SIGTERM", 1);
+        both.continue_shutdown();
+        assert_eq!(drain_end(&both, 1, held, false), None);
+        assert_eq!(
+            drain_end(&both, 1, released, false),
+            Some(DrainEnd::Continued)
+        );
         s.request(PowerMode::Poweroff, true, "socket", 2);
-        assert_eq!(drain_end(&s, 1, false), Some(DrainEnd::Forced));
+        assert_eq!(drain_end(&s, 1, none, false), Some(DrainEnd::Forced));
+        assert_eq!(drain_end(&s, 0, held, false), Some(DrainEnd::Forced));
         s.continue_shutdown();
-        assert_eq!(drain_end(&s, 1, true), Some(DrainEnd::Continued));
+        assert_eq!(drain_end(&s, 1, none, true), Some(DrainEnd::Continued));
     }
 
     #[test]

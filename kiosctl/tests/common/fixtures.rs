@@ -51,6 +51,7 @@ pub fn status_healthy() -> StatusReply {
             }),
             shutdown: None,
             graceful_shutdown_armed: true,
+            inhibitors: vec![],
         },
         services: vec![
             service(
@@ -121,6 +122,7 @@ pub fn status_troubled() -> StatusReply {
                 phase_since_ms: BOOT + 33_000,
             }),
             graceful_shutdown_armed: false,
+            inhibitors: vec![],
         },
         services: vec![
             service(

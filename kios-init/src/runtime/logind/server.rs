@@ -1,4 +1,4 @@
-//! The system bus socket (`/run/dbus/system_bus_socket`) as a component
+//! The system bus socket (`/var/run/dbus/system_bus_socket`) as a component
 //! of init's event loop: accepting peers (at most [`MAX_BUS_CLIENTS`]), one
 //! task per connection (authentication, framing, [`Bus::handle`], writes
 //! bounded in time), one task per inhibitor lock watching its pipe's read
@@ -31,8 +31,9 @@ use crate::runtime::supervisor::Now;
 use crate::sys::Sys;
 
 /// Where `$DBUS_SYSTEM_BUS_ADDRESS` points by default
-/// (`unix:path=/var/run/dbus/system_bus_socket`; /var/run is /run).
-pub const SYSTEM_BUS_SOCKET: &str = "/run/dbus/system_bus_socket";
+/// (`unix:path=/var/run/dbus/system_bus_socket`). On kiOS /var/run is a
+/// tmpfs of its own, not a link to /run.
+pub const SYSTEM_BUS_SOCKET: &str = "/var/run/dbus/system_bus_socket";
 /// Most simultaneous bus connections; the next one is closed at once.
 pub const MAX_BUS_CLIENTS: usize = 16;
 /// Messages queued for one connection before it is dropped.
@@ -105,7 +106,8 @@ impl BusHandle {
 /// the same bound the drain waits.
 pub fn delay_usec(kubelet_config: &Path) -> u64 {
     let grace = crate::boot::grace::kubelet_shutdown_grace(kubelet_config);
-    let bound = grace.min(crate::runtime::shutdown::MAX_DRAIN) + crate::runtime::shutdown::DRAIN_MARGIN;
+    let bound =
+        grace.min(crate::runtime::shutdown::MAX_DRAIN) + crate::runtime::shutdown::DRAIN_MARGIN;
     u64::try_from(bound.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -265,7 +267,9 @@ fn accept(inner: &Shared, stream: UnixStream) {
         id,
         pid,
         uid: cred.as_ref().map(|c| c.uid()),
-        command: pid.filter(|&p| p > 0).and_then(crate::runtime::server::read_comm),
+        command: pid
+            .filter(|&p| p > 0)
+            .and_then(crate::runtime::server::read_comm),
         unix_fds: false,
         unique: None,
         matches: Vec::new(),
@@ -545,5 +549,153 @@ async fn watch_lock(inner: Shared, lock: u64, fd: tokio::io::unix::AsyncFd<File>
             inhibitor.who
         );
         state.emit(BusEvent::InhibitorReleased { inhibitor, held_ms });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::logind::bus::{LOGIND_NAME, LOGIND_PATH, MANAGER, PROPERTIES};
+    use crate::runtime::logind::wire::Value;
+    use std::io::Write as _;
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// Reads one message (and any descriptors) from a blocking socket.
+    fn read_message(stream: &std::os::unix::net::UnixStream) -> (Message, Vec<OwnedFd>) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+        let mut pending = Vec::new();
+        let mut fds = Vec::new();
+        loop {
+            if let Ok((m, used)) = wire::decode(&pending) {
+                assert_eq!(used, pending.len(), "one message at a time");
+                return (m, fds);
+            }
+            let mut buf = [0u8; 512];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<UnixAddr>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .expect("recvmsg");
+            for cmsg in msg.cmsgs().expect("cmsgs") {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY (test): the kernel just gave us these descriptors.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            let n = msg.bytes;
+            assert!(n > 0, "server closed the connection");
+            pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn call(stream: &mut std::os::unix::net::UnixStream, m: &Message) -> (Message, Vec<OwnedFd>) {
+        stream
+            .write_all(&wire::encode(m).expect("encode"))
+            .expect("write");
+        read_message(stream)
+    }
+
+    #[test]
+    fn a_client_takes_and_releases_a_lock_over_a_real_socket() {
+        let dir = std::env::temp_dir().join(format!("kios-bus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let socket = dir.join("dbus/system_bus_socket");
+        std::fs::write(dir.join("config.yaml"), "shutdownGracePeriod: 10s\n").expect("config");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        let events = local.block_on(&rt, async {
+            let config = BusConfig {
+                socket: socket.clone(),
+                kubelet_config: dir.join("config.yaml"),
+            };
+            let (handle, mut events) = start(config, Rc::new(crate::sys::LinuxSys)).expect("start");
+            let path = socket.clone();
+            let client = std::thread::spawn(move || {
+                let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+                s.write_all(b"\0AUTH\r\nAUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n")
+                    .expect("auth");
+                let mut lines = Vec::new();
+                while !lines.ends_with(b"AGREE_UNIX_FD\r\n") {
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).expect("auth reply");
+                    lines.push(b[0]);
+                }
+                assert!(String::from_utf8_lossy(&lines).starts_with("REJECTED EXTERNAL\r\nOK "));
+                let mut hello = Message::method_call(
+                    1,
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus",
+                    "Hello",
+                );
+                hello.destination = Some("org.freedesktop.DBus".into());
+                assert_eq!(call(&mut s, &hello).0.body, vec![Value::Str(":1.1".into())]);
+                let mut get = Message::method_call(2, LOGIND_PATH, PROPERTIES, "Get");
+                get.destination = Some(LOGIND_NAME.into());
+                get.body = vec![
+                    Value::Str(MANAGER.into()),
+                    Value::Str("InhibitDelayMaxUSec".into()),
+                ];
+                assert_eq!(
+                    call(&mut s, &get).0.body,
+                    vec![Value::Variant(Box::new(Value::Uint64(15_000_000)))]
+                );
+                let mut inhibit = Message::method_call(3, LOGIND_PATH, MANAGER, "Inhibit");
+                inhibit.destination = Some(LOGIND_NAME.into());
+                inhibit.body = ["shutdown", "kubelet", "test", "delay"]
+                    .iter()
+                    .map(|v| Value::Str((*v).into()))
+                    .collect();
+                let (reply, fds) = call(&mut s, &inhibit);
+                assert_eq!((reply.unix_fds, fds.len()), (1, 1), "{reply:?}");
+                // Garbage after that closes only this connection.
+                drop(fds);
+                s.write_all(b"garbage garbage garbage!").expect("garbage");
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+            });
+            let mut seen = Vec::new();
+            while let Some(event) = events.recv().await {
+                seen.push(event);
+                let gone = seen
+                    .iter()
+                    .any(|e| matches!(e, BusEvent::ClientGone { .. }));
+                if gone
+                    && seen
+                        .iter()
+                        .any(|e| matches!(e, BusEvent::InhibitorReleased { .. }))
+                {
+                    break;
+                }
+            }
+            client.join().expect("client");
+            handle.send(BusCommand::Stop);
+            seen
+        });
+        assert!(
+            matches!(events[0], BusEvent::ClientConnected { .. }),
+            "{events:?}"
+        );
+        let BusEvent::InhibitorTaken(lock) = &events[1] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(
+            (lock.who.as_str(), lock.mode.as_str()),
+            ("kubelet", "delay")
+        );
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, BusEvent::InhibitorReleased { inhibitor, .. } if inhibitor.id == lock.id)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
