@@ -322,6 +322,9 @@ pub struct Milestone {
 /// The success payload of any verb.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
+// Replies are built once and encoded at once: the size of the largest
+// variant (status, with its lists) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Help(HelpReply),
     Version(VersionReply),

@@ -141,6 +141,9 @@ fn session(
         ),
     )?;
     let fd: zvariant::OwnedFd = reply.body().deserialize()?;
+    // The message keeps its own copy of the descriptor: only ours may stay
+    // open, or closing it would not release the lock (godbus holds one).
+    drop(reply);
     let mut lock = Some(OwnedFd::from(fd));
     emit("kubelet upstream inhibited");
     // The kubelet releases the lock of the last connection after the new one.

@@ -66,7 +66,7 @@ pub struct Authenticator {
 
 /// Decodes the hex of EXTERNAL's response (ASCII decimal uid).
 fn claimed_uid(hex: &str) -> Option<u32> {
-    if hex.len() % 2 != 0 || hex.len() > 20 {
+    if hex.len() & 1 == 1 || hex.len() > 20 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len())

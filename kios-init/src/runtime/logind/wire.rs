@@ -703,14 +703,18 @@ struct Writer {
 
 impl Writer {
     fn pad(&mut self, to: usize) {
-        while self.out.len() % to != 0 {
-            self.out.push(0);
-        }
+        let len = align(self.out.len(), to);
+        self.out.resize(len, 0);
+    }
+
+    /// A fixed-size value, aligned to its own size.
+    fn fixed(&mut self, bytes: &[u8]) {
+        self.pad(bytes.len());
+        self.out.extend_from_slice(bytes);
     }
 
     fn u32(&mut self, n: u32) {
-        self.pad(4);
-        self.out.extend_from_slice(&n.to_le_bytes());
+        self.fixed(&n.to_le_bytes());
     }
 
     fn string(&mut self, s: &str) -> Result<(), EncodeError> {
@@ -743,31 +747,13 @@ impl Writer {
         match v {
             Value::Byte(b) => self.out.push(*b),
             Value::Bool(b) => self.u32(u32::from(*b)),
-            Value::Int16(n) => {
-                self.pad(2);
-                self.out.extend_from_slice(&n.to_le_bytes())
-            }
-            Value::Uint16(n) => {
-                self.pad(2);
-                self.out.extend_from_slice(&n.to_le_bytes())
-            }
-            Value::Int32(n) => {
-                self.pad(4);
-                self.out.extend_from_slice(&n.to_le_bytes())
-            }
+            Value::Int16(n) => self.fixed(&n.to_le_bytes()),
+            Value::Uint16(n) => self.fixed(&n.to_le_bytes()),
+            Value::Int32(n) => self.fixed(&n.to_le_bytes()),
             Value::Uint32(n) | Value::Fd(n) => self.u32(*n),
-            Value::Int64(n) => {
-                self.pad(8);
-                self.out.extend_from_slice(&n.to_le_bytes())
-            }
-            Value::Uint64(n) => {
-                self.pad(8);
-                self.out.extend_from_slice(&n.to_le_bytes())
-            }
-            Value::Double(n) => {
-                self.pad(8);
-                self.out.extend_from_slice(&n.to_le_bytes())
-            }
+            Value::Int64(n) => self.fixed(&n.to_le_bytes()),
+            Value::Uint64(n) => self.fixed(&n.to_le_bytes()),
+            Value::Double(n) => self.fixed(&n.to_le_bytes()),
             Value::Str(s) => self.string(s)?,
             Value::Path(s) => {
                 if !valid_path(s) {
