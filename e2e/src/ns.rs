@@ -612,13 +612,12 @@ impl Sandbox {
         run_with_deadline(command, DEFAULT_WAIT)
     }
 
-    /// Sends lines from a process whose uid and gid are 65534 (it keeps
-    /// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient capabilities only to
-    /// reach the root-only socket through /proc/<init>/root), and returns
-    /// one parsed reply per line.
-    pub fn request_as_nobody(&self, lines: &[&str]) -> Result<Vec<Value>> {
-        let path = self.path(SOCKET);
-        let mut child = Command::new("setpriv")
+    /// `socat -t <linger_s> - UNIX-CONNECT:<socket inside>` as uid and gid
+    /// 65534, with CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient
+    /// capabilities only to reach the socket through /proc/<init>/root.
+    pub fn socat_as_nobody(&self, socket: &str, linger_s: u32) -> Command {
+        let mut command = Command::new("setpriv");
+        command
             .args([
                 "--reuid=65534",
                 "--regid=65534",
@@ -628,10 +627,20 @@ impl Sandbox {
                 "--",
                 "socat",
                 "-t",
-                "10",
+                &linger_s.to_string(),
                 "-",
             ])
-            .arg(format!("UNIX-CONNECT:{}", path.display()))
+            .arg(format!("UNIX-CONNECT:{}", self.path(socket).display()));
+        command
+    }
+
+    /// Sends lines from a process whose uid and gid are 65534 (it keeps
+    /// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient capabilities only to
+    /// reach the root-only socket through /proc/<init>/root), and returns
+    /// one parsed reply per line.
+    pub fn request_as_nobody(&self, lines: &[&str]) -> Result<Vec<Value>> {
+        let mut child = self
+            .socat_as_nobody(SOCKET, 10)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -255,20 +255,8 @@ fn libdbus_takes_a_lock_receives_the_signal_and_init_waits_for_it() -> Result<()
 /// Runs socat as uid 65534 (with just the capabilities to reach the
 /// sandbox's socket) and returns what the bus answered to `input`.
 fn as_nobody(sandbox: &Sandbox, input: &[u8]) -> Result<String> {
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=+dac_override,+sys_ptrace",
-            "--ambient-caps=+dac_override,+sys_ptrace",
-            "--",
-            "socat",
-            "-t",
-            "2",
-            "-",
-        ])
-        .arg(format!("UNIX-CONNECT:{}", sandbox.path(BUS).display()))
+    let mut child = sandbox
+        .socat_as_nobody(BUS, 2)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
