@@ -7,6 +7,8 @@
 //! - `artifacts` (feature `harness`): builds the static binaries once and the
 //!   image tree with the rootfs builder.
 //! - `ns` (feature `harness`): the namespace sandbox.
+//! - `programs` (feature `harness`): which programs the workspace runs and
+//!   whether a fresh Debian machine has them after scripts/deps.
 
 pub mod standin;
 
@@ -14,5 +16,7 @@ pub mod standin;
 pub mod artifacts;
 #[cfg(feature = "harness")]
 pub mod ns;
+#[cfg(feature = "harness")]
+pub mod programs;
 #[cfg(feature = "harness")]
 pub mod vm;

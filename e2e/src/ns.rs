@@ -595,6 +595,23 @@ impl Sandbox {
     /// working directory), with `PATH=/bin` only; killed after
     /// [`DEFAULT_WAIT`].
     pub fn run_inside(&self, program: &str, args: &[&str]) -> Result<Output> {
+        run_with_deadline(self.inside(program, args), DEFAULT_WAIT)
+    }
+
+    /// Starts a program of the sandbox inside it like [`Sandbox::run_inside`]
+    /// but without waiting: a process of the test's own in init's PID
+    /// namespace (e.g. a stray one), to end by pid.
+    pub fn spawn_inside(&self, program: &str, args: &[&str]) -> Result<std::process::Child> {
+        self.inside(program, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {program} in the sandbox with nsenter"))
+    }
+
+    /// `nsenter -t <init> -a -r -w -- PROGRAM ARGS` with `PATH=/bin` only.
+    fn inside(&self, program: &str, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
         command
             .args([
@@ -609,13 +626,16 @@ impl Sandbox {
             .args(args)
             .env_clear()
             .env("PATH", "/bin");
-        run_with_deadline(command, DEFAULT_WAIT)
+        command
     }
 
-    /// `socat -t <linger_s> - UNIX-CONNECT:<socket inside>` as uid and gid
-    /// 65534, with CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient
-    /// capabilities only to reach the socket through /proc/<init>/root.
-    pub fn socat_as_nobody(&self, socket: &str, linger_s: u32) -> Command {
+    /// The e2e crate's `socket-peer` (a musl binary built with the
+    /// stand-ins) connected to `socket` (a path inside the sandbox), as uid
+    /// and gid 65534, with CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient
+    /// capabilities only to reach the socket through /proc/<init>/root:
+    /// stdin goes to the socket, the socket's bytes to stdout.
+    pub fn peer_as_nobody(&self, socket: &str) -> Result<Command> {
+        let peer = artifacts::artifacts()?.binary("socket-peer");
         let mut command = Command::new("setpriv");
         command
             .args([
@@ -625,27 +645,23 @@ impl Sandbox {
                 "--inh-caps=+dac_override,+sys_ptrace",
                 "--ambient-caps=+dac_override,+sys_ptrace",
                 "--",
-                "socat",
-                "-t",
-                &linger_s.to_string(),
-                "-",
             ])
-            .arg(format!("UNIX-CONNECT:{}", self.path(socket).display()));
-        command
+            .arg(peer)
+            .arg(self.path(socket));
+        Ok(command)
     }
 
-    /// Sends lines from a process whose uid and gid are 65534 (it keeps
-    /// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient capabilities only to
-    /// reach the root-only socket through /proc/<init>/root), and returns
-    /// one parsed reply per line.
+    /// Sends lines from a process whose uid and gid are 65534
+    /// ([`Sandbox::peer_as_nobody`] on the system socket), and returns one
+    /// parsed reply per line.
     pub fn request_as_nobody(&self, lines: &[&str]) -> Result<Vec<Value>> {
         let mut child = self
-            .socat_as_nobody(SOCKET, 10)
+            .peer_as_nobody(SOCKET)?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("cannot run setpriv + socat (packages util-linux, socat)")?;
+            .context("cannot run setpriv (util-linux) + socket-peer")?;
         let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -665,7 +681,7 @@ impl Sandbox {
         let mut failure = None;
         for line in lines {
             if let Err(e) = stdin.write_all(format!("{line}\n").as_bytes()) {
-                failure = Some(anyhow!("cannot write to socat: {e}"));
+                failure = Some(anyhow!("cannot write to socket-peer: {e}"));
                 break;
             }
             match rx.recv_timeout(DEFAULT_WAIT) {
@@ -689,7 +705,10 @@ impl Sandbox {
             let stderr = output
                 .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
                 .unwrap_or_default();
-            return Err(failure.context(format!("socat stderr: {stderr}\n{}", self.diagnostics())));
+            return Err(failure.context(format!(
+                "socket-peer stderr: {stderr}\n{}",
+                self.diagnostics()
+            )));
         }
         Ok(replies)
     }
@@ -795,11 +814,41 @@ impl Sandbox {
             .count())
     }
 
+    /// Init's fd count once boot has settled: the service log files are
+    /// opened at the first line each service writes, so this waits until
+    /// init has both open.
+    pub fn settled_fd_count(&self) -> Result<usize> {
+        self.wait_for("init to open both service logs", DEFAULT_WAIT, || {
+            let fds = self.init_fds();
+            let open = |name: &str| {
+                fds.iter()
+                    .any(|f| f.ends_with(&format!("/var/log/{name}.log")))
+            };
+            (open("crio") && open("kubelet")).then_some(())
+        })?;
+        self.init_fd_count()
+    }
+
+    /// Init's resident memory (VmRSS) in KiB.
+    pub fn init_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.init_pid))
+            .context("cannot read init's status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS in init's status")
+    }
+
     /// Init's mount table (`/proc/<init>/mountinfo`, paths as init sees them).
     pub fn mounts(&self) -> Result<Vec<MountInfo>> {
-        let text = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.init_pid))
+        let table = std::fs::read(format!("/proc/{}/mountinfo", self.init_pid))
             .context("cannot read init's mountinfo")?;
-        Ok(text.lines().filter_map(MountInfo::parse).collect())
+        Ok(kios_rootfs::mountinfo::parse(&table)
+            .into_iter()
+            .map(MountInfo::from)
+            .collect())
     }
 
     /// Whether the sandbox has ended (without waiting).
@@ -872,7 +921,9 @@ impl Drop for Sandbox {
     }
 }
 
-/// One line of /proc/PID/mountinfo.
+/// One line of /proc/PID/mountinfo, as the tests compare it: text fields
+/// over the workspace's one parser ([`kios_rootfs::mountinfo`]), the mount
+/// point shown lossily (the tests' mount points are plain text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
     pub mount_point: String,
@@ -885,23 +936,23 @@ pub struct MountInfo {
     pub super_options: Vec<String>,
 }
 
+impl From<kios_rootfs::mountinfo::MountInfo> for MountInfo {
+    fn from(m: kios_rootfs::mountinfo::MountInfo) -> MountInfo {
+        MountInfo {
+            mount_point: m.mount_point.to_string_lossy().into_owned(),
+            fstype: m.fstype,
+            source: m.source,
+            options: m.options,
+            propagation: m.propagation,
+            super_options: m.super_options,
+        }
+    }
+}
+
 impl MountInfo {
     /// Parses a mountinfo line.
     pub fn parse(line: &str) -> Option<MountInfo> {
-        let (before, after) = line.split_once(" - ")?;
-        let fields: Vec<&str> = before.split(' ').collect();
-        let after: Vec<&str> = after.split(' ').collect();
-        Some(MountInfo {
-            mount_point: unescape_octal(fields.get(4)?),
-            options: fields.get(5)?.split(',').map(str::to_string).collect(),
-            propagation: fields.get(6..)?.iter().map(|s| s.to_string()).collect(),
-            fstype: after.first()?.to_string(),
-            source: after.get(1)?.to_string(),
-            super_options: after
-                .get(2)
-                .map(|o| o.split(',').map(str::to_string).collect())
-                .unwrap_or_default(),
-        })
+        kios_rootfs::mountinfo::MountInfo::parse_line(line.as_bytes()).map(MountInfo::from)
     }
 
     pub fn has_option(&self, option: &str) -> bool {
@@ -911,28 +962,6 @@ impl MountInfo {
     pub fn is_shared(&self) -> bool {
         self.propagation.iter().any(|p| p.starts_with("shared:"))
     }
-}
-
-fn unescape_octal(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A line-dialect connection: one request, one JSON reply line.
@@ -1101,6 +1130,12 @@ mod tests {
         assert!(m.is_shared());
         assert_eq!(m.super_options, vec!["rw", "mode=755"]);
         assert_eq!(MountInfo::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn an_escape_above_a_byte_is_kept_not_overflowed() {
+        let m = MountInfo::parse("36 35 0:1 / /mnt/a\\477b rw - tmpfs none rw").expect("parses");
+        assert_eq!(m.mount_point, "/mnt/a\\477b");
     }
 
     #[test]

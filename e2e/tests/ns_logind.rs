@@ -252,16 +252,16 @@ fn libdbus_takes_a_lock_receives_the_signal_and_init_waits_for_it() -> Result<()
     Ok(())
 }
 
-/// Runs socat as uid 65534 (with just the capabilities to reach the
+/// Runs socket-peer as uid 65534 (with just the capabilities to reach the
 /// sandbox's socket) and returns what the bus answered to `input`.
 fn as_nobody(sandbox: &Sandbox, input: &[u8]) -> Result<String> {
     let mut child = sandbox
-        .socat_as_nobody(BUS, 2)
+        .peer_as_nobody(BUS)?
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("setpriv + socat")?;
+        .context("setpriv + socket-peer")?;
     child
         .stdin
         .take()

@@ -2,12 +2,18 @@
 //! a planted binary, a changed byte, a new setuid bit, a file replaced by a
 //! symlink and a stray process are each reported.
 //!
+//! Issue 14's blind spots, each as an intruder with root would use them: a
+//! name that is not UTF-8, a valid inventory of another build copied over
+//! /lib/kios/inventory, and the mount table (a remount of /tmp with exec,
+//! a bind over /bin/kubelet, a program in /tmp). Hostile trees (FIFOs,
+//! sparse files of many GiB, a tree deeper than PATH_MAX, symlink loops,
+//! links to /proc/kcore) keep verify bounded and init responsive.
+//!
 //! The /etc override case (a file of the data partition's /etc overlay
 //! reported as `overridden`) needs a data partition, which this sandbox
 //! does not have (`datapart=none`): the VM tests cover it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
 use kios_e2e::ns::{Sandbox, SandboxConfig};
@@ -34,7 +40,9 @@ fn finding_for<'a>(findings: &'a [Value], path: &str) -> Option<&'a Value> {
 #[test]
 fn verify_is_clean_on_a_fresh_root() -> Result<()> {
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("verify-clean").pristine())?;
+    let started = std::time::Instant::now();
     let reply = verify(&sandbox)?;
+    eprintln!("verify on the test image: {:?}", started.elapsed());
     let bad: Vec<Value> = findings(&reply)
         .into_iter()
         .filter(|f| f["problem"] != "overridden")
@@ -114,22 +122,7 @@ fn verify_reports_each_kind_of_tampering() -> Result<()> {
     ensure!(f["problem"] == "kind", "symlink swap: {f}");
 
     // A stray process in init's PID namespace.
-    let mut stray = Command::new("nsenter")
-        .args([
-            "-t",
-            &sandbox.init_pid().to_string(),
-            "-a",
-            "-r",
-            "-w",
-            "--",
-        ])
-        .args(["/bin/busybox", "sleep", "300"])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start a stray process with nsenter")?;
+    let mut stray = sandbox.spawn_inside("/bin/busybox", &["sleep", "300"])?;
     let stray_ns_pid = sandbox
         .wait_process("busybox", kios_e2e::ns::DEFAULT_WAIT)?
         .ns_pid;
@@ -174,6 +167,222 @@ fn files_explains_an_entry_and_rejects_unknown_paths() -> Result<()> {
     ensure!(
         unknown["ok"] == false && unknown["error"]["code"] == "unknown-path",
         "files /bin/nope: {unknown}"
+    );
+    Ok(())
+}
+
+/// Findings other than `overridden`.
+fn bad(reply: &Value) -> Vec<Value> {
+    findings(reply)
+        .into_iter()
+        .filter(|f| f["problem"] != "overridden")
+        .collect()
+}
+
+fn has(found: &[Value], path: &str, problem: &str) -> bool {
+    found
+        .iter()
+        .any(|f| f["path"] == path && f["problem"] == problem)
+}
+
+#[test]
+fn a_name_that_is_not_utf8_is_reported_in_the_escaped_form() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("verify-bytes").pristine())?;
+    let name = std::ffi::OsStr::from_bytes(b"\xff\xfekworker");
+    let planted = sandbox.path("/bin").join(name);
+    std::fs::copy(sandbox.path("/bin/busybox"), &planted)?;
+    let reply = verify(&sandbox)?;
+    let found = findings(&reply);
+    let escaped = r"/bin/\xff\xfekworker";
+    ensure!(
+        has(&found, escaped, "unexpected"),
+        "the planted busybox is not reported as {escaped}: {found:#?}"
+    );
+    ensure!(reply["clean"] == false, "verify says clean: {reply}");
+    // The table shows the same form, and `files` takes it back.
+    let table = sandbox.kiosctl(&["verify"])?;
+    let text = String::from_utf8_lossy(&table.stdout);
+    ensure!(text.contains(escaped), "kiosctl verify: {text}");
+    ensure!(
+        table.status.code() == Some(1),
+        "kiosctl verify exit: {table:?}"
+    );
+    let files = sandbox.request(&format!("files {escaped}"))?;
+    ensure!(
+        files["ok"] == false && files["error"]["code"] == "unknown-path",
+        "files {escaped}: {files}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_valid_inventory_of_another_build_is_not_trusted() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("verify-inventory").pristine())?;
+    // `rootfs build --extra busybox:/bin/kworker:0500`: the intruder's build
+    // with our own public builder, listing one more program.
+    let artifacts = kios_e2e::artifacts::artifacts()?;
+    let mut options = kios_rootfs::BuildOptions::new(&artifacts.inputs_dir);
+    options
+        .extra_files
+        .push((artifacts.input("busybox"), "/bin/kworker".into(), 0o500));
+    let forged = kios_rootfs::build::plan(&options)?.inventory.encode()?;
+    let inventory = sandbox.path("/lib/kios/inventory");
+    ensure!(
+        std::fs::read(&inventory)? != forged,
+        "the forged inventory is the image's own"
+    );
+    std::fs::write(&inventory, &forged)?;
+    let kworker = sandbox.path("/bin/kworker");
+    std::fs::copy(artifacts.input("busybox"), &kworker)?;
+    std::fs::set_permissions(&kworker, std::fs::Permissions::from_mode(0o500))?;
+
+    let reply = verify(&sandbox)?;
+    let found = findings(&reply);
+    ensure!(reply["clean"] == false, "verify says clean: {reply}");
+    ensure!(
+        has(&found, "/bin/kworker", "unexpected"),
+        "the planted program is not reported: {found:#?}"
+    );
+    let f = found
+        .iter()
+        .find(|f| f["path"] == "/lib/kios/inventory" && f["problem"] == "inventory")
+        .with_context(|| format!("the rewritten inventory is not reported: {found:#?}"))?;
+    ensure!(
+        f["detail"].as_str().is_some_and(|d| d.contains("boot")),
+        "the detail says verify uses the boot copy: {f}"
+    );
+    // `version` still names the image the node booted.
+    let version = sandbox.request("version")?;
+    let booted = kios_rootfs::hash::hex(&kios_rootfs::hash::sha256_bytes(&std::fs::read(
+        kios_e2e::artifacts::image_tree()?.join("lib/kios/inventory"),
+    )?));
+    ensure!(
+        version["inventory_sha256"] == booted.as_str()
+            && version["build_id"].as_str().is_some_and(|b| !b.is_empty()),
+        "version: {version} (booted inventory sha256 {booted})"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_mount_table_and_the_scratch_space_are_checked() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("verify-mounts").pristine())?;
+    let inside = |args: &[&str]| -> Result<()> {
+        let out = sandbox.run_inside("/bin/busybox", args)?;
+        ensure!(out.status.success(), "busybox {args:?}: {out:?}");
+        Ok(())
+    };
+    inside(&["mount", "-o", "remount,exec,suid", "/tmp"])?;
+    std::fs::copy(sandbox.path("/bin/busybox"), sandbox.path("/tmp/kworker"))?;
+    std::fs::set_permissions(
+        sandbox.path("/tmp/kworker"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    inside(&["mount", "--bind", "/tmp/kworker", "/bin/kubelet"])?;
+
+    let reply = verify(&sandbox)?;
+    let found = bad(&reply);
+    ensure!(reply["clean"] == false, "verify says clean: {reply}");
+    let tmp = found
+        .iter()
+        .find(|f| f["path"] == "/tmp" && f["problem"] == "mount")
+        .with_context(|| format!("the remount of /tmp is not reported: {found:#?}"))?;
+    ensure!(
+        tmp["detail"].as_str().is_some_and(|d| d.contains("exec")),
+        "{tmp}"
+    );
+    ensure!(
+        has(&found, "/bin/kubelet", "mount"),
+        "the bind over /bin/kubelet is not reported: {found:#?}"
+    );
+    ensure!(
+        has(&found, "/tmp/kworker", "executable"),
+        "the program in /tmp is not reported: {found:#?}"
+    );
+    ensure!(
+        reply["out_of_scope"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p == "/var/lib/containers/storage")),
+        "the summary names what verify leaves to cri-o: {reply}"
+    );
+    Ok(())
+}
+
+#[test]
+fn hostile_trees_keep_verify_bounded_and_init_responsive() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("verify-hostile").pristine())?;
+    let mkfifo = |p: &str| -> Result<()> {
+        nix::unistd::mkfifo(
+            &sandbox.path(p),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .with_context(|| format!("mkfifo {p}"))
+    };
+    // FIFOs where a file of the image belongs and in the scratch space.
+    std::fs::remove_file(sandbox.path("/etc/hosts"))?;
+    mkfifo("/etc/hosts")?;
+    mkfifo("/tmp/fifo")?;
+    // Sparse files of 64 GiB: one in place of a program, one in /tmp.
+    for p in ["/bin/kubelet.sparse", "/tmp/sparse"] {
+        std::fs::File::create(sandbox.path(p))?.set_len(64 << 30)?;
+    }
+    // Symlink loops and links to /proc/kcore.
+    std::os::unix::fs::symlink("loop-b", sandbox.path("/tmp/loop-a"))?;
+    std::os::unix::fs::symlink("loop-a", sandbox.path("/tmp/loop-b"))?;
+    std::os::unix::fs::symlink("/proc/kcore", sandbox.path("/tmp/kcore"))?;
+    std::os::unix::fs::symlink("/proc/kcore", sandbox.path("/bin/kcore"))?;
+    // A tree deeper than PATH_MAX in /var/tmp, made relative to open
+    // directories (its absolute path is about 8 KiB).
+    {
+        use nix::fcntl::{open, openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        let name = "d".repeat(200);
+        let mut dir = open(&sandbox.path("/var/tmp"), flags, Mode::empty())?;
+        for _ in 0..40 {
+            mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o755))?;
+            dir = openat(&dir, name.as_str(), flags, Mode::empty())?;
+        }
+    }
+
+    // While verify runs, init keeps answering.
+    let started = std::time::Instant::now();
+    let (reply, status_took) = std::thread::scope(|s| {
+        let verifying = s.spawn(|| verify(&sandbox));
+        let asked = std::time::Instant::now();
+        let status = sandbox.status();
+        let status_took = asked.elapsed();
+        (verifying.join(), status.map(|_| status_took))
+    });
+    let took = started.elapsed();
+    let reply = reply.map_err(|_| anyhow::anyhow!("verify thread panicked"))??;
+    let status_took = status_took?;
+    ensure!(
+        took < std::time::Duration::from_secs(20),
+        "verify took {took:?}"
+    );
+    ensure!(
+        status_took < std::time::Duration::from_secs(2),
+        "status took {status_took:?} during verify"
+    );
+    let found = bad(&reply);
+    for (path, problem) in [
+        ("/etc/hosts", "kind"),
+        ("/bin/kubelet.sparse", "unexpected"),
+        ("/bin/kcore", "unexpected"),
+    ] {
+        ensure!(has(&found, path, problem), "{path} {problem}: {found:#?}");
+    }
+    ensure!(
+        found.iter().any(|f| f["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/var/tmp/ddd"))),
+        "the deep tree is not silently skipped: {found:#?}"
+    );
+    eprintln!(
+        "hostile trees: verify {took:?} ({} findings), status during it {status_took:?}",
+        found.len()
     );
     Ok(())
 }

@@ -28,6 +28,18 @@ fn cold_boot_status_datapart_timeline_and_overlay_argv() {
     let mut node = Node::prepare(&spec).must();
     let mut vm = node.boot().must();
 
+    // The image lists the administrator's modules, no crc32c: ext4's soft
+    // dependency brings it, as modprobe would (docs/boot.md).
+    assert!(!kios_e2e::vm::EARLY_MODULES
+        .iter()
+        .any(|m| m.contains("crc32c")));
+    let modules = vm.wait_for("kiOS: loaded modules:", deadline::BOOT).must();
+    assert!(
+        modules.text.contains(" crc32c_generic ") && modules.text.contains(" ext4 "),
+        "{}",
+        modules.text
+    );
+
     vm.wait_for("KIOS-E2E kubelet started", deadline::BOOT)
         .must();
     let to_kubelet = vm.elapsed();

@@ -1,6 +1,8 @@
 //! VM scenario 6 (issue 5): `kiosctl reboot` runs the graceful shutdown and
 //! restarts the machine; the node comes back up in the same qemu (no
-//! `-no-reboot` here) and serves `status` again.
+//! `-no-reboot` here) and serves `status` again. After the reboot `status`
+//! and `audit` name the previous shutdown's requester (issue 15: the audit
+//! log on the data partition survives the reboot).
 //!
 //! The admin script runs once per boot, so the second boot asks for status
 //! (and then a reboot again); the test stops the VM once it has seen the
@@ -16,6 +18,7 @@ fn reboot_comes_back_and_serves_status() {
     let mut spec = NodeSpec::new("vm_reboot");
     let mut script = Script::new();
     let status_n = script.kiosctl("status -o json");
+    let audit_n = script.kiosctl("audit -o json");
     script.kiosctl("reboot");
     spec.script = Some(script);
 
@@ -49,6 +52,29 @@ fn reboot_comes_back_and_serves_status() {
     assert!(
         second_boot_ms > first_boot_ms,
         "a new init: boot_ms {first_boot_ms} then {second_boot_ms}"
+    );
+    // What ended the first boot, from the audit log on the data partition.
+    let previous = &second["node"]["previous_shutdown"];
+    assert_eq!(previous["action"], "shutdown reboot", "{second}");
+    assert_eq!(
+        previous["boot_ms"].as_u64(),
+        Some(first_boot_ms),
+        "{second}"
+    );
+    assert_eq!(previous["command"], "kiosctl", "{second}");
+    assert!(
+        previous["by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("socket pid ") && by.ends_with("uid 0 (kiosctl)")),
+        "{previous}"
+    );
+    let audit = vm.wait_admin(audit_n, deadline::COMMAND).must();
+    assert_eq!(audit.rc, Some(0), "{}", audit.text());
+    let audit = audit.json().expect("audit JSON");
+    let entries = audit["entries"].as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e == previous),
+        "audit lists the reboot that status names: {audit}"
     );
     let boots = vm
         .console()

@@ -142,6 +142,11 @@ pub fn log(level: Level, msg: std::fmt::Arguments<'_>) {
     match target {
         LogTarget::Stderr => {
             drop(l);
+            // No kernel log of our own (the sandbox): `logs kernel|init`
+            // reads init's lines from a bounded ring instead.
+            let record = format_record(level, &text);
+            let message = record.get(3..).unwrap_or("").trim_end().to_string();
+            crate::kmsgread::MEMORY.push(level.number(), message);
             let line = format!("kiOS: {}: {}\n", level.name(), text);
             let _ = std::io::stderr().write_all(line.as_bytes());
         }

@@ -4,9 +4,8 @@
 //!
 //! Exit codes: 2 = not PID 1. There is no other exit: PID 1 never ends.
 //!
-//! Boot parameters besides the boot side's (`datapart=`,
-//! `kios.datapart_timeout=`, `kios.log=`): `kios.power_button=off` stops
-//! init from reading /dev/input (for sandboxes that share the host's /dev).
+//! Boot parameters (`datapart=`, `kios.datapart_timeout=`, `kios.log=`,
+//! `kios.power_button=`) are read by `boot::BootConfig`, once.
 
 use std::path::PathBuf;
 
@@ -31,53 +30,30 @@ fn main() {
     }
 
     let mut milestones = Milestones::new();
-    let env: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
-        .collect();
-    // /proc is usually not mounted yet; then the environment is all there is.
+    // /proc is usually not mounted yet; then the environment is all there
+    // is. The boot path reads the command line again once /proc is there
+    // and reports the configuration it used.
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let config = BootConfig::from_env_and_cmdline(&env, &cmdline);
-
+    let config = BootConfig::from_process(&cmdline);
     let report = boot::early_boot(&sys::LinuxSys, &config, &mut milestones);
-    // /proc is mounted now: parameters with a dot never reach the
-    // environment, so look at the kernel command line too.
-    let cmdline = boot::read_cmdline(&sys::LinuxSys);
-    // The configuration the boot path used (it re-reads the command line).
-    let config = config.with_cmdline(&cmdline);
 
-    let node = runtime::node_info(&report, &config.datapart);
+    let node = runtime::node_info(&report);
     let mut paths = Paths::default();
     if node.datapart.as_ref().is_some_and(|d| d.mounted) {
         paths.etc_upper = Some(PathBuf::from("/var/meta/etc"));
     }
-    let power_button = boot_flag(&env, &cmdline, "kios.power_button") != Some("off");
+    // The reference of `files` and `verify`, read before any other
+    // process exists (nothing else has run since the kernel started us).
+    runtime::server::inventory::capture_at_boot(&paths);
     runtime::run(
         RuntimeConfig {
             paths,
             node,
             delete_after_start: Some(PathBuf::from("/init")),
-            power_button,
+            power_button: report.config.power_button,
             policy: BackoffPolicy::default(),
         },
         milestones,
+        std::sync::Arc::new(sys::LinuxSys),
     )
-}
-
-/// A `key=value` boot parameter: the environment first, then /proc/cmdline.
-fn boot_flag<'a>(env: &'a [(String, String)], cmdline: &'a str, key: &str) -> Option<&'a str> {
-    env.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .or_else(|| {
-            cmdline
-                .split_whitespace()
-                .filter_map(|word| word.split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v)
-        })
 }

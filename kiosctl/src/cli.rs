@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kios_protocol::request::MAX_LOG_LINES;
+use kios_protocol::request::{MAX_AUDIT_LINES, MAX_LOG_LINES};
 use kios_protocol::ServiceName;
 
 /// The exit codes, as `--help` shows them.
@@ -87,11 +87,39 @@ impl From<Service> for ServiceName {
     }
 }
 
+/// What `logs` reads: a service's output, the kernel log, or init's own lines of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogSource {
+    Crio,
+    Kubelet,
+    /// The kernel log (/dev/kmsg) with init's `kiOS:` lines
+    Kernel,
+    /// Only init's lines of the kernel log
+    Init,
+}
+
+impl LogSource {
+    /// The supervised service, for `crio` and `kubelet`.
+    pub fn service(self) -> Option<ServiceName> {
+        match self {
+            LogSource::Crio => Some(ServiceName::Crio),
+            LogSource::Kubelet => Some(ServiceName::Kubelet),
+            LogSource::Kernel | LogSource::Init => None,
+        }
+    }
+}
+
+/// An absolute path in the escaped form of the protocol (as `verify` and
+/// `files` show paths: `\\` for a backslash, `\xNN` for other bytes).
 fn absolute_path(text: &str) -> Result<String, String> {
-    if text.starts_with('/') {
-        Ok(text.to_string())
-    } else {
-        Err(format!("'{text}' is not an absolute path (e.g. /bin/crio)"))
+    if !text.starts_with('/') {
+        return Err(format!("'{text}' is not an absolute path (e.g. /bin/crio)"));
+    }
+    match kios_protocol::path::unescape(text) {
+        Ok(_) => Ok(text.to_string()),
+        Err(_) => Err(format!(
+            "'{text}' is not in the escaped form verify shows: a backslash starts \\\\ or \\xNN"
+        )),
     }
 }
 
@@ -123,10 +151,10 @@ pub enum Command {
         force: bool,
     },
 
-    /// A service's recent output
+    /// A service's recent output, or the kernel log (kernel) or init's lines of it (init)
     Logs {
         #[arg(value_enum)]
-        service: Service,
+        service: LogSource,
         /// How many recent lines
         #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100,
               value_parser = clap::value_parser!(u32).range(1..=MAX_LOG_LINES as i64))]
@@ -134,6 +162,9 @@ pub enum Command {
         /// Keep printing new lines as they come
         #[arg(short, long)]
         follow: bool,
+        /// kernel and init only: lines no older than this (e.g. 10m, 2h)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<Duration>,
     },
 
     /// Watch services, shutdown and boot events live (plain lines when not on a terminal)
@@ -144,7 +175,8 @@ pub enum Command {
 
     /// Every file of the image and why it is there, or one file in detail
     Files {
-        /// An absolute path, e.g. /bin/crio
+        /// An absolute path, e.g. /bin/crio, in the form verify shows
+        /// (\xNN for a byte that is not printable UTF-8, \\ for \)
         #[arg(value_parser = absolute_path)]
         path: Option<String>,
     },
@@ -154,6 +186,21 @@ pub enum Command {
 
     /// Versions of kiosctl, kios-init and the protocol
     Version,
+
+    /// Every process of the node as a tree, with its role and pod (UNEXPECTED: not allowed to run)
+    Ps {
+        /// List kernel threads one by one instead of counting them
+        #[arg(short, long)]
+        all: bool,
+    },
+
+    /// Who restarted, shut down or rebooted the node, and what triggered earlier shutdowns
+    Audit {
+        /// How many recent entries
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=MAX_AUDIT_LINES as i64))]
+        lines: u32,
+    },
 
     /// Print a shell completion script
     Completion {

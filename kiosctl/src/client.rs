@@ -11,11 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kios_protocol::response::{decode_reply, DecodeError};
-use kios_protocol::Request;
+use kios_protocol::{ErrorBody, Request};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
-
-use crate::exit::{Exit, Refused};
 
 /// Longest reply or event line kiosctl accepts (a `files` reply of a large
 /// image is a few hundred KiB).
@@ -50,18 +48,12 @@ pub enum ClientError {
     },
 }
 
-impl ClientError {
-    /// Losing the node before its answer is "could not reach"; an answer
-    /// that makes no sense is a problem.
-    pub fn exit(&self) -> Exit {
-        match self {
-            ClientError::Send { .. }
-            | ClientError::Timeout { .. }
-            | ClientError::Receive { .. }
-            | ClientError::Closed { .. } => Exit::Unreachable,
-            ClientError::TooLong { .. } | ClientError::Decode { .. } => Exit::Problem,
-        }
-    }
+/// The node answered a request with `{"ok":false,...}`.
+#[derive(Debug, Error)]
+#[error("{verb}: {body}")]
+pub struct Refused {
+    pub verb: &'static str,
+    pub body: ErrorBody,
 }
 
 /// A reply line as received, and its decoded form.
@@ -255,6 +247,7 @@ pub enum Line {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::Exit;
     use kios_protocol::VersionReply;
 
     fn pair(timeout: Duration) -> (Connection, UnixStream) {

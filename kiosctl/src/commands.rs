@@ -1,6 +1,6 @@
 //! One function per subcommand: build the request, ask the node, print the
 //! reply (`-o json`: the reply line exactly as received), and say how the
-//! run ended. Refusals come back as [`crate::exit::Refused`] errors.
+//! run ended. Refusals come back as [`crate::client::Refused`] errors.
 
 use std::io::Write;
 use std::path::Path;
@@ -11,7 +11,6 @@ use kios_protocol::{
     BootReply, Event, FilesReply, LogsReply, PowerMode, Request, RestartReply, ServiceName,
     ShutdownReply, StatusReply, VerifyReply, VersionReply, WatchReply, PROTOCOL_VERSION,
 };
-use serde::de::DeserializeOwned;
 
 use crate::cli::{Cli, Command, Format};
 use crate::client::Connection;
@@ -19,27 +18,7 @@ use crate::discovery;
 use crate::exit::Exit;
 use crate::output::Out;
 use crate::render::{self, View};
-
-/// A connection and how to show what comes back.
-pub struct Session<'a> {
-    pub conn: Connection,
-    pub out: &'a mut Out,
-    pub view: View,
-    pub json: bool,
-}
-
-impl Session<'_> {
-    /// Sends a request and returns its success payload. With `-o json` the
-    /// reply line is printed first, whatever it says.
-    pub fn ask<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T> {
-        let reply = self.conn.call::<T>(request)?;
-        if self.json {
-            self.out.line(&reply.raw)?;
-            self.out.flush()?;
-        }
-        Ok(reply.body?)
-    }
-}
+use crate::session::Session;
 
 /// Connects to the first socket that answers.
 pub fn connect(socket: Option<&Path>, timeout: std::time::Duration) -> Result<Connection> {
@@ -104,12 +83,33 @@ pub fn run(cli: Cli, out: &mut Out) -> Result<Exit> {
             service,
             lines,
             follow,
-        } => logs(&mut s, service.into(), lines as usize, follow)?,
+            since,
+        } => match service.service() {
+            Some(service) if since.is_none() => logs(&mut s, service, lines as usize, follow)?,
+            Some(_) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "kiosctl: --since is for 'logs kernel' and 'logs init'"
+                );
+                Exit::Usage
+            }
+            None => {
+                let request = Request::KernelLog {
+                    init_only: service == crate::cli::LogSource::Init,
+                    lines: lines as usize,
+                    follow,
+                    since_ms: since.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
+                };
+                crate::observe::kernel_log(&mut s, request)?
+            }
+        },
         Command::Watch => watch(&mut s)?,
         Command::Boot => boot(&mut s)?,
         Command::Files { path } => files(&mut s, path)?,
         Command::Verify => verify(&mut s)?,
         Command::Version => version(&mut s)?,
+        Command::Ps { all } => crate::observe::ps(&mut s, all)?,
+        Command::Audit { lines } => crate::observe::audit(&mut s, lines as usize)?,
         Command::Completion { .. } | Command::Man { .. } => Exit::Ok,
     };
     s.out.flush()?;
@@ -150,6 +150,12 @@ fn status(s: &mut Session) -> Result<Exit> {
     let reply: StatusReply = s.ask(&Request::Status)?;
     if !s.json {
         s.out.write(&render::status(&reply, s.view))?;
+        if s.view.wide && !s.view.no_headers {
+            // The image's identity comes with `version`.
+            let version: VersionReply = s.ask(&Request::Version)?;
+            s.out
+                .write(&format!("\n{}", render::image_identity(&version)))?;
+        }
     }
     Ok(Exit::Ok)
 }
@@ -294,6 +300,7 @@ fn version(s: &mut Session) -> Result<Exit> {
     if !s.json {
         s.out.line(&format!("kios-init  {}", reply.init))?;
         s.out.line(&format!("protocol   {}", reply.protocol))?;
+        s.out.write(&render::image_identity(&reply))?;
     }
     if reply.protocol != PROTOCOL_VERSION {
         let _ = writeln!(

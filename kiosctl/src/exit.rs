@@ -9,10 +9,9 @@
 
 use std::process::ExitCode;
 
-use kios_protocol::{ErrorBody, ErrorCode};
-use thiserror::Error;
+use kios_protocol::ErrorCode;
 
-use crate::client::ClientError;
+use crate::client::{ClientError, Refused};
 use crate::discovery::Unreachable;
 
 /// How a run ended.
@@ -45,14 +44,6 @@ impl From<Exit> for ExitCode {
     }
 }
 
-/// The node answered a request with `{"ok":false,...}`.
-#[derive(Debug, Error)]
-#[error("{verb}: {body}")]
-pub struct Refused {
-    pub verb: &'static str,
-    pub body: ErrorBody,
-}
-
 /// The exit code for an error code sent by the node. Every code is a
 /// refusal or a reported problem; the match has no `_` arm so that a new
 /// code forces a decision here.
@@ -80,6 +71,20 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+impl ClientError {
+    /// Losing the node before its answer is "could not reach"; an answer
+    /// that makes no sense is a problem.
+    pub fn exit(&self) -> Exit {
+        match self {
+            ClientError::Send { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Receive { .. }
+            | ClientError::Closed { .. } => Exit::Unreachable,
+            ClientError::TooLong { .. } | ClientError::Decode { .. } => Exit::Problem,
+        }
+    }
 }
 
 /// The exit code for a failed run.

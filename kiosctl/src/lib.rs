@@ -13,6 +13,7 @@
 //! - [`output`]: stdout with colour decided once, broken pipes as a normal end;
 //! - [`watch`]: the live view of `kiosctl watch` on a terminal;
 //! - [`signals`]: SIGTERM deferred while a shutdown request is in flight;
+//! - [`session`]: a connection and how to show its replies;
 //! - [`commands`]: one function per subcommand;
 //! - [`exit`]: the documented exit codes and how failures map to them.
 
@@ -22,7 +23,9 @@ pub mod client;
 pub mod commands;
 pub mod discovery;
 pub mod exit;
+pub mod observe;
 pub mod output;
 pub mod render;
+pub mod session;
 pub mod signals;
 pub mod watch;

@@ -44,7 +44,7 @@ fn run_alias(mode: kios_protocol::PowerMode, out: &mut Out) -> anyhow::Result<Ex
         Ok(alias::Invocation::Shutdown { mode, force }) => {
             let conn = commands::connect(None, std::time::Duration::from_secs(60))?;
             let painter = out.painter;
-            let mut session = commands::Session {
+            let mut session = kiosctl::session::Session {
                 conn,
                 out,
                 view: kiosctl::render::View {

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use kios_protocol::{
     BootReply, ClientInfo, Dialect, Event, ExitStatus, FileInfo, FilesReply, LogLine, LogindChange,
     LogindEvent, Milestone, ServiceState, ServiceStatus, ShutdownPhase, ShutdownStatus,
-    StatusReply, VerifyReply,
+    StatusReply, VerifyReply, VersionReply,
 };
 use tabled::builder::Builder;
 use tabled::settings::{Padding, Style};
@@ -317,6 +317,13 @@ pub fn status(reply: &StatusReply, view: View) -> String {
         vec!["shutdown".to_string(), shutdown],
         vec!["graceful".to_string(), graceful],
     ];
+    let mut facts = facts;
+    if let Some(previous) = &node.previous_shutdown {
+        facts.push(vec![
+            "previous".to_string(),
+            crate::observe::previous_shutdown(previous),
+        ]);
+    }
     let mut text = table(&[], &facts, true);
     text.push('\n');
     text.push_str(&services);
@@ -538,6 +545,29 @@ pub fn verify(reply: &VerifyReply, view: View) -> String {
         plural(reply.checked as usize, "entry", "entries"),
         plural(problems, "problem", "problems"),
     ));
+    if !reply.out_of_scope.is_empty() {
+        let areas: Vec<String> = reply.out_of_scope.iter().map(|p| sanitize(p)).collect();
+        text.push_str(&format!(
+            "not looked into (cri-o's and the kubelet's): {}\n",
+            areas.join(", ")
+        ));
+    }
+    text
+}
+
+/// The image a node booted, as `version` names it (lines `build` and
+/// `inventory`; nothing for a node that does not say).
+pub fn image_identity(reply: &VersionReply) -> String {
+    let mut text = String::new();
+    if let Some(v) = &reply.image_version {
+        text.push_str(&format!("image      kiOS {}\n", sanitize(v)));
+    }
+    if let Some(id) = &reply.build_id {
+        text.push_str(&format!("build      {}\n", sanitize(id)));
+    }
+    if let Some(sha) = &reply.inventory_sha256 {
+        text.push_str(&format!("inventory  sha256:{}\n", sanitize(sha)));
+    }
     text
 }
 
@@ -548,6 +578,8 @@ pub fn event_time(event: &Event) -> u64 {
         Event::Shutdown(s) => s.phase_since_ms.max(s.since_ms),
         Event::Milestone(m) => m.at_ms,
         Event::Log(l) => l.at_ms,
+        // Kernel records carry time since boot, not wall time.
+        Event::Kmsg(_) | Event::KmsgMissed { .. } => 0,
         Event::Logind(l) => l.at_ms,
     }
 }
@@ -580,6 +612,8 @@ pub fn event_summary(event: &Event) -> String {
         Event::Log(LogLine { service, line, .. }) => {
             format!("log        {service}: {}", sanitize(line))
         }
+        Event::Kmsg(r) => format!("kernel     {}", sanitize(&r.message)),
+        Event::KmsgMissed { count } => format!("kernel     {count} lines missed"),
         Event::Logind(l) => logind_summary(l),
     }
 }

@@ -17,10 +17,10 @@ use crossterm::terminal::{Clear, ClearType};
 use kios_protocol::{Event, Request, StatusReply, WatchReply};
 
 use crate::client::Line;
-use crate::commands::Session;
 use crate::exit::Exit;
 use crate::output::{Color, Painter};
 use crate::render::{self, View};
+use crate::session::Session;
 
 /// Most events kept for the screen.
 pub const MAX_EVENTS: usize = 200;
@@ -73,7 +73,11 @@ impl LiveState {
                     Event::Shutdown(shutdown) => {
                         self.status.node.shutdown = Some(shutdown.clone());
                     }
-                    Event::Milestone(_) | Event::Log(_) | Event::Logind(_) => {}
+                    Event::Milestone(_)
+                    | Event::Log(_)
+                    | Event::Logind(_)
+                    | Event::Kmsg(_)
+                    | Event::KmsgMissed { .. } => {}
                 }
                 (at, render::event_summary(&event))
             }
@@ -266,6 +270,7 @@ mod tests {
                 datapart: None,
                 shutdown: None,
                 graceful_shutdown_armed: true,
+                previous_shutdown: None,
                 inhibitors: vec![],
             },
             services: vec![

@@ -47,11 +47,20 @@ fn status_table() {
 fn status_wide_shows_clients() {
     let (dir, _node) = node(
         "status-wide",
-        vec![("status", one(fx::status_line(&fx::status_healthy())))],
+        vec![
+            ("status", one(fx::status_line(&fx::status_healthy()))),
+            ("version", one(fx::version_line())),
+        ],
     );
     let r = check("status-wide", &dir, &["status", "-o", "wide"]);
     assert_eq!(r.code, Some(0));
     assert!(r.stdout.contains("kubelet   silent    yes"), "{}", r.stdout);
+    // The image's identity, for comparing nodes.
+    assert!(
+        r.stdout.contains("build      0123456789abcdef"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -69,7 +78,10 @@ fn status_no_headers_is_the_service_rows() {
 fn status_of_a_troubled_node() {
     let (dir, _node) = node(
         "status-t",
-        vec![("status", one(fx::status_line(&fx::status_troubled())))],
+        vec![
+            ("status", one(fx::status_line(&fx::status_troubled()))),
+            ("version", one(fx::version_line())),
+        ],
     );
     let r = check("status-troubled", &dir, &["status", "-o", "wide"]);
     assert_eq!(r.code, Some(0));
@@ -413,6 +425,26 @@ fn verify_clean_exits_0_and_findings_exit_1() {
 }
 
 #[test]
+fn files_takes_the_escaped_form_and_refuses_a_broken_one() {
+    let (dir, node) = node(
+        "files-escaped",
+        vec![(
+            r"files /bin/\xff\xfekworker",
+            one(
+                r#"{"ok":false,"error":{"code":"unknown-path","message":"not in the inventory"}}"#
+                    .to_string(),
+            ),
+        )],
+    );
+    let r = run(&dir.path, &["files", r"/bin/\xff\xfekworker"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(node.requests(), [r"files /bin/\xff\xfekworker"]);
+    let r = run(&dir.path, &["files", r"/bin/\q"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("escaped form"), "{}", r.stderr);
+}
+
+#[test]
 fn version() {
     let (dir, _node) = node("version", vec![("version", one(fx::version_line()))]);
     let r = check("version", &dir, &["version"]);
@@ -420,6 +452,23 @@ fn version() {
     assert!(r
         .stdout
         .starts_with(&format!("kiosctl    {}\n", env!("CARGO_PKG_VERSION"))));
+    assert!(!r.stdout.contains("image"), "{}", r.stdout);
+}
+
+#[test]
+fn version_shows_the_image_release() {
+    let (dir, _node) = node(
+        "version-image",
+        vec![("version", one(fx::version_line_with_image()))],
+    );
+    let r = run(&dir.path, &["version"]);
+    assert_eq!(r.code, Some(0));
+    assert!(
+        r.stdout
+            .ends_with("protocol   1\nimage      kiOS 0.2.0\nbuild      0123abcd\n"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -765,4 +814,101 @@ fn watch_on_a_terminal_redraws_in_place() {
         last.contains("service    kubelet backoff restarts 1"),
         "{last:?}"
     );
+}
+
+#[test]
+fn ps_tree_with_pods_and_unexpected() {
+    let (dir, node) = node(
+        "ps",
+        vec![
+            ("ps", one(fx::ps_line())),
+            ("ps", one(fx::ps_line())),
+            ("ps all", one(fx::ps_line())),
+        ],
+    );
+    let r = check("ps", &dir, &["ps"]);
+    assert_eq!(r.code, Some(0));
+    // The command's escape sequence is shown, never sent to the terminal.
+    assert!(!r.stdout.contains('\u{1b}'), "{:?}", r.stdout);
+    check("ps-wide", &dir, &["ps", "-o", "wide"]);
+    let r = run(&dir.path, &["ps", "-a", "-o", "json"]);
+    assert_eq!(r.stdout.trim_end(), fx::ps_line());
+    assert_eq!(node.requests(), ["ps", "ps", "ps all"]);
+}
+
+#[test]
+fn logs_kernel_and_init() {
+    let (dir, node) = node(
+        "kmsg",
+        vec![
+            ("logs kernel 100", one(fx::kernel_log_line())),
+            ("logs init 5 since 600000", one(fx::kernel_log_line())),
+            ("logs kernel 100", one(fx::kernel_log_line())),
+            ("logs kernel 100", one(fx::kernel_log_line())),
+        ],
+    );
+    check("logs-kernel", &dir, &["logs", "kernel"]);
+    let r = run(&dir.path, &["logs", "init", "-n", "5", "--since", "10m"]);
+    assert_eq!(r.code, Some(0));
+    check("logs-kernel-wide", &dir, &["logs", "kernel", "-o", "wide"]);
+    let r = run(&dir.path, &["logs", "kernel", "-o", "json"]);
+    assert_eq!(
+        r.stdout.lines().count(),
+        4,
+        "one record per line: {}",
+        r.stdout
+    );
+    for line in r.stdout.lines() {
+        let record: kios_protocol::KmsgRecord = serde_json::from_str(line).unwrap();
+        assert!(record.usec <= 2_200_000);
+    }
+    assert_eq!(
+        node.requests(),
+        [
+            "logs kernel 100",
+            "logs init 5 since 600000",
+            "logs kernel 100",
+            "logs kernel 100"
+        ]
+    );
+    let r = run(&dir.path, &["logs", "crio", "--since", "10m"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+}
+
+#[test]
+fn logs_kernel_follow_says_how_many_lines_were_missed() {
+    let (dir, _node) = node(
+        "kmsg-f",
+        vec![(
+            "logs kernel 100 follow",
+            Answer::LinesThenClose(vec![
+                fx::kernel_log_line(),
+                fx::event(&Event::Kmsg(fx::kmsg(
+                    313,
+                    6,
+                    3_000_000,
+                    "kiOS: restart kubelet",
+                ))),
+                fx::event(&Event::KmsgMissed { count: 120 }),
+                fx::event(&Event::Kmsg(fx::kmsg(434, 6, 9_000_000, "after the wrap"))),
+            ]),
+        )],
+    );
+    let r = check("logs-kernel-follow", &dir, &["logs", "kernel", "-f"]);
+    assert_eq!(r.code, Some(0));
+}
+
+#[test]
+fn audit_lists_earlier_boots_first_and_status_names_the_last_shutdown() {
+    let (dir, node) = node(
+        "audit",
+        vec![
+            ("audit 100", one(fx::audit_line())),
+            ("audit 100", one(fx::audit_line())),
+        ],
+    );
+    let r = check("audit", &dir, &["audit"]);
+    assert_eq!(r.code, Some(0));
+    check("audit-wide", &dir, &["audit", "-o", "wide"]);
+    assert_eq!(node.requests(), ["audit 100", "audit 100"]);
 }

@@ -1,10 +1,11 @@
-//! Events streamed after the success line of `watch` and `logs ... follow`:
+//! Events streamed after the success line of `watch` and `logs ... follow`
+//! (service output and the kernel log):
 //! one JSON object per line, tagged by its `event` field.
 
 use serde::{Deserialize, Serialize};
 
 use crate::request::ServiceName;
-use crate::response::{Milestone, ServiceStatus, ShutdownStatus};
+use crate::response::{KmsgRecord, Milestone, ServiceStatus, ShutdownStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -17,6 +18,12 @@ pub enum Event {
     Milestone(Milestone),
     /// A line of a service's output (`logs ... follow`).
     Log(LogLine),
+    /// A kernel log record (`logs kernel|init ... follow`).
+    Kmsg(KmsgRecord),
+    /// Kernel log records this follower did not get: overwritten in the
+    /// kernel's ring buffer before they were read, or dropped because the
+    /// client read too slowly. `{"event":"kmsg-missed","count":12}`.
+    KmsgMissed { count: u64 },
     /// Something happened on the system bus: a logind inhibitor lock was
     /// taken or released, or PrepareForShutdown was sent.
     Logind(LogindEvent),

@@ -7,13 +7,15 @@
 //! - [`response`]: the typed success payloads of every verb and the encoding
 //!   of `{"ok":true,...}` / `{"ok":false,"error":{...}}` lines;
 //! - [`event`]: the events streamed by `watch` and `logs ... follow`;
-//! - [`error`]: the wire error codes.
+//! - [`error`]: the wire error codes;
+//! - [`path`]: the escaped form of paths (any bytes, one printable word).
 //!
 //! The contract itself is `docs/protocol.md` (and protocol-v1 it follows).
 
 pub mod error;
 pub mod event;
 pub mod legacy;
+pub mod path;
 pub mod request;
 pub mod response;
 

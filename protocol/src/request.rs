@@ -97,7 +97,28 @@ pub enum Request {
     },
     Watch,
     Boot,
+    /// `ps [all]`: every process of the host, explained; `all` lists
+    /// kernel threads one by one instead of folding them.
+    Ps {
+        all: bool,
+    },
+    /// `logs kernel|init [LINES] [follow] [since MS]`: the kernel log
+    /// (/dev/kmsg), or with `init_only` just init's `kiOS:` lines.
+    KernelLog {
+        init_only: bool,
+        lines: usize,
+        follow: bool,
+        /// Only records at most this many milliseconds old.
+        since_ms: Option<u64>,
+    },
+    /// `audit [LINES]`: state-changing requests and shutdown triggers.
+    Audit {
+        lines: usize,
+    },
 }
+
+/// Most entries `audit` returns in one reply.
+pub const MAX_AUDIT_LINES: usize = 1_000;
 
 /// One verb of the protocol, as `help` lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,8 +172,8 @@ pub const VERBS: &[VerbSpec] = &[
     },
     VerbSpec {
         name: "logs",
-        usage: "logs <crio|kubelet> [LINES] [follow]",
-        summary: "a service's recent output; follow streams new lines",
+        usage: "logs <crio|kubelet|kernel|init> [LINES] [follow] [since MS]",
+        summary: "a service's recent output, or the kernel log (init: only init's lines); follow streams new lines",
     },
     VerbSpec {
         name: "watch",
@@ -163,6 +184,16 @@ pub const VERBS: &[VerbSpec] = &[
         name: "boot",
         usage: "boot",
         summary: "the boot timeline",
+    },
+    VerbSpec {
+        name: "ps",
+        usage: "ps [all]",
+        summary: "every process of the host with its role and why it runs (all: kernel threads too)",
+    },
+    VerbSpec {
+        name: "audit",
+        usage: "audit [LINES]",
+        summary: "state-changing requests and shutdown triggers, this boot and earlier ones",
     },
 ];
 
@@ -281,6 +312,15 @@ impl Request {
             "shutdown" => parse_shutdown(args),
             "files" => parse_files(args),
             "logs" => parse_logs(args),
+            "ps" => match args {
+                [] => Ok(Request::Ps { all: false }),
+                ["all"] => Ok(Request::Ps { all: true }),
+                [extra, ..] => Err(bad(
+                    "ps",
+                    format!("unexpected argument '{}'", truncate(extra)),
+                )),
+            },
+            "audit" => parse_audit(args),
             other => Err(ParseError::UnknownVerb(truncate(other))),
         }
     }
@@ -299,6 +339,9 @@ impl Request {
             Request::Logs { .. } => "logs",
             Request::Watch => "watch",
             Request::Boot => "boot",
+            Request::Ps { .. } => "ps",
+            Request::KernelLog { .. } => "logs",
+            Request::Audit { .. } => "audit",
         }
     }
 
@@ -314,13 +357,21 @@ impl Request {
             | Request::Verify
             | Request::Logs { .. }
             | Request::Watch
-            | Request::Boot => false,
+            | Request::Boot
+            | Request::Ps { .. }
+            | Request::KernelLog { .. }
+            | Request::Audit { .. } => false,
         }
     }
 
     /// Whether the success line is followed by a stream of events.
     pub fn is_streaming(&self) -> bool {
-        matches!(self, Request::Watch | Request::Logs { follow: true, .. })
+        matches!(
+            self,
+            Request::Watch
+                | Request::Logs { follow: true, .. }
+                | Request::KernelLog { follow: true, .. }
+        )
     }
 
     /// The request as a line, without the trailing newline. Parsing the
@@ -347,7 +398,26 @@ impl Request {
                 }
                 line
             }
-            Request::Help
+            Request::Ps { all: true } => "ps all".to_string(),
+            Request::KernelLog {
+                init_only,
+                lines,
+                follow,
+                since_ms,
+            } => {
+                let source = if *init_only { "init" } else { "kernel" };
+                let mut line = format!("logs {source} {lines}");
+                if *follow {
+                    line.push_str(" follow");
+                }
+                if let Some(ms) = since_ms {
+                    line.push_str(&format!(" since {ms}"));
+                }
+                line
+            }
+            Request::Audit { lines } => format!("audit {lines}"),
+            Request::Ps { all: false }
+            | Request::Help
             | Request::Version
             | Request::Status
             | Request::ContinueShutdown
@@ -388,9 +458,19 @@ fn parse_shutdown(args: &[&str]) -> Result<Request, ParseError> {
 fn parse_files(args: &[&str]) -> Result<Request, ParseError> {
     match args {
         [] => Ok(Request::Files { path: None }),
-        [path] if path.starts_with('/') => Ok(Request::Files {
-            path: Some((*path).to_string()),
-        }),
+        // The escaped form (crate::path): checked here, decoded by the server.
+        [path] if path.starts_with('/') => match crate::path::unescape(path) {
+            Ok(_) => Ok(Request::Files {
+                path: Some((*path).to_string()),
+            }),
+            Err(_) => Err(bad(
+                "files",
+                format!(
+                    "path '{}' is not in the escaped form (a backslash starts \\\\ or \\xNN)",
+                    truncate(path)
+                ),
+            )),
+        },
         [path] => Err(bad(
             "files",
             format!("path '{}' is not absolute", truncate(path)),
@@ -403,6 +483,11 @@ fn parse_files(args: &[&str]) -> Result<Request, ParseError> {
 }
 
 fn parse_logs(args: &[&str]) -> Result<Request, ParseError> {
+    match args.first() {
+        Some(&"kernel") => return parse_kernel_logs(false, &args[1..]),
+        Some(&"init") => return parse_kernel_logs(true, &args[1..]),
+        _ => {}
+    }
     let service = service_arg("logs", args.first())?;
     let mut lines = None;
     let mut follow = false;
@@ -440,4 +525,74 @@ fn parse_logs(args: &[&str]) -> Result<Request, ParseError> {
         lines: lines.unwrap_or(DEFAULT_LOG_LINES),
         follow,
     })
+}
+
+/// A count word in `1..=max`, for `verb`.
+fn count_arg(verb: &'static str, what: &str, word: &str, max: usize) -> Result<usize, ParseError> {
+    word.parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            bad(
+                verb,
+                format!("{what} must be 1 to {max}, not {}", truncate(word)),
+            )
+        })
+}
+
+fn is_number(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `logs kernel|init [LINES] [follow] [since MS]`, in that order.
+fn parse_kernel_logs(init_only: bool, args: &[&str]) -> Result<Request, ParseError> {
+    let mut lines = None;
+    let mut follow = false;
+    let mut since_ms = None;
+    let mut words = args.iter();
+    while let Some(arg) = words.next() {
+        match *arg {
+            "follow" if follow => return Err(bad("logs", "'follow' given twice")),
+            "follow" => follow = true,
+            "since" if since_ms.is_some() => return Err(bad("logs", "'since' given twice")),
+            "since" => {
+                let ms = words
+                    .next()
+                    .filter(|w| is_number(w))
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .ok_or_else(|| bad("logs", "'since' needs milliseconds"))?;
+                since_ms = Some(ms);
+            }
+            word if is_number(word) && lines.is_none() && !follow && since_ms.is_none() => {
+                lines = Some(count_arg("logs", "LINES", word, MAX_LOG_LINES)?);
+            }
+            other => {
+                return Err(bad(
+                    "logs",
+                    format!("unexpected argument '{}'", truncate(other)),
+                ))
+            }
+        }
+    }
+    Ok(Request::KernelLog {
+        init_only,
+        lines: lines.unwrap_or(DEFAULT_LOG_LINES),
+        follow,
+        since_ms,
+    })
+}
+
+fn parse_audit(args: &[&str]) -> Result<Request, ParseError> {
+    match args {
+        [] => Ok(Request::Audit {
+            lines: DEFAULT_LOG_LINES,
+        }),
+        [word] if is_number(word) => Ok(Request::Audit {
+            lines: count_arg("audit", "LINES", word, MAX_AUDIT_LINES)?,
+        }),
+        [extra, ..] => Err(bad(
+            "audit",
+            format!("unexpected argument '{}'", truncate(extra)),
+        )),
+    }
 }

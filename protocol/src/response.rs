@@ -46,6 +46,18 @@ impl HelpReply {
 pub struct VersionReply {
     pub protocol: u32,
     pub init: String,
+    /// The image's VERSION_ID from its /etc/os-release (absent when the
+    /// image has none, or from a kios-init before it was reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_version: Option<String>,
+    /// sha256 (hex) of the file inventory init read at boot: the same image
+    /// has the same digest on every node. Absent when it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_sha256: Option<String>,
+    /// The image's build id: the BUILD_ID of its os-release, which the
+    /// builder also records in the inventory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
 }
 
 /// `status`.
@@ -73,6 +85,11 @@ pub struct NodeStatus {
     /// silent client) is connected, so a shutdown will wait for its grace.
     #[serde(default)]
     pub graceful_shutdown_armed: bool,
+    /// What ended the previous boot, from the audit log on the data
+    /// partition; `null` when the log has nothing (first boot, no data
+    /// partition, or a crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_shutdown: Option<AuditEntry>,
     /// logind delay inhibitor locks held on the system bus (the upstream
     /// kubelet's); a shutdown waits until they are released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -276,16 +293,23 @@ pub struct FileInfo {
 pub struct VerifyReply {
     /// No finding other than `overridden`.
     pub clean: bool,
-    /// How many inventory entries and processes were checked.
+    /// How many inventory entries, runtime areas, mounts and processes
+    /// were checked.
     pub checked: u64,
     pub findings: Vec<Finding>,
+    /// Areas verify does not look into because they belong to cri-o and the
+    /// kubelet (container storage, pod volumes).
+    #[serde(default)]
+    pub out_of_scope: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
+    /// In the escaped form of [`crate::path`].
     pub path: String,
     /// `missing`, `modified`, `mode`, `owner`, `kind`, `setuid`,
-    /// `unexpected`, `overridden` or `process`.
+    /// `unexpected`, `overridden`, `process`, `executable`, `mount`,
+    /// `inventory` (or `omitted`: findings beyond the bound).
     pub problem: String,
     pub detail: String,
 }
@@ -319,12 +343,127 @@ pub struct Milestone {
     pub offset_ms: f64,
 }
 
+/// `ps [all]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsReply {
+    /// Every process read, oldest pid first; kernel threads only with `all`.
+    pub processes: Vec<ProcessInfo>,
+    /// Kernel threads seen (listed one by one only with `all`).
+    pub kernel_threads: u64,
+    /// Processes marked `unexpected` (the rule `verify` uses).
+    pub unexpected: u64,
+    /// The /proc listing had more processes than init reads at once.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One process, as `ps` explains it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Milliseconds since it started.
+    pub age_ms: u64,
+    /// User plus system CPU time, milliseconds.
+    pub cpu_ms: u64,
+    /// Resident memory, KiB.
+    pub rss_kib: u64,
+    /// `init`, `crio`, `kubelet`, `conmon`, `container`, `helper`,
+    /// `client`, `kernel-thread`, `zombie`, `other-namespace` or `unexpected`.
+    pub role: String,
+    /// Why it may run (or, for `unexpected`, why it may not).
+    pub why: String,
+    /// `namespace/name` of the pod, for conmon and container processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command line as read (arguments joined by spaces; may hold
+    /// control characters: escape before printing).
+    pub command: String,
+    pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
+/// `logs kernel|init`: kernel log records, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelLogReply {
+    /// Wall time of the kernel's boot (epoch ms), for wall-clock stamps.
+    pub boot_ms: u64,
+    pub records: Vec<KmsgRecord>,
+}
+
+/// One record of the kernel log (/dev/kmsg).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KmsgRecord {
+    /// The kernel's sequence number.
+    pub seq: u64,
+    /// Syslog severity, 0 (emerg) to 7 (debug).
+    pub level: u8,
+    /// Microseconds since the kernel booted.
+    pub usec: u64,
+    /// Written by kios-init (a `kiOS:` line).
+    pub init: bool,
+    /// The text, with the kernel's escapes (`\xNN`) as it sent them.
+    pub message: String,
+}
+
+impl KmsgRecord {
+    /// The severity's name, as `logs kernel` shows it.
+    pub fn level_name(&self) -> &'static str {
+        match self.level {
+            0 => "emerg",
+            1 => "alert",
+            2 => "crit",
+            3 => "err",
+            4 => "warning",
+            5 => "notice",
+            6 => "info",
+            _ => "debug",
+        }
+    }
+}
+
+/// `audit [LINES]`: oldest first; earlier boots' entries (from the log on
+/// the data partition) before this boot's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditReply {
+    /// This boot (its entries carry this `boot_ms`; earlier boots' others).
+    pub boot_ms: u64,
+    pub entries: Vec<AuditEntry>,
+}
+
+/// One state-changing request or shutdown trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    /// Which boot: when that boot's init started (epoch ms).
+    pub boot_ms: u64,
+    /// What was asked, e.g. `restart kubelet`, `shutdown reboot`,
+    /// `shutdown poweroff (SIGTERM)`.
+    pub action: String,
+    /// Who asked: `socket pid 412 uid 0 (kiosctl)`, `SIGTERM`, `power button`, ...
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `ok`, `started`, `forced`, `already-in-progress` or the error code.
+    pub outcome: String,
+    /// Whether the entry ends a boot (a shutdown that started or was forced).
+    #[serde(default)]
+    pub shutdown: bool,
+}
+
 /// The success payload of any verb.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
-// Replies are built once and encoded at once: the size of the largest
-// variant (status, with its lists) costs nothing worth a Box.
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant)] // one per request, short-lived
 pub enum Reply {
     Help(HelpReply),
     Version(VersionReply),
@@ -337,6 +476,9 @@ pub enum Reply {
     Logs(LogsReply),
     Watch(WatchReply),
     Boot(BootReply),
+    Ps(PsReply),
+    KernelLog(KernelLogReply),
+    Audit(AuditReply),
 }
 
 /// A whole response: a reply or an error.
@@ -430,5 +572,8 @@ pub fn decode_response(request: &Request, line: &str) -> Result<Response, Decode
         Request::Logs { .. } => typed(line, Reply::Logs),
         Request::Watch => typed(line, Reply::Watch),
         Request::Boot => typed(line, Reply::Boot),
+        Request::Ps { .. } => typed(line, Reply::Ps),
+        Request::KernelLog { .. } => typed(line, Reply::KernelLog),
+        Request::Audit { .. } => typed(line, Reply::Audit),
     }
 }

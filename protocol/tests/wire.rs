@@ -22,7 +22,22 @@ fn every_request() -> Vec<Request> {
         Request::Verify,
         Request::Watch,
         Request::Boot,
+        Request::Ps { all: false },
+        Request::Ps { all: true },
+        Request::Audit { lines: 5 },
     ];
+    for init_only in [false, true] {
+        for follow in [false, true] {
+            for since_ms in [None, Some(600_000)] {
+                all.push(Request::KernelLog {
+                    init_only,
+                    lines: 3,
+                    follow,
+                    since_ms,
+                });
+            }
+        }
+    }
     for service in ServiceName::ALL {
         all.push(Request::Restart { service });
         for follow in [false, true] {
@@ -61,7 +76,7 @@ fn every_verb_in_help_parses_by_its_name() {
         let parsed = Request::parse(&line).expect("verb parses");
         assert_eq!(parsed.verb(), verb.name);
     }
-    assert_eq!(request::VERBS.len(), 11);
+    assert_eq!(request::VERBS.len(), 13);
 }
 
 #[test]
@@ -197,6 +212,20 @@ fn files_path_must_be_absolute() {
 }
 
 #[test]
+fn files_path_is_in_the_escaped_form() {
+    let r = Request::parse(r"files /bin/\xff\xfekworker").unwrap();
+    assert_eq!(
+        r,
+        Request::Files {
+            path: Some(r"/bin/\xff\xfekworker".into())
+        }
+    );
+    assert_eq!(r.to_line(), r"files /bin/\xff\xfekworker");
+    check(r"files /bin/\q", Err(ErrorCode::BadRequest));
+    check(r"files /bin/\xf", Err(ErrorCode::BadRequest));
+}
+
+#[test]
 fn logs_line_count_is_bounded() {
     check("logs crio 0", Err(ErrorCode::BadRequest));
     check("logs crio 10001", Err(ErrorCode::BadRequest));
@@ -256,10 +285,43 @@ fn golden_responses() {
     let version: Response = Ok(Reply::Version(VersionReply {
         protocol: 1,
         init: "0.1.0".into(),
+        image_version: None,
+        inventory_sha256: Some("ab".repeat(32)),
+        build_id: Some("0123456789abcdef".into()),
+    }));
+    let with_image: Response = Ok(Reply::Version(VersionReply {
+        protocol: 1,
+        init: "0.1.0".into(),
+        image_version: Some("0.1.0".into()),
+        inventory_sha256: None,
+        build_id: Some("0123abcd".into()),
     }));
     assert_eq!(
+        encode_response(&with_image),
+        r#"{"ok":true,"protocol":1,"init":"0.1.0","image_version":"0.1.0","build_id":"0123abcd"}"#
+    );
+    assert_eq!(
         encode_response(&version),
-        r#"{"ok":true,"protocol":1,"init":"0.1.0"}"#
+        format!(
+            r#"{{"ok":true,"protocol":1,"init":"0.1.0","inventory_sha256":"{}","build_id":"0123456789abcdef"}}"#,
+            "ab".repeat(32)
+        )
+    );
+    // An older server's reply (without the image's identity) still decodes.
+    let old = decode_response(
+        &Request::Version,
+        r#"{"ok":true,"protocol":1,"init":"0.1.0"}"#,
+    );
+    assert!(
+        matches!(
+            old,
+            Ok(Ok(Reply::Version(VersionReply {
+                inventory_sha256: None,
+                build_id: None,
+                ..
+            })))
+        ),
+        "{old:?}"
     );
 
     let shutdown: Response = Ok(Reply::Shutdown(ShutdownReply {
@@ -301,6 +363,30 @@ fn sample_service(name: ServiceName) -> ServiceStatus {
     }
 }
 
+fn sample_audit() -> AuditEntry {
+    AuditEntry {
+        at_ms: 1_699_999_000_000,
+        boot_ms: 1_699_998_000_000,
+        action: "shutdown reboot".into(),
+        by: "socket pid 412 uid 0 (kiosctl)".into(),
+        pid: Some(412),
+        uid: Some(0),
+        command: Some("kiosctl".into()),
+        outcome: "started".into(),
+        shutdown: true,
+    }
+}
+
+fn sample_kmsg() -> KmsgRecord {
+    KmsgRecord {
+        seq: 42,
+        level: 6,
+        usec: 1_234_567,
+        init: true,
+        message: "kiOS: cri-o started (pid 97)".into(),
+    }
+}
+
 fn sample_replies() -> Vec<(Request, Reply)> {
     let status = StatusReply {
         node: NodeStatus {
@@ -323,6 +409,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                 phase_since_ms: 1,
             }),
             graceful_shutdown_armed: true,
+            previous_shutdown: Some(sample_audit()),
             inhibitors: vec![],
         },
         services: vec![
@@ -346,6 +433,9 @@ fn sample_replies() -> Vec<(Request, Reply)> {
             Reply::Version(VersionReply {
                 protocol: 1,
                 init: "0.1.0".into(),
+                image_version: None,
+                inventory_sha256: None,
+                build_id: Some("b1".into()),
             }),
         ),
         (Request::Status, Reply::Status(status)),
@@ -402,6 +492,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                     problem: "unexpected".into(),
                     detail: "not in the inventory".into(),
                 }],
+                out_of_scope: vec!["/var/lib/containers/storage".into()],
             }),
         ),
         (
@@ -431,7 +522,119 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                 }],
             }),
         ),
+        (
+            Request::Ps { all: false },
+            Reply::Ps(PsReply {
+                processes: vec![ProcessInfo {
+                    pid: 1,
+                    ppid: 0,
+                    uid: 0,
+                    age_ms: 5000,
+                    cpu_ms: 20,
+                    rss_kib: 1800,
+                    role: "init".into(),
+                    why: "kios-init, PID 1".into(),
+                    pod: None,
+                    container: None,
+                    command: "/init".into(),
+                    cgroup: "/".into(),
+                    exe: Some("/init".into()),
+                }],
+                kernel_threads: 40,
+                unexpected: 0,
+                truncated: false,
+            }),
+        ),
+        (
+            Request::Audit { lines: 10 },
+            Reply::Audit(AuditReply {
+                boot_ms: 1_700_000_000_000,
+                entries: vec![sample_audit()],
+            }),
+        ),
     ]
+}
+
+#[test]
+fn kernel_log_reply_round_trips() {
+    let request = Request::KernelLog {
+        init_only: false,
+        lines: 10,
+        follow: false,
+        since_ms: None,
+    };
+    let reply = Reply::KernelLog(KernelLogReply {
+        boot_ms: 1_700_000_000_000,
+        records: vec![sample_kmsg()],
+    });
+    let line = encode_response(&Ok(reply.clone()));
+    assert_eq!(
+        line,
+        r#"{"ok":true,"boot_ms":1700000000000,"records":[{"seq":42,"level":6,"usec":1234567,"init":true,"message":"kiOS: cri-o started (pid 97)"}]}"#
+    );
+    assert_eq!(decode_response(&request, &line).unwrap(), Ok(reply));
+    assert_eq!(sample_kmsg().level_name(), "info");
+}
+
+#[test]
+fn golden_kernel_log_audit_and_ps_requests() {
+    check("ps", Ok(Request::Ps { all: false }));
+    check("ps all", Ok(Request::Ps { all: true }));
+    check("ps everything", Err(ErrorCode::BadRequest));
+    check("audit", Ok(Request::Audit { lines: 100 }));
+    check("audit 5", Ok(Request::Audit { lines: 5 }));
+    check("audit 0", Err(ErrorCode::BadRequest));
+    check("audit 1001", Err(ErrorCode::BadRequest));
+    check("audit 5 6", Err(ErrorCode::BadRequest));
+    check(
+        "logs kernel",
+        Ok(Request::KernelLog {
+            init_only: false,
+            lines: 100,
+            follow: false,
+            since_ms: None,
+        }),
+    );
+    check(
+        "logs init 20 follow since 600000",
+        Ok(Request::KernelLog {
+            init_only: true,
+            lines: 20,
+            follow: true,
+            since_ms: Some(600_000),
+        }),
+    );
+    check(
+        "logs kernel since 5 follow",
+        Ok(Request::KernelLog {
+            init_only: false,
+            lines: 100,
+            follow: true,
+            since_ms: Some(5),
+        }),
+    );
+    for bad in [
+        "logs kernel 0",
+        "logs kernel 10001",
+        "logs kernel since",
+        "logs kernel since soon",
+        "logs kernel since 1 since 2",
+        "logs kernel follow follow",
+        "logs kernel follow 10",
+        "logs init pid",
+    ] {
+        check(bad, Err(ErrorCode::BadRequest));
+    }
+    check("logs kernels", Err(ErrorCode::UnknownService));
+    for read_only in ["ps", "ps all", "audit", "logs kernel", "logs init follow"] {
+        assert!(
+            !Request::parse(read_only).unwrap().changes_state(),
+            "{read_only}"
+        );
+    }
+    assert!(Request::parse("logs kernel follow").unwrap().is_streaming());
+    assert!(!Request::parse("logs kernel").unwrap().is_streaming());
+    assert_eq!(Request::parse("logs init").unwrap().verb(), "logs");
 }
 
 #[test]
@@ -518,6 +721,8 @@ fn every_event_round_trips() {
             at_ms: 3,
             line: "level=info msg=\"x\"".into(),
         }),
+        Event::Kmsg(sample_kmsg()),
+        Event::KmsgMissed { count: 12 },
     ];
     for event in events {
         let line = event.encode();
@@ -549,6 +754,14 @@ fn golden_events() {
     assert_eq!(
         svc.encode(),
         r#"{"event":"service","name":"kubelet","state":"running","pid":7,"since_ms":1,"restarts":0,"last_exit":null,"next_start_ms":null}"#
+    );
+}
+
+#[test]
+fn golden_kmsg_missed_event() {
+    assert_eq!(
+        Event::KmsgMissed { count: 12 }.encode(),
+        r#"{"event":"kmsg-missed","count":12}"#
     );
 }
 

@@ -60,6 +60,67 @@ pub struct BuildOptions {
     pub extra_files: Vec<(PathBuf, String, u32)>,
     /// Library directories for the ELF closure.
     pub resolver: Resolver,
+    /// The image's version and build id, written to /etc/os-release.
+    pub release: Release,
+    /// The kernel command line of the unified kernel image, recorded in
+    /// the image at /lib/kios/cmdline.
+    pub cmdline: String,
+}
+
+/// The kernel command line of a kiOS disk image: the kernel log on the
+/// screen and on the first serial port (the last `console=` is
+/// /dev/console, where the services' output goes too), and a reboot 10 s
+/// after a kernel panic.
+pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=10";
+
+/// What /etc/os-release says about the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// VERSION_ID: by default the builder's own version.
+    pub version: String,
+    /// BUILD_ID; `None`: derived from the image's contents (the first 16 hex
+    /// digits of a SHA-256 over every other file's path and digest), so the
+    /// same inputs give the same id and any change of content a new one.
+    pub build_id: Option<String>,
+}
+
+impl Default for Release {
+    fn default() -> Release {
+        Release {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            build_id: None,
+        }
+    }
+}
+
+impl Release {
+    /// The os-release file for this version and build id.
+    pub fn os_release(&self, build_id: &str) -> String {
+        crate::osrelease::ImageRelease::os_release_text(&self.version, build_id)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
+        let ok = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'+' | b'~')
+                })
+        };
+        for (what, v) in [
+            ("version", Some(&self.version)),
+            ("build id", self.build_id.as_ref()),
+        ] {
+            if let Some(v) = v {
+                if !ok(v) {
+                    return Err(BuildError::Release(format!(
+                        "{what} {v:?}: use 1 to 64 of A-Z a-z 0-9 . _ - + ~"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl BuildOptions {
@@ -73,6 +134,8 @@ impl BuildOptions {
             modules: None,
             extra_files: Vec::new(),
             resolver: Resolver::default(),
+            release: Release::default(),
+            cmdline: DEFAULT_CMDLINE.to_string(),
         }
     }
 
@@ -133,6 +196,10 @@ pub enum BuildError {
     Inventory(#[from] InventoryError),
     #[error("the written tree does not match its inventory:\n  {}", .0.join("\n  "))]
     SelfCheck(Vec<String>),
+    #[error("os-release: {0}")]
+    Release(String),
+    #[error("kernel command line {0:?}: one line of printable ASCII, at most 4096 bytes")]
+    Cmdline(String),
 }
 
 /// Where an item's bytes come from.
@@ -171,6 +238,7 @@ fn entry_from_spec(e: &SpecEntry, presence: Presence, source: String) -> Entry {
         device: e.device,
         mounted: e.mounted.clone(),
         contents: e.contents,
+        allow: e.allow,
         presence,
         source,
         component: e.component.clone(),
@@ -189,6 +257,10 @@ fn generated_entry(path: String, kind: Kind, mode: u32, component: &str, why: St
 
 /// Resolves everything; fails with one error listing every missing input.
 pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
+    opts.release.check()?;
+    if opts.cmdline.len() > 4096 || opts.cmdline.bytes().any(|c| !(b' '..=b'~').contains(&c)) {
+        return Err(BuildError::Cmdline(opts.cmdline.clone()));
+    }
     let spec = spec::load(&opts.spec)?;
     let files_dir = opts.files_dir();
     let mut items: BTreeMap<String, Item> = BTreeMap::new();
@@ -221,6 +293,7 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
     add_elf_closure(opts, &spec, &mut items)?;
     settle_optional_dirs(&spec, &mut items);
     hash_contents(&mut items)?;
+    let build_id = add_os_release(&spec, &opts.release, &mut items);
 
     // The inventory describes every item, itself included (without a hash).
     let components = spec
@@ -250,7 +323,10 @@ pub fn plan(opts: &BuildOptions) -> Result<Plan, BuildError> {
             e
         })
         .collect();
-    let inventory = Inventory::new(entries, components);
+    let mut inventory = Inventory::new(entries, components);
+    // One build id for the image: os-release's BUILD_ID and the
+    // inventory's are the same string, so `version` shows one value.
+    inventory.build_id = build_id;
     let encoded = inventory.encode()?;
     if let Some(item) = items.get_mut(INVENTORY_PATH) {
         item.content = Content::Bytes(encoded);
@@ -340,7 +416,15 @@ fn resolve_spec_entry(
             }
             (presence, Content::Host(p.clone()), label)
         }
-        Source::Generated(Generated::Inventory) => (presence, Content::Bytes(Vec::new()), label),
+        // Filled in once every other file is hashed (its BUILD_ID).
+        Source::Generated(Generated::Inventory) | Source::Generated(Generated::OsRelease) => {
+            (presence, Content::Bytes(Vec::new()), label)
+        }
+        Source::Generated(Generated::Cmdline) => (
+            presence,
+            Content::Bytes(format!("{}\n", opts.cmdline).into_bytes()),
+            label,
+        ),
         Source::Generated(Generated::ModulesList) => match module_set {
             Some(set) => (
                 presence,
@@ -537,9 +621,16 @@ fn add_modules(
                 "Kernel module {} loaded early at boot (listed in /etc/kios/modules).",
                 f.name
             )
-        } else {
+        } else if !f.needed_by.is_empty() {
             let by: Vec<_> = f.needed_by.iter().cloned().collect();
             format!("Kernel module {}, needed by {}.", f.name, by.join(", "))
+        } else {
+            let of: Vec<_> = f.soft_of.iter().cloned().collect();
+            format!(
+                "Kernel module {}, a soft dependency of {} (loaded before or after it, as modprobe does).",
+                f.name,
+                of.join(", ")
+            )
         };
         let mut entry = generated_entry(
             format!("{base}/{}", f.rel_path),
@@ -559,23 +650,48 @@ fn add_modules(
             },
         )?;
     }
-    let mut entry = generated_entry(
-        format!("{base}/modules.dep"),
-        Kind::File,
-        0o444,
-        MODULES_COMPONENT,
-        "Which module needs which, for the modules in this image; kios-init loads dependencies first.".to_string(),
-    );
-    entry.source = "generated".to_string();
-    entry.used_by = vec!["kios-init".to_string(), "modprobe".to_string()];
-    insert_generated(
-        items,
-        spec,
-        Item {
-            entry,
-            content: Content::Bytes(set.modules_dep().into_bytes()),
-        },
-    )
+    let index = [
+        (
+            "modules.dep",
+            "Which module needs which, for the modules in this image; kios-init loads dependencies first.",
+            set.modules_dep(),
+        ),
+        (
+            "modules.softdep",
+            "The kernel's soft dependencies of the modules in this image (e.g. ext4 pre: crypto-crc32c); kios-init loads them as modprobe does.",
+            set.modules_softdep(),
+        ),
+        (
+            "modules.alias",
+            "The kernel's aliases of the modules in this image (e.g. crypto-crc32c -> crc32c_generic); kios-init resolves soft dependencies and listed aliases with them.",
+            set.modules_alias(),
+        ),
+        (
+            "modules.builtin",
+            "The built-in modules the early list reaches; kios-init counts them as loaded.",
+            set.modules_builtin(),
+        ),
+    ];
+    for (file, why, text) in index {
+        let mut entry = generated_entry(
+            format!("{base}/{file}"),
+            Kind::File,
+            0o444,
+            MODULES_COMPONENT,
+            why.to_string(),
+        );
+        entry.source = "generated".to_string();
+        entry.used_by = vec!["kios-init".to_string(), "modprobe".to_string()];
+        insert_generated(
+            items,
+            spec,
+            Item {
+                entry,
+                content: Content::Bytes(text.into_bytes()),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Resolves an image path through the spec's symlinks (e.g. /lib64 -> lib).
@@ -728,6 +844,40 @@ fn add_elf_closure(
         )?;
     }
     Ok(())
+}
+
+/// Writes the os-release entries of the spec (their BUILD_ID from the
+/// digests of every other file, unless given) and hashes them.
+fn add_os_release(spec: &Spec, release: &Release, items: &mut BTreeMap<String, Item>) -> String {
+    let targets: Vec<String> = spec
+        .entries
+        .iter()
+        .filter(|e| e.source == Some(Source::Generated(Generated::OsRelease)))
+        .map(|e| e.path.clone())
+        .collect();
+    let build_id = release.build_id.clone().unwrap_or_else(|| {
+        let mut listing = Vec::new();
+        for item in items.values() {
+            if targets.contains(&item.entry.path) || !item.entry.presence.in_image() {
+                continue;
+            }
+            listing.extend_from_slice(item.entry.path.as_bytes());
+            listing.push(0);
+            if let Some(sha) = &item.entry.sha256 {
+                listing.extend_from_slice(sha);
+            }
+        }
+        hash::hex(&hash::sha256_bytes(&listing))[..16].to_string()
+    });
+    let text = release.os_release(&build_id).into_bytes();
+    for path in targets {
+        if let Some(item) = items.get_mut(&path) {
+            item.entry.size = Some(text.len() as u64);
+            item.entry.sha256 = Some(hash::sha256_bytes(&text));
+            item.content = Content::Bytes(text.clone());
+        }
+    }
+    build_id
 }
 
 fn hash_contents(items: &mut BTreeMap<String, Item>) -> Result<(), BuildError> {

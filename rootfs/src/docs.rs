@@ -97,10 +97,25 @@ owners, new setuid bits, and any path the inventory does not list.\n\n",
                 if let Some(m) = &e.mounted {
                     why.push_str(&format!(" Mounted: {m}."));
                 }
-                if e.kind == Kind::Dir && e.contents.is_some_and(|c| c != Contents::Image) {
-                    why.push_str(
+                match e.contents {
+                    Some(Contents::Delegated) => why
+                        .push_str(" Belongs to cri-o or the kubelet: verify does not look inside."),
+                    Some(Contents::Runtime) => {
+                        why.push_str(
+                            " Runtime area: verify reports programs and setuid files here",
+                        );
+                        match e.allow.names().as_slice() {
+                            [] => why.push('.'),
+                            allowed => why.push_str(&format!(
+                                " unless allowed (allowed: {}).",
+                                allowed.join(", ")
+                            )),
+                        }
+                    }
+                    Some(c) if e.kind == Kind::Dir && c != Contents::Image => why.push_str(
                         " Its contents are created at run time and not checked by verify.",
-                    );
+                    ),
+                    _ => {}
                 }
                 out.push_str(&format!(
                     "| `{}` | {} | {} | {} | {} |\n",
@@ -127,11 +142,17 @@ owners, new setuid bits, and any path the inventory does not list.\n\n",
 
 const VERIFY_SECTION: &str = "## What verify reports
 
-`kiosctl verify` walks the node's root filesystem and compares it with the inventory of the \
-image the node booted. It does not enter /proc, /sys and /dev, nor directories whose contents \
-are created at run time (the scratch space, the data partition's directories, /opt/cni/bin, \
-...); it does look inside /etc (through the data partition's overlay) and every other image \
-directory. Each finding has one of these problems:
+`kiosctl verify` compares the node with the inventory init read when the image booted (kept \
+in memory; the live /lib/kios/inventory differing from it is a finding of its own). It walks \
+the image's directories file by file, /etc through the data partition's overlay included, \
+but not /proc, /sys and /dev. The runtime areas (contents `runtime`: the scratch space, the \
+data partition, /opt/cni/bin, ...) hold no files of the image: verify looks at every name \
+in them and reports setuid or setgid files and executables unless the entry allows them \
+(`allow`). It checks the live mount table against the one init recorded at boot, and that \
+every runtime area that is a mount point is mounted nodev, noexec and nosuid unless allowed. \
+The areas marked `delegated` (container storage, pod volumes) belong to cri-o and the \
+kubelet: verify does not look inside them, nor at mounts below them, and says so in its \
+summary. Each finding has one of these problems:
 
 | Problem | Meaning |
 |---|---|
@@ -140,13 +161,17 @@ directory. Each finding has one of these problems:
 | `mode` | permission bits differ |
 | `owner` | owner or group differ |
 | `kind` | a different kind of file, e.g. a symlink where a program belongs, or a hard link that became a separate file |
-| `setuid` | a setuid or setgid bit the image does not have (reported even for overridden files) |
-| `unexpected` | a path the image does not have, e.g. an extra program in /bin |
+| `setuid` | a setuid or setgid bit the image does not have (reported even for overridden files), or a setuid or setgid file in a runtime area |
+| `unexpected` | a path the image does not have, e.g. an extra program in /bin; also a directory verify could not finish (too deep, too many entries, unreadable) |
 | `overridden` | an /etc difference that the data partition's overlay explains: the detail names the file in meta/etc that replaces, adds or hides it |
 | `process` | a process that is neither init, cri-o, the kubelet, a conmon, a container nor a short-lived helper of theirs |
+| `executable` | an executable file in a runtime area that allows none |
+| `mount` | a mount that is gone, changed (type, source, flags) or added since boot, or a runtime area mounted with less than `nodev`, `noexec`, `nosuid` |
+| `inventory` | the live /lib/kios/inventory differs from the one the node booted with |
 
 A node is clean when every finding is `overridden`: operator configuration is expected, \
-tampering is not.
+tampering is not. Paths are shown in the escaped form of docs/protocol.md (`\\xNN` for a \
+byte that is not printable UTF-8).
 ";
 
 /// GitHub's heading anchors: lower-case, spaces to dashes, punctuation dropped.

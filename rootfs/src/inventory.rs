@@ -16,7 +16,7 @@ pub const INVENTORY_PATH: &str = "/lib/kios/inventory";
 /// First bytes of an encoded inventory.
 pub const MAGIC: &[u8; 8] = b"KIOSINV\0";
 /// Version of the encoding after the magic; bumped on any change of the types.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// An inventory larger than this is refused when reading (it is ~100 KiB).
 pub const MAX_INVENTORY_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -75,14 +75,19 @@ pub enum Contents {
     /// the data partition (/etc): differences that the upper directory
     /// explains are reported as `overridden`.
     Overlay,
+    /// Owned by cri-o or the kubelet (container storage, pod volumes):
+    /// verify neither walks it nor checks mounts below it, and its summary
+    /// names it as out of scope.
+    Delegated,
 }
 
 impl Contents {
-    pub const ALL: [Contents; 4] = [
+    pub const ALL: [Contents; 5] = [
         Contents::Skip,
         Contents::Runtime,
         Contents::Image,
         Contents::Overlay,
+        Contents::Delegated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +96,7 @@ impl Contents {
             Contents::Runtime => "runtime",
             Contents::Image => "image",
             Contents::Overlay => "overlay",
+            Contents::Delegated => "delegated",
         }
     }
 
@@ -130,6 +136,44 @@ impl Presence {
     }
 }
 
+/// What a runtime area (`contents = "runtime"`) allows besides plain
+/// files; verify reports everything else it finds there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Allow {
+    /// Executable files (e.g. the CNI plugins in /opt/cni/bin).
+    pub exec: bool,
+    /// Setuid and setgid files.
+    pub setuid: bool,
+    /// Mounts below the area made by the services (e.g. cri-o's namespace
+    /// and shm mounts in /var/run).
+    pub mounts: bool,
+}
+
+impl Allow {
+    pub const NAMES: [&'static str; 3] = ["exec", "setuid", "mounts"];
+
+    /// Sets the allowance named `name` (one of [`Allow::NAMES`]).
+    pub fn set(&mut self, name: &str) -> bool {
+        match name {
+            "exec" => self.exec = true,
+            "setuid" => self.setuid = true,
+            "mounts" => self.mounts = true,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The names allowed, e.g. `["exec"]`.
+    pub fn names(&self) -> Vec<&'static str> {
+        let flags = [self.exec, self.setuid, self.mounts];
+        Allow::NAMES
+            .into_iter()
+            .zip(flags)
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect()
+    }
+}
+
 /// Character or block device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Device {
@@ -159,6 +203,8 @@ pub struct Entry {
     /// Directories and mount points: how verify treats what is below
     /// (None: the image's contents, checked).
     pub contents: Option<Contents>,
+    /// Runtime areas: what may be there besides plain files.
+    pub allow: Allow,
     pub presence: Presence,
     /// Where it came from at build time, for humans (e.g. `input crio`).
     pub source: String,
@@ -184,6 +230,7 @@ impl Entry {
             device: None,
             mounted: None,
             contents: None,
+            allow: Allow::default(),
             presence: Presence::Image,
             source: String::new(),
             component: String::new(),
@@ -224,6 +271,9 @@ pub struct Inventory {
     /// Sorted by path, unique.
     pub entries: Vec<Entry>,
     pub components: Vec<Component>,
+    /// Names this build: given to the builder, or by default derived from
+    /// the image's contents ([`Inventory::content_id`]).
+    pub build_id: String,
 }
 
 /// Errors of reading or decoding an inventory.
@@ -255,7 +305,26 @@ impl Inventory {
         Inventory {
             entries,
             components,
+            build_id: String::new(),
         }
+    }
+
+    /// A digest of what the image holds (every path in it with its kind,
+    /// mode, owner, content hash and target), independent of the
+    /// explanations: 16 hex digits, the default build id.
+    pub fn content_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for e in self.entries.iter().filter(|e| e.presence.in_image()) {
+            h.update(e.path.as_bytes());
+            h.update([0]);
+            h.update(e.kind.as_str().as_bytes());
+            h.update(format!(" {:o} {}:{} ", e.mode, e.uid, e.gid).as_bytes());
+            h.update(e.sha256.unwrap_or_default());
+            h.update(e.target.as_deref().unwrap_or_default().as_bytes());
+            h.update([0]);
+        }
+        crate::hash::hex(&h.finalize()[..8])
     }
 
     /// Magic, version, postcard body.

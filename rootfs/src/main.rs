@@ -1,5 +1,5 @@
-//! The rootfs command-line tool: builds the kiOS image (cpio initramfs or
-//! directory tree) from the spec, generates docs/reference/files.md, prints
+//! The rootfs command-line tool: builds the kiOS image (cpio initramfs,
+//! directory tree, unified kernel image, GPT disk image) from the spec, generates docs/reference/files.md, prints
 //! or verifies against an inventory, and benchmarks file hashing.
 //!
 //! Exit codes: 0 success; 1 failure (or, for `verify`, findings other than
@@ -8,7 +8,8 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use kios_rootfs::build::{self, BuildOptions, Compression, ModulesOptions};
-use kios_rootfs::{docs, hash, spec, verify, Inventory, VerifyOptions};
+use kios_rootfs::disk::{self, DiskOptions};
+use kios_rootfs::{docs, hash, spec, uki, verify, Inventory, VerifyOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,9 +28,12 @@ enum CompressionArg {
     None,
 }
 
+// Parsed once per run: the size of the `build` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Build the image as a cpio initramfs (--out) or a directory (--tree).
+    /// Build the image: a cpio initramfs (--out) or a directory (--tree),
+    /// and/or a unified kernel image (--uki) with a GPT disk image (--disk).
     Build {
         /// The spec.
         #[arg(long, default_value_os_t = build::default_spec())]
@@ -54,13 +58,55 @@ enum Command {
         #[arg(long = "extra", value_name = "HOST:IMAGE:MODE")]
         extra: Vec<String>,
         /// Write a cpio initramfs here.
-        #[arg(long, conflicts_with = "tree", required_unless_present = "tree")]
+        #[arg(long, conflicts_with = "tree", required_unless_present_any = ["tree", "uki"])]
         out: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "zstd")]
         compression: CompressionArg,
         /// Write the image as a directory here instead (needs root).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "uki")]
         tree: Option<PathBuf>,
+        /// VERSION_ID of /etc/os-release (default: the builder's version).
+        #[arg(long)]
+        image_version: Option<String>,
+        /// BUILD_ID of /etc/os-release and of the inventory (default:
+        /// derived from the contents).
+        #[arg(long)]
+        build_id: Option<String>,
+        /// Kernel command line of the unified kernel image.
+        #[arg(long, default_value = build::DEFAULT_CMDLINE)]
+        cmdline: String,
+        /// Write the unified kernel image (EFI stub + os-release, command
+        /// line, initramfs, kernel) here.
+        #[arg(long)]
+        uki: Option<PathBuf>,
+        /// The kernel (an EFI-stub bzImage). Default: boot/vmlinuz-VERSION
+        /// next to the lib/modules/VERSION of --modules-root (an unpacked
+        /// Debian linux-image package).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// The PE EFI stub (Debian's systemd-boot-efi).
+        #[arg(long, default_value = uki::DEFAULT_STUB)]
+        stub: PathBuf,
+        /// Also write a GPT disk image with the ESP (EFI/BOOT/BOOTX64.EFI)
+        /// and the data partition here.
+        #[arg(long, requires = "uki")]
+        disk: Option<PathBuf>,
+        /// Size of the disk image in MiB.
+        #[arg(long, default_value_t = 1024)]
+        disk_size_mib: u64,
+        /// Size of the EFI system partition in MiB (default: twice the
+        /// executable plus 8, at least 64).
+        #[arg(long)]
+        esp_size_mib: Option<u64>,
+        /// Leave the data partition out of the disk image.
+        #[arg(long)]
+        no_data_partition: bool,
+        /// Copy this directory onto the data partition (e.g. meta/etc/...).
+        #[arg(long, conflicts_with = "no_data_partition")]
+        data_seed: Option<PathBuf>,
+        /// Also write the disk image as qcow2 here (needs qemu-img).
+        #[arg(long, requires = "disk")]
+        qcow2: Option<PathBuf>,
     },
     /// Generate docs/reference/files.md from the spec.
     Docs {
@@ -123,9 +169,32 @@ fn run(cli: Cli) -> Result<i32> {
             out,
             compression,
             tree,
+            image_version,
+            build_id,
+            cmdline,
+            uki: uki_out,
+            kernel,
+            stub,
+            disk: disk_out,
+            disk_size_mib,
+            esp_size_mib,
+            no_data_partition,
+            data_seed,
+            qcow2,
         } => {
             let mut opts = BuildOptions::new(inputs);
             opts.spec = spec;
+            if let Some(v) = image_version {
+                opts.release.version = v;
+            }
+            opts.release.build_id = build_id;
+            opts.cmdline = cmdline;
+            let kernel = kernel.or_else(|| {
+                modules_root
+                    .as_deref()
+                    .zip(kernel_version.as_deref())
+                    .and_then(|(root, version)| debian_kernel_of(root, version))
+            });
             for i in input {
                 let (name, path) = i
                     .split_once('=')
@@ -152,29 +221,63 @@ fn run(cli: Cli) -> Result<i32> {
                     .push((PathBuf::from(host), image.to_string(), mode));
             }
             let started = Instant::now();
-            let inv = match (out, tree) {
-                (Some(out), _) => {
-                    let c = match compression {
-                        CompressionArg::Gzip => Compression::Gzip,
-                        CompressionArg::Zstd => Compression::Zstd,
-                        CompressionArg::None => Compression::None,
-                    };
-                    let inv = build::build_cpio(&opts, &out, c)?;
-                    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-                    eprintln!("rootfs: wrote {} ({size} bytes)", out.display());
-                    inv
+            let c = match compression {
+                CompressionArg::Gzip => Compression::Gzip,
+                CompressionArg::Zstd => Compression::Zstd,
+                CompressionArg::None => Compression::None,
+            };
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            let mut inv = None;
+            if let Some(out) = &out {
+                inv = Some(build::build_cpio(&opts, out, c)?);
+                eprintln!("rootfs: wrote {} ({} bytes)", out.display(), size(out));
+            }
+            if let Some(tree) = &tree {
+                inv = Some(build::build_tree(&opts, tree)?);
+                eprintln!("rootfs: wrote tree {}", tree.display());
+            }
+            if let Some(uki_out) = &uki_out {
+                let Some(kernel) = kernel else {
+                    bail!("--uki needs --kernel (or --modules-root of an unpacked kernel package)");
+                };
+                inv = Some(uki::build_uki(&opts, c, &stub, &kernel, uki_out)?);
+                eprintln!(
+                    "rootfs: wrote {} ({} bytes; kernel {})",
+                    uki_out.display(),
+                    size(uki_out),
+                    kernel.display()
+                );
+                if let Some(disk_out) = &disk_out {
+                    let mut d = DiskOptions::new(uki_out, disk_out);
+                    d.size_mib = disk_size_mib;
+                    d.esp_mib = esp_size_mib;
+                    d.data_partition = !no_data_partition;
+                    d.data_seed = data_seed;
+                    d.qcow2 = qcow2.clone();
+                    let report = disk::build_disk(&d)?;
+                    eprintln!(
+                        "rootfs: wrote {} ({} MiB; ESP {} MiB{})",
+                        disk_out.display(),
+                        report.bytes >> 20,
+                        report.esp.bytes >> 20,
+                        report
+                            .data
+                            .map(|p| format!(", data partition {} MiB", p.bytes >> 20))
+                            .unwrap_or_default()
+                    );
+                    if let Some(q) = &qcow2 {
+                        eprintln!("rootfs: wrote {} ({} bytes)", q.display(), size(q));
+                    }
                 }
-                (None, Some(tree)) => {
-                    let inv = build::build_tree(&opts, &tree)?;
-                    eprintln!("rootfs: wrote tree {}", tree.display());
-                    inv
-                }
-                (None, None) => bail!("give --out or --tree"),
+            }
+            let Some(inv) = inv else {
+                bail!("give --out, --tree or --uki");
             };
             let in_image = inv.entries.iter().filter(|e| e.presence.in_image()).count();
             eprintln!(
-                "rootfs: {in_image} paths in the image, {} inventory entries, {:.1}s",
+                "rootfs: {in_image} paths in the image, {} inventory entries, build id {}, {:.1}s",
                 inv.entries.len(),
+                inv.build_id,
                 started.elapsed().as_secs_f64()
             );
             Ok(0)
@@ -259,6 +362,14 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::BenchHash { size_mib, dir } => bench_hash(size_mib, dir.as_deref()),
     }
+}
+
+/// The kernel of an unpacked Debian linux-image package, given its
+/// `lib/modules/VERSION`: `boot/vmlinuz-VERSION` of the same root.
+fn debian_kernel_of(modules_root: &Path, version: &str) -> Option<PathBuf> {
+    let root = modules_root.parent()?.parent()?.parent()?;
+    let kernel = root.join("boot").join(format!("vmlinuz-{version}"));
+    kernel.is_file().then_some(kernel)
 }
 
 /// Prints; a closed pipe (`| head`) is a normal end.

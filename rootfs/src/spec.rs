@@ -12,19 +12,20 @@
 //! | `kind` | `file`, `dir`, `symlink`, `hardlink`, `device` or `mount` |
 //! | `mode` | octal permission string, e.g. `"0500"` |
 //! | `owner` | `"uid:gid"`, default `"0:0"` |
-//! | `source` | files only: `input:NAME` (inputs directory), `files:REL` (`rootfs/files/REL`), `host:/PATH` (the build host), `generated:inventory`, `generated:modules-list` |
+//! | `source` | files only: `input:NAME` (inputs directory), `files:REL` (`rootfs/files/REL`), `host:/PATH` (the build host), `generated:inventory`, `generated:modules-list`, `generated:os-release`, `generated:cmdline` |
 //! | `fallback` | for `input:` sources: build-host paths tried when the input is not given |
 //! | `target` | symlink target as stored, or the path a hard link shares its inode with |
 //! | `device` | `"c MAJOR MINOR"` or `"b MAJOR MINOR"` |
 //! | `mounted` | mount points: what kios-init mounts there |
-//! | `contents` | mount points (required) and directories: `skip`, `runtime`, `image` (default for directories) or `overlay`: how verify treats what is below |
+//! | `contents` | mount points (required) and directories: `skip`, `runtime`, `image` (default for directories), `overlay` or `delegated` (cri-o's and the kubelet's: out of verify's scope): how verify treats what is below |
+//! | `allow` | runtime areas: what may be there besides plain files, any of `exec`, `setuid`, `mounts` |
 //! | `component`, `why`, `used_by`, `notes` | what an administrator reads |
 //! | `optional` | present only when its input is given (links: when their target is present; directories: when something is placed in them) |
 //! | `runtime` | not in the image: created at boot or while the node runs (documented, never checked) |
 //! | `removed_at_boot` | kios-init deletes it after boot; verify accepts it absent |
 //! | `replaceable` | the ELF closure of an input may put the real file here (see the rule in the spec's header) |
 
-use crate::inventory::{Contents, Device, Kind};
+use crate::inventory::{Allow, Contents, Device, Kind};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -84,6 +85,10 @@ pub enum Generated {
     Inventory,
     /// /etc/kios/modules: the early module names.
     ModulesList,
+    /// /etc/os-release: the image's name, version and build id.
+    OsRelease,
+    /// /lib/kios/cmdline: the kernel command line of the unified kernel image.
+    Cmdline,
 }
 
 impl fmt::Display for Source {
@@ -94,6 +99,8 @@ impl fmt::Display for Source {
             Source::Host(p) => write!(f, "host:{}", p.display()),
             Source::Generated(Generated::Inventory) => write!(f, "generated:inventory"),
             Source::Generated(Generated::ModulesList) => write!(f, "generated:modules-list"),
+            Source::Generated(Generated::OsRelease) => write!(f, "generated:os-release"),
+            Source::Generated(Generated::Cmdline) => write!(f, "generated:cmdline"),
         }
     }
 }
@@ -127,6 +134,7 @@ pub struct SpecEntry {
     pub device: Option<Device>,
     pub mounted: Option<String>,
     pub contents: Option<Contents>,
+    pub allow: Allow,
     pub component: String,
     pub why: String,
     pub used_by: Vec<String>,
@@ -199,6 +207,8 @@ struct RawEntry {
     device: Option<Spanned<String>>,
     mounted: Option<Spanned<String>>,
     contents: Option<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
     component: Spanned<String>,
     why: Spanned<String>,
     #[serde(default)]
@@ -560,6 +570,23 @@ impl Validator<'_> {
             }
             (_, None) => None,
         };
+        let mut allow = Allow::default();
+        for a in &r.allow {
+            if contents != Some(Contents::Runtime) {
+                self.err(
+                    a,
+                    "allow",
+                    "only a runtime area (contents = \"runtime\") has 'allow'",
+                );
+            } else if !allow.set(a.get_ref()) {
+                let msg = format!(
+                    "unknown allowance '{}'; any of {}",
+                    a.get_ref(),
+                    Allow::NAMES.join(", ")
+                );
+                self.err(a, "allow", msg);
+            }
+        }
         if let Some(b) = &r.removed_at_boot {
             if *b.get_ref() && (kind != Kind::File || runtime) {
                 self.err(
@@ -598,6 +625,7 @@ impl Validator<'_> {
             device,
             mounted,
             contents,
+            allow,
             component,
             why,
             used_by: r.used_by.clone(),
@@ -769,8 +797,10 @@ fn parse_source(s: &str) -> Result<Source, String> {
         "generated" => match rest {
             "inventory" => Ok(Source::Generated(Generated::Inventory)),
             "modules-list" => Ok(Source::Generated(Generated::ModulesList)),
+            "os-release" => Ok(Source::Generated(Generated::OsRelease)),
+            "cmdline" => Ok(Source::Generated(Generated::Cmdline)),
             other => Err(format!(
-                "unknown generated source '{other}'; one of inventory, modules-list"
+                "unknown generated source '{other}'; one of inventory, modules-list, os-release, cmdline"
             )),
         },
         other => Err(format!(

@@ -8,7 +8,9 @@
 use crate::hash;
 use crate::inventory::{Contents, Entry, Inventory, Kind, Presence};
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -40,10 +42,18 @@ pub enum Problem {
     Overridden,
     /// A process that is neither init, cri-o, the kubelet, a conmon nor a container.
     Process,
+    /// An executable file in a runtime area that allows none.
+    Executable,
+    /// A mount that differs from what init mounted at boot (type, source,
+    /// flags), is gone, or was added; or a runtime area mounted with less
+    /// than the spec requires.
+    Mount,
+    /// The live inventory file differs from the one init read at boot.
+    Inventory,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 9] = [
+    pub const ALL: [Problem; 12] = [
         Problem::Missing,
         Problem::Modified,
         Problem::Mode,
@@ -53,6 +63,9 @@ impl Problem {
         Problem::Unexpected,
         Problem::Overridden,
         Problem::Process,
+        Problem::Executable,
+        Problem::Mount,
+        Problem::Inventory,
     ];
 
     /// Stable kebab-case name (wire format).
@@ -67,6 +80,9 @@ impl Problem {
             Problem::Unexpected => "unexpected",
             Problem::Overridden => "overridden",
             Problem::Process => "process",
+            Problem::Executable => "executable",
+            Problem::Mount => "mount",
+            Problem::Inventory => "inventory",
         }
     }
 
@@ -79,7 +95,8 @@ impl Problem {
 /// One difference between the node and the inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// Image path, or `/proc/<pid>` for processes.
+    /// Image path in the escaped form of [`kios_protocol::path`], or
+    /// `/proc/<pid>` for processes.
     pub path: String,
     pub problem: Problem,
     pub detail: String,
@@ -93,6 +110,9 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Findings dropped because the report reached its bound.
     pub omitted: u64,
+    /// Areas verify does not look into because they belong to cri-o or the
+    /// kubelet (container storage, pod volumes), for the summary.
+    pub out_of_scope: Vec<String>,
 }
 
 impl Report {
@@ -106,18 +126,27 @@ impl Report {
         self.checked += other.checked;
         self.findings.extend(other.findings);
         self.omitted += other.omitted;
+        self.out_of_scope.extend(other.out_of_scope);
     }
 
-    fn push(&mut self, max: usize, path: &str, problem: Problem, detail: String) {
+    /// Adds a finding for `path` (raw bytes, escaped here) unless the
+    /// report holds `max` already.
+    pub fn push(&mut self, max: usize, path: &[u8], problem: Problem, detail: String) {
         if self.findings.len() >= max {
             self.omitted += 1;
             return;
         }
         self.findings.push(Finding {
-            path: path.to_string(),
+            path: kios_protocol::path::escape(path),
             problem,
             detail,
         });
+    }
+
+    /// Orders the findings by path, then problem.
+    pub fn sort(&mut self) {
+        self.findings
+            .sort_by(|a, b| a.path.cmp(&b.path).then(a.problem.cmp(&b.problem)));
     }
 }
 
@@ -148,6 +177,8 @@ pub enum VerifyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("decode the inventory read at boot: {0}")]
+    Reference(crate::inventory::InventoryError),
 }
 
 /// Compares the tree at `root` (the live `/`, or a built image directory)
@@ -176,9 +207,7 @@ pub fn verify_tree(
     }
     v.walk("/");
     let mut report = v.report;
-    report
-        .findings
-        .sort_by(|a, b| a.path.cmp(&b.path).then(a.problem.cmp(&b.problem)));
+    report.sort();
     Ok(report)
 }
 
@@ -192,19 +221,23 @@ struct Verifier<'a> {
 }
 
 impl Verifier<'_> {
-    fn live(&self, image_path: &str) -> PathBuf {
-        self.root.join(image_path.trim_start_matches('/'))
+    fn live(&self, image_path: impl AsRef<Path>) -> PathBuf {
+        live_path(self.root, image_path.as_ref())
     }
 
-    fn finding(&mut self, path: &str, problem: Problem, detail: String) {
+    fn finding(&mut self, path: impl AsRef<Path>, problem: Problem, detail: String) {
         let max = self.opts.max_findings;
+        let path = path.as_ref().as_os_str().as_bytes();
         self.report.push(max, path, problem, detail);
     }
 
     fn find_blocked_mounts(&mut self, root_dev: u64) {
         for e in &self.inv.entries {
             let blocked = match (e.kind, e.contents) {
-                (Kind::Dir | Kind::Mount, Some(Contents::Skip | Contents::Runtime)) => true,
+                (
+                    Kind::Dir | Kind::Mount,
+                    Some(Contents::Skip | Contents::Runtime | Contents::Delegated),
+                ) => true,
                 // A mount point must say; treat an unspecified one as runtime.
                 (Kind::Mount, None) => true,
                 // Something mounted over it hides the image's files.
@@ -237,9 +270,12 @@ impl Verifier<'_> {
     }
 
     /// The upper-directory path that overrides `path`, if any.
-    fn override_of(&self, path: &str) -> Option<PathBuf> {
+    fn override_of(&self, path: impl AsRef<Path>) -> Option<PathBuf> {
         let upper = self.opts.etc_upper.as_ref()?;
-        let rel = path.strip_prefix(OVERLAY_DIR)?.strip_prefix('/')?;
+        let rel = path.as_ref().strip_prefix(OVERLAY_DIR).ok()?;
+        if rel.as_os_str().is_empty() {
+            return None;
+        }
         let candidate = upper.join(rel);
         std::fs::symlink_metadata(&candidate).ok()?;
         Some(candidate)
@@ -411,7 +447,13 @@ impl Verifier<'_> {
 
     /// Reports `problem`, or `overridden` when the overlay's upper directory
     /// holds the path.
-    fn drift(&mut self, path: &str, problem: Problem, detail: String, upper: Option<&Path>) {
+    fn drift(
+        &mut self,
+        path: impl AsRef<Path>,
+        problem: Problem,
+        detail: String,
+        upper: Option<&Path>,
+    ) {
         match upper {
             Some(upper) => self.finding(
                 path,
@@ -425,18 +467,31 @@ impl Verifier<'_> {
         }
     }
 
-    /// Walks the live tree and reports every path the inventory does not list.
+    /// Walks the live tree and reports every path the inventory does not
+    /// list. Names are bytes: a name that is not UTF-8 cannot be in the
+    /// inventory and is reported like any other stranger.
     fn walk(&mut self, dir: &str) {
         if self.blocked.contains(dir) {
             return;
         }
-        let live_dir = self.live(dir);
-        let mut names: Vec<_> = match std::fs::read_dir(&live_dir) {
-            Ok(rd) => rd
-                .filter_map(|r| r.ok())
-                .map(|d| d.file_name())
-                .take(MAX_DIR_ENTRIES + 1)
-                .collect(),
+        let names = match list_dir(&self.live(dir), MAX_DIR_ENTRIES) {
+            Ok(listing) => {
+                for err in listing.errors {
+                    self.finding(
+                        dir,
+                        Problem::Unexpected,
+                        format!("cannot list an entry: {err}"),
+                    );
+                }
+                if listing.truncated {
+                    self.finding(
+                        dir,
+                        Problem::Unexpected,
+                        format!("more than {MAX_DIR_ENTRIES} entries; only the first were checked"),
+                    );
+                }
+                listing.names
+            }
             Err(err) => {
                 if err.kind() != std::io::ErrorKind::NotFound {
                     self.finding(dir, Problem::Modified, format!("cannot list: {err}"));
@@ -444,32 +499,28 @@ impl Verifier<'_> {
                 return;
             }
         };
-        if names.len() > MAX_DIR_ENTRIES {
-            names.truncate(MAX_DIR_ENTRIES);
-            self.finding(
-                dir,
-                Problem::Unexpected,
-                format!("more than {MAX_DIR_ENTRIES} entries; only the first were checked"),
-            );
-        }
-        names.sort();
         for name in names {
-            let name = name.to_string_lossy();
-            let path = if dir == "/" {
-                format!("/{name}")
-            } else {
-                format!("{dir}/{name}")
-            };
-            let entry = self.inv.exact(&path).filter(|e| e.presence.in_image());
-            let Ok(meta) = std::fs::symlink_metadata(self.live(&path)) else {
-                continue;
+            let path = Path::new(dir).join(&name);
+            let entry = path
+                .to_str()
+                .and_then(|p| self.inv.exact(p))
+                .filter(|e| e.presence.in_image());
+            let meta = match std::fs::symlink_metadata(self.live(&path)) {
+                Ok(meta) => meta,
+                // Gone since it was listed.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    self.finding(&path, Problem::Unexpected, format!("cannot read: {err}"));
+                    continue;
+                }
             };
             match entry {
                 Some(e) => {
                     let descend =
                         matches!(e.kind, Kind::Dir | Kind::Mount) && meta.file_type().is_dir();
                     if descend {
-                        self.walk(&path);
+                        let sub = e.path.clone();
+                        self.walk(&sub);
                     }
                 }
                 None => {
@@ -491,8 +542,47 @@ impl Verifier<'_> {
     }
 }
 
+/// `image_path` (absolute, in the image) below `root`.
+pub fn live_path(root: &Path, image_path: &Path) -> PathBuf {
+    match image_path.strip_prefix("/") {
+        Ok(rel) if !rel.as_os_str().is_empty() => root.join(rel),
+        _ => root.to_path_buf(),
+    }
+}
+
+/// The names of one directory, sorted as bytes, at most `max`.
+pub struct Listing {
+    pub names: Vec<OsString>,
+    /// There were more than `max`.
+    pub truncated: bool,
+    /// Entries the kernel could not return.
+    pub errors: Vec<std::io::Error>,
+}
+
+/// Lists `dir` without following anything and without decoding names.
+pub fn list_dir(dir: &Path, max: usize) -> std::io::Result<Listing> {
+    let mut listing = Listing {
+        names: Vec::new(),
+        truncated: false,
+        errors: Vec::new(),
+    };
+    for r in std::fs::read_dir(dir)? {
+        match r {
+            Ok(d) if listing.names.len() < max => listing.names.push(d.file_name()),
+            Ok(_) => {
+                listing.truncated = true;
+                break;
+            }
+            Err(e) if listing.errors.len() < 8 => listing.errors.push(e),
+            Err(_) => {}
+        }
+    }
+    listing.names.sort();
+    Ok(listing)
+}
+
 /// e.g. `file, mode 4755, owner 0:0, 1234 bytes`.
-fn describe(meta: &Metadata) -> String {
+pub fn describe(meta: &Metadata) -> String {
     let mut s = format!(
         "{}, mode {:04o}, owner {}:{}",
         kind_name(meta),

@@ -474,6 +474,63 @@ fn kernel_modules_with_their_dependencies() {
 }
 
 #[test]
+fn an_image_listing_ext4_carries_crc32c_from_softdeps_and_aliases() {
+    // Debian 6.1's real module index (an excerpt) with a stand-in file for
+    // every module it lists.
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debian-6.1.0-57");
+    let dir = TempDir::new("kmod-debian");
+    let root = dir.join("lib/modules/6.1.0-57-amd64");
+    std::fs::create_dir_all(&root).unwrap();
+    for f in [
+        "modules.dep",
+        "modules.softdep",
+        "modules.alias",
+        "modules.builtin",
+    ] {
+        std::fs::copy(fixtures.join(f), root.join(f)).unwrap();
+    }
+    let dep = std::fs::read_to_string(root.join("modules.dep")).unwrap();
+    for rel in dep.lines().filter_map(|l| l.split(':').next()) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, rel).unwrap();
+    }
+    let mut opts = fake_inputs(dir.path());
+    opts.modules = Some(ModulesOptions {
+        modules_root: root,
+        version: "6.1.0-57-amd64".to_string(),
+        names: std::fs::read_to_string(fixtures.join("kios-modules"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect(),
+    });
+    let out = dir.join("img.cpio");
+    let inv = build::build_cpio(&opts, &out, Compression::None).unwrap();
+    let m = by_name(&read_newc(&std::fs::read(&out).unwrap()));
+    let base = "lib/modules/6.1.0-57-amd64";
+    for crc in [
+        "kernel/crypto/crc32c_generic.ko",
+        "kernel/arch/x86/crypto/crc32c-intel.ko",
+    ] {
+        assert!(m.contains_key(&format!("{base}/{crc}")), "{crc} missing");
+        let why = &inv.get(&format!("/{base}/{crc}")).unwrap().why;
+        assert!(why.contains("soft dependency of ext4, jbd2"), "{why}");
+    }
+    assert!(!m.contains_key(&format!("{base}/kernel/lib/libcrc32c.ko")));
+    let text = |f: &str| String::from_utf8(m[&format!("{base}/{f}")].data.clone()).unwrap();
+    assert!(text("modules.softdep").contains("softdep ext4 pre: crypto-crc32c\n"));
+    assert!(text("modules.alias").contains("alias crypto-crc32c crc32c_generic\n"));
+    assert!(text("modules.dep").contains("kernel/crypto/crc32c_generic.ko:\n"));
+    assert_eq!(
+        text("modules.builtin"),
+        "",
+        "none of these modules reaches a built-in"
+    );
+}
+
+#[test]
 fn a_tree_is_never_written_over_existing_files() {
     let dir = TempDir::new("nonempty");
     let opts = fake_inputs(dir.path());

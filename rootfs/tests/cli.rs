@@ -85,6 +85,58 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = rootfs(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
+    // A disk image is made from a unified kernel image.
+    let out = rootfs(&[
+        "build", "--inputs", "/x", "--out", "/x.cpio", "--disk", "/x.img",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn build_uki_and_disk() {
+    let dir = TempDir::new("cli-uki");
+    let opts = fake_inputs(dir.path());
+    let inputs = opts.inputs_dir.to_str().unwrap();
+    let (efi, img) = (dir.join("kios.efi"), dir.join("kios.img"));
+    let (efi, img) = (efi.to_str().unwrap(), img.to_str().unwrap());
+    // No kernel: a clear error, nothing written.
+    let out = rootfs(&["build", "--inputs", inputs, "--uki", efi]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--uki needs --kernel"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.join("kios.efi").exists());
+    let kernel = dir.join("vmlinuz");
+    std::fs::write(&kernel, b"MZ a kernel").unwrap();
+    let out = rootfs(&[
+        "build",
+        "--inputs",
+        inputs,
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--image-version",
+        "9.9",
+        "--build-id",
+        "cli-1",
+        "--uki",
+        efi,
+        "--disk",
+        img,
+        "--disk-size-mib",
+        "96",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ESP 64 MiB, data partition 30 MiB"),
+        "{stderr}"
+    );
+    let image = std::fs::read(efi).unwrap();
+    let osrel = b"VERSION_ID=\"9.9\"\nBUILD_ID=\"cli-1\"\n";
+    assert!(image.windows(osrel.len()).any(|w| w == osrel));
+    assert_eq!(std::fs::metadata(img).unwrap().len(), 96 << 20);
 }
 
 #[test]

@@ -379,7 +379,194 @@ fn every_problem_has_a_stable_name() {
             "setuid",
             "unexpected",
             "overridden",
-            "process"
+            "process",
+            "executable",
+            "mount",
+            "inventory"
         ]
     );
+}
+
+#[test]
+fn a_name_that_is_not_utf8_is_reported_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Tree::new("bytes");
+    let name = std::ffi::OsStr::from_bytes(b"\xff\xfekworker");
+    std::fs::write(t.live("/bin").join(name), b"\x7fELF").unwrap();
+    std::fs::write(t.live("/bin/a b\nc"), b"").unwrap();
+    let found = t.findings();
+    let f = found
+        .iter()
+        .find(|f| f.path == "/bin/\\xff\\xfekworker")
+        .unwrap_or_else(|| panic!("not reported: {found:?}"));
+    assert_eq!(f.problem, Problem::Unexpected);
+    assert!(
+        found.iter().any(|f| f.path == "/bin/a\\x20b\\x0ac"),
+        "{found:?}"
+    );
+    // The escaped form leads back to the file.
+    let bytes = kios_protocol::path::unescape(&f.path).unwrap();
+    assert!(t
+        .root()
+        .join(std::ffi::OsStr::from_bytes(&bytes[1..]))
+        .exists());
+}
+
+mod node {
+    //! The whole node check ([`kios_rootfs::verify_node`]) on a built tree:
+    //! the boot inventory as reference, the runtime areas, hostile trees.
+
+    use super::Tree;
+    use kios_rootfs::{verify_node, BootReference, NodePaths, Problem, Report, VerifyOptions};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    fn reference(t: &Tree) -> BootReference {
+        BootReference::from_parts(t.inv.encode().unwrap(), Ok(Vec::new())).unwrap()
+    }
+
+    fn check(t: &Tree, reference: &BootReference) -> Report {
+        let mountinfo = t.dir.join("mountinfo");
+        std::fs::write(&mountinfo, b"").unwrap();
+        let paths = NodePaths {
+            root: t.root(),
+            mountinfo,
+        };
+        verify_node(reference, &paths, &VerifyOptions::default()).unwrap()
+    }
+
+    /// Asserts that `r` has a `problem` finding for `path`.
+    #[track_caller]
+    fn expect(r: &Report, path: &str, problem: Problem) {
+        let found = r
+            .findings
+            .iter()
+            .any(|f| f.path == path && f.problem == problem);
+        assert!(found, "no {problem:?} for {path}: {:#?}", r.findings);
+    }
+
+    #[test]
+    fn a_fresh_tree_is_clean_and_names_what_is_out_of_scope() {
+        let t = Tree::new("node-clean");
+        let r = check(&t, &reference(&t));
+        assert!(r.is_clean(), "{:#?}", r.findings);
+        assert!(
+            r.out_of_scope
+                .iter()
+                .any(|p| p == "/var/lib/containers/storage"),
+            "{:?}",
+            r.out_of_scope
+        );
+    }
+
+    #[test]
+    fn a_rewritten_inventory_is_a_finding_and_is_not_trusted() {
+        let t = Tree::new("node-inventory");
+        let boot = reference(&t);
+        // The intruder's own valid inventory, listing the program they plant.
+        let mut forged = t.inv.clone();
+        let mut kworker = forged.exact("/bin/busybox").unwrap().clone();
+        kworker.path = "/bin/kworker".into();
+        forged.entries.push(kworker);
+        forged = kios_rootfs::Inventory {
+            entries: {
+                let mut e = forged.entries;
+                e.sort_by(|a, b| a.path.cmp(&b.path));
+                e
+            },
+            ..forged
+        };
+        let bytes = forged.encode().unwrap();
+        let file = t.live("/lib/kios/inventory");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&file, &bytes).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+        std::fs::copy(t.live("/bin/busybox"), t.live("/bin/kworker")).unwrap();
+        let r = check(&t, &boot);
+        expect(&r, "/lib/kios/inventory", Problem::Inventory);
+        expect(&r, "/bin/kworker", Problem::Unexpected);
+        assert!(!r.is_clean());
+    }
+
+    #[test]
+    fn programs_and_setuid_files_in_runtime_areas_are_reported() {
+        let t = Tree::new("node-areas");
+        let plant = |p: &str, mode: u32| {
+            let path = t.live(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"\x7fELF").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        plant("/var/log/kworker", 0o755);
+        plant("/tmp/a/b/suid", 0o4644);
+        plant("/var/log/plain.log", 0o600);
+        plant("/opt/cni/bin/bridge", 0o755); // allowed there
+        plant("/var/lib/containers/storage/overlay/x/bin/sh", 0o4755); // delegated
+        let r = check(&t, &reference(&t));
+        expect(&r, "/var/log/kworker", Problem::Executable);
+        expect(&r, "/tmp/a/b/suid", Problem::Setuid);
+        let paths: Vec<&str> = r.findings.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+    }
+
+    #[test]
+    fn hostile_trees_are_bounded_and_reported() {
+        let t = Tree::new("node-hostile");
+        // A FIFO where a file of the image belongs, and in an area.
+        let hosts = t.live("/etc/hosts");
+        std::fs::remove_file(&hosts).unwrap();
+        nix_mkfifo(&hosts);
+        nix_mkfifo(&t.live("/tmp/fifo"));
+        // A sparse file of 64 GiB in place of a program, and in an area.
+        for p in ["/bin/kubelet", "/tmp/sparse"] {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(t.live(p))
+                .unwrap();
+            f.set_len(64 << 30).unwrap();
+        }
+        // Symlink loops and links to /proc/kcore.
+        std::os::unix::fs::symlink("loop-b", t.live("/tmp/loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", t.live("/tmp/loop-b")).unwrap();
+        std::os::unix::fs::symlink("/proc/kcore", t.live("/tmp/kcore")).unwrap();
+        std::os::unix::fs::symlink("/proc/kcore", t.live("/bin/kcore")).unwrap();
+        // A tree deeper than PATH_MAX (4096 bytes) in an area.
+        make_deep_tree(&t.live("/tmp"), &"d".repeat(200), 40);
+        let started = Instant::now();
+        let r = check(&t, &reference(&t));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "verify took {took:?}");
+        expect(&r, "/etc/hosts", Problem::Kind);
+        expect(&r, "/bin/kubelet", Problem::Modified);
+        expect(&r, "/bin/kcore", Problem::Unexpected);
+        let deep_note = r
+            .findings
+            .iter()
+            .any(|f| f.path.starts_with("/tmp/ddd") && f.problem == Problem::Unexpected);
+        assert!(
+            deep_note,
+            "the deep tree is not silently skipped: {:#?}",
+            r.findings
+        );
+        eprintln!("hostile tree verified in {took:?}");
+    }
+
+    /// `levels` nested directories below `top`, made relative to an open
+    /// directory so that the whole path may exceed PATH_MAX.
+    fn make_deep_tree(top: &std::path::Path, name: &str, levels: usize) {
+        use nix::fcntl::{open, openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        let mut dir = open(top, flags, Mode::empty()).unwrap();
+        for _ in 0..levels {
+            mkdirat(&dir, name, Mode::from_bits_truncate(0o755)).unwrap();
+            dir = openat(&dir, name, flags, Mode::empty()).unwrap();
+        }
+    }
+
+    fn nix_mkfifo(path: &std::path::Path) {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    }
 }

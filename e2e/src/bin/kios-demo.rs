@@ -1,6 +1,7 @@
 //! `kios-demo`: the README's first command (run by `scripts/demo`). Builds
-//! kiOS, boots a node in qemu on Debian's stock kernel with a data disk and
-//! shows it working: the boot log, `kiosctl status`, `kiosctl boot` and
+//! kiOS as the disk image a machine boots (a GPT disk with the unified
+//! kernel image on its EFI system partition and a data partition), boots it
+//! in qemu through UEFI firmware (OVMF) and shows it working: the boot log, `kiosctl status`, `kiosctl boot` and
 //! `kiosctl files` run from inside the node (the kubelet stand-in runs them
 //! the way `kubectl debug node` would), then a graceful shutdown, after
 //! which the data partition is checked with e2fsck.
@@ -94,6 +95,8 @@ fn interesting(line: &str, full_log: bool) -> bool {
         || line.contains("kiOS")
         || line.contains("KIOS-E2E")
         || line.contains("Linux version")
+        || line.contains("BdsDxe: starting")
+        || line.contains("EFI stub:")
         || line.contains("Run /init")
         || line.contains("EXT4-fs")
         || line.contains("reboot: Power down")
@@ -112,29 +115,39 @@ fn run(options: &Options) -> anyhow::Result<()> {
     println!(
         "    kernel {} ({}), early modules: {}",
         kernel.version,
-        kernel.boot_image.display(),
+        kernel.vmlinuz.display(),
         vm::EARLY_MODULES.join(", ")
     );
 
-    say("building the initramfs and a data disk (GPT, kiOS data partition, ext4)");
+    say("building the disk image: the unified kernel image (EFI stub, kernel, initramfs, command line, os-release) on an EFI system partition, and the data partition (GPT, ext4)");
     let mut spec = NodeSpec::new("demo");
+    spec.uefi = true;
     spec.disk = spec
         .disk
         .etc_file("kubernetes/node-labels", "demo: yes\nrole: worker\n")
         .etc_file("hostname", "kios-demo\n");
     let mut script = Script::new();
     script.kiosctl("status");
+    script.kiosctl("version");
     script.kiosctl("boot");
     script.kiosctl("files");
     script.kiosctl("files /bin/kubelet");
     script.kiosctl("shutdown");
     spec.script = Some(script);
     let mut node = Node::prepare(&spec).context("preparing the node")?;
-    println!(
-        "    image {}/initramfs.cpio, disk {}",
-        node.dir().display(),
-        node.disk().image().display()
-    );
+    if let Some(image) = node.disk_image() {
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len() >> 20).unwrap_or(0);
+        println!(
+            "    {} ({} MiB; EFI/BOOT/BOOTX64.EFI on the ESP), disk {} ({} MiB raw)\n    kiOS {} build {}, kernel command line: {}",
+            image.efi.display(),
+            size(&image.efi),
+            image.disk.display(),
+            size(&image.disk),
+            image.release.version.as_deref().unwrap_or("?"),
+            image.release.build_id.as_deref().unwrap_or("?"),
+            image.cmdline
+        );
+    }
     if real_kubelet() {
         println!(
             "    a real kubelet from {} runs no admin script: the demo shows the boot and\n    powers the node off with the ACPI power button",
@@ -142,11 +155,11 @@ fn run(options: &Options) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "    the kubelet stand-in will run, like an admin in `kubectl debug node`:\n      kiosctl status; kiosctl boot; kiosctl files; kiosctl files /bin/kubelet; kiosctl shutdown"
+            "    the kubelet stand-in will run, like an admin in `kubectl debug node`:\n      kiosctl status; kiosctl version; kiosctl boot; kiosctl files; kiosctl files /bin/kubelet; kiosctl shutdown"
         );
     }
 
-    say("booting the node in qemu (software emulation; console log below)");
+    say("booting the disk in qemu: UEFI firmware (OVMF) -> BOOTX64.EFI -> kernel -> kios-init (software emulation; console log below)");
     let mut vm = node.boot().context("starting qemu")?;
     let console_path = vm.config().console_path();
     println!(

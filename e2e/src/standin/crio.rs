@@ -3,13 +3,16 @@
 //! Records its argv to `/run/kios-e2e/crio.argv` and the descriptors it
 //! inherited to `/run/kios-e2e/crio.fds` (`FD TARGET` lines), prints `KIOS-E2E crio
 //! started pid=N`, listens on `/var/run/crio/crio.sock` (accepting and
-//! closing connections) and exits 0 on SIGTERM, removing the socket.
+//! closing connections) and exits 0 on SIGTERM, removing the socket (unless
+//! `ignore_sigterm=true`, see [`super::watch_sigterm`]).
 //!
 //! `/etc/kios-e2e/crio.conf` keys:
 //! - `listen_delay_ms=N`: wait before creating the socket (default 0);
 //! - `exit_after_ms=N` + `exit_code=C` (default 1): exit with C after N ms,
 //!   to simulate a crash; with `crash_times=K` only the first K starts of
-//!   this boot do so (counted in `/run/kios-e2e/crio.starts`);
+//!   this boot do so (counted in `/run/kios-e2e/crio.starts`); with
+//!   `exit_before_listen=true` it does so before creating its socket (a
+//!   cri-o that dies before it is ready);
 //! - `orphans=N` + `orphan_ms=M` (default 100): at start, leave N orphaned
 //!   grandchildren that exit M ms later, for init to reap. Each prints
 //!   `KIOS-E2E crio orphan pid=P` and `KIOS-E2E crio orphan-exit pid=P`.
@@ -35,7 +38,7 @@ pub fn main(argv: Vec<String>) -> i32 {
         _ => {}
     }
     let inherited = super::open_fds();
-    watch_sigterm(|| {
+    watch_sigterm("crio", || {
         let _ = std::fs::remove_file(SOCKET);
         emit("crio sigterm");
     });
@@ -54,6 +57,11 @@ pub fn main(argv: Vec<String>) -> i32 {
         leave_orphan(orphan_ms);
     }
 
+    if config.bool_or("exit_before_listen", false) {
+        if let Some(code) = crash(&config, start) {
+            return code;
+        }
+    }
     let delay = config.u64_or("listen_delay_ms", 0);
     if delay > 0 {
         std::thread::sleep(Duration::from_millis(delay));
@@ -78,23 +86,29 @@ pub fn main(argv: Vec<String>) -> i32 {
         }
     }
 
-    let crash_times = config.u64_or("crash_times", 0);
-    if let Some(after) = config
-        .get("exit_after_ms")
-        .map(|_| config.u64_or("exit_after_ms", 0))
-    {
-        if crash_times == 0 || start <= crash_times {
-            std::thread::sleep(Duration::from_millis(after));
-            let code = config.i32_or("exit_code", 1);
-            let _ = std::fs::remove_file(SOCKET);
-            emit(&format!(
-                "crio exiting code={code} start={start} mono_ms={}",
-                monotonic_ms()
-            ));
-            return code;
-        }
+    if let Some(code) = crash(&config, start) {
+        return code;
     }
     super::park_forever()
+}
+
+/// `exit_after_ms`: sleeps, then the exit code to crash with (for the
+/// first `crash_times` starts).
+fn crash(config: &Config, start: u64) -> Option<i32> {
+    let crash_times = config.u64_or("crash_times", 0);
+    config.get("exit_after_ms")?;
+    let after = config.u64_or("exit_after_ms", 0);
+    if crash_times != 0 && start > crash_times {
+        return None;
+    }
+    std::thread::sleep(Duration::from_millis(after));
+    let code = config.i32_or("exit_code", 1);
+    let _ = std::fs::remove_file(SOCKET);
+    emit(&format!(
+        "crio exiting code={code} start={start} mono_ms={}",
+        monotonic_ms()
+    ));
+    Some(code)
 }
 
 fn listen() -> std::io::Result<UnixListener> {

@@ -23,7 +23,10 @@
 //! - `plant PATH`: creates an executable file at `/host/PATH`; prints
 //!   `KIOS-E2E planted PATH`;
 //! - `wait-file PATH MS`: waits up to MS for `/host/PATH` to exist; prints
-//!   `KIOS-E2E wait-file PATH found` or `... timeout`.
+//!   `KIOS-E2E wait-file PATH found` or `... timeout`;
+//! - `host PROGRAM ARGS...`: runs PROGRAM of the node in init's mount
+//!   namespace, as an intruder in a privileged pod would (`/host/bin/nsenter
+//!   -t 1 -m`), with its output in a BEGIN/END block like `kiosctl`.
 //!
 //! The runner prints `KIOS-E2E debug-pod ready` once inside its root and
 //! `KIOS-E2E debug-pod done` at the end. All output goes to stdout, the
@@ -60,6 +63,7 @@ pub enum Step {
     Signal { signal: String, pid: i32 },
     Plant(String),
     WaitFile { path: String, ms: u64 },
+    Host(Vec<String>),
 }
 
 /// Parses one script line; `Ok(None)` for blank and comment lines.
@@ -91,6 +95,9 @@ pub fn parse_line(line: &str) -> Result<Option<Step>, String> {
             }))
         }
         ("plant", [path]) => Ok(Some(Step::Plant(path.to_string()))),
+        ("host", [_, ..]) => Ok(Some(Step::Host(
+            rest.iter().map(|a| a.to_string()).collect(),
+        ))),
         ("wait-file", [path, ms]) => Ok(Some(Step::WaitFile {
             path: path.to_string(),
             ms: number(ms)?,
@@ -240,6 +247,7 @@ fn enter_debug_root() -> std::io::Result<()> {
 fn run_step(n: usize, step: &Step) {
     match step {
         Step::Kiosctl(args) => run_kiosctl(n, args),
+        Step::Host(args) => run_on_host(n, args),
         Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(*ms)),
         Step::Signal { signal, pid } => {
             let result = parse_signal(signal).and_then(|sig| {
@@ -283,9 +291,23 @@ fn plant(path: &str) -> std::io::Result<()> {
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
 }
 
+fn run_on_host(n: usize, args: &[String]) {
+    emit(&format!("BEGIN {n} host {}", args.join(" ")));
+    let mut argv: Vec<String> = ["-t", "1", "-m", "--"].map(String::from).to_vec();
+    argv.extend(args.iter().cloned());
+    let rc = match spawn_merged("/host/bin/nsenter", &argv) {
+        Ok(rc) => rc,
+        Err(e) => {
+            emit_raw(&format!("cannot run /host/bin/nsenter: {e}\n"));
+            "127".to_string()
+        }
+    };
+    emit(&format!("END {n} rc={rc}"));
+}
+
 fn run_kiosctl(n: usize, args: &[String]) {
     emit(&format!("BEGIN {n} kiosctl {}", args.join(" ")));
-    let rc = match spawn_merged(args) {
+    let rc = match spawn_merged("/bin/kiosctl", args) {
         Ok(rc) => rc,
         Err(e) => {
             let found = match std::fs::metadata("/bin/kiosctl") {
@@ -299,13 +321,13 @@ fn run_kiosctl(n: usize, args: &[String]) {
     emit(&format!("END {n} rc={rc}"));
 }
 
-/// Runs /bin/kiosctl with stdout and stderr on one pipe, printing its lines
+/// Runs `program` with stdout and stderr on one pipe, printing its lines
 /// as they come; returns the exit code as text.
-fn spawn_merged(args: &[String]) -> std::io::Result<String> {
+fn spawn_merged(program: &str, args: &[String]) -> std::io::Result<String> {
     let (read_end, write_end): (OwnedFd, OwnedFd) =
         nix::unistd::pipe().map_err(|e| io_err("pipe", e))?;
     let write_clone = write_end.try_clone()?;
-    let mut child = Command::new("/bin/kiosctl")
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(write_end))

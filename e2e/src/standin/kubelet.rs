@@ -12,7 +12,7 @@
 //! kubelet grace-done`, prints `KIOS-E2E kubelet continue-sent` and writes
 //! 0x02 (printing `continue-failed` if that write fails), then waits to be
 //! killed. An admin `script=` starts only once it is connected.
-//! SIGTERM: exit 0.
+//! SIGTERM: exit 0 (unless `ignore_sigterm=true`, see [`super::watch_sigterm`]).
 //!
 //! `/etc/kios-e2e/kubelet.conf` keys:
 //! - `grace_ms=N`: the grace period; else `shutdownGracePeriod` of
@@ -61,7 +61,7 @@ pub fn main(argv: Vec<String>) -> i32 {
     let inherited = super::open_fds();
     // Before anything else: did cri-o's socket exist when we were started?
     let crio_socket = Path::new(super::crio::SOCKET).exists();
-    watch_sigterm(|| emit("kubelet sigterm"));
+    watch_sigterm("kubelet", || emit("kubelet sigterm"));
     let config = Config::load("kubelet");
     let start = count_start("kubelet");
     let json = record_argv("kubelet", &argv);

@@ -354,7 +354,10 @@ pub fn monotonic_ms() -> u64 {
 /// Blocks SIGTERM in this thread (call first in main, before any thread is
 /// spawned, so every thread inherits the mask) and starts a thread that
 /// waits for it and then runs `on_term`, which must end the process.
-pub fn watch_sigterm(on_term: impl FnOnce() + Send + 'static) {
+/// With `ignore_sigterm=true` in `/etc/kios-e2e/<name>.conf` (read when the
+/// signal arrives) it prints `KIOS-E2E <name> sigterm-ignored` instead and
+/// lives on, like a service that does not stop: only SIGKILL ends it.
+pub fn watch_sigterm(name: &'static str, on_term: impl FnOnce() + Send + 'static) {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     if let Err(e) = set.thread_block() {
@@ -363,10 +366,19 @@ pub fn watch_sigterm(on_term: impl FnOnce() + Send + 'static) {
     }
     let spawned = std::thread::Builder::new()
         .name("sigterm".into())
-        .spawn(move || loop {
-            if let Ok(Signal::SIGTERM) = set.wait() {
-                on_term();
-                std::process::exit(0);
+        .spawn(move || {
+            let mut on_term = Some(on_term);
+            loop {
+                if let Ok(Signal::SIGTERM) = set.wait() {
+                    if Config::load(name).bool_or("ignore_sigterm", false) {
+                        emit(&format!("{name} sigterm-ignored"));
+                        continue;
+                    }
+                    if let Some(on_term) = on_term.take() {
+                        on_term();
+                    }
+                    std::process::exit(0);
+                }
             }
         });
     if let Err(e) = spawned {

@@ -1,6 +1,8 @@
 //! The data partition disk of a VM: a raw image with a GPT whose only
 //! partition carries the kiOS data partition type GUID, formatted ext4 with
 //! the kiOS layout, and the tools to read it back after the VM stopped.
+//! The same reading back works on the builder's UEFI disk image, whose data
+//! partition is partition 2 ([`DataDisk::within`]).
 //!
 //! The ext4 filesystem is made as a separate partition image with
 //! `mkfs.ext4 -d <staging>` (so no loop device and no host mount is ever
@@ -69,6 +71,7 @@ impl DiskLayout {
 pub struct DataDisk {
     dir: PathBuf,
     image: PathBuf,
+    partition_offset: u64,
     partition_bytes: u64,
 }
 
@@ -98,20 +101,38 @@ fn stage_files(root: &Path, files: &[(String, Vec<u8>)]) -> Result<(), VmError> 
     Ok(())
 }
 
+/// Writes the layout as a folder `<dir>/datapart-staging` (what the data
+/// partition is made from) and returns it.
+pub fn stage_layout(dir: &Path, layout: &DiskLayout) -> Result<PathBuf, VmError> {
+    let staging = dir.join("datapart-staging");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| VmError::io("remove", &staging, e))?;
+    }
+    for d in LAYOUT_DIRS {
+        let path = staging.join(d);
+        fs::create_dir_all(&path).map_err(|e| VmError::io("create", &path, e))?;
+    }
+    stage_files(&staging.join("meta/etc"), &layout.etc)?;
+    stage_files(&staging.join("meta/log"), &layout.log)?;
+    Ok(staging)
+}
+
 impl DataDisk {
+    /// The data partition of another disk image (e.g. partition 2 of the
+    /// builder's UEFI disk), at `offset` with `bytes`.
+    pub fn within(dir: &Path, image: &Path, offset: u64, bytes: u64) -> DataDisk {
+        DataDisk {
+            dir: dir.to_owned(),
+            image: image.to_owned(),
+            partition_offset: offset,
+            partition_bytes: bytes,
+        }
+    }
+
     /// Creates `<dir>/disk.img` with the layout; `dir` keeps the staging
     /// folder and partition images for debugging.
     pub fn create(dir: &Path, layout: &DiskLayout) -> Result<DataDisk, VmError> {
-        let staging = dir.join("datapart-staging");
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(|e| VmError::io("remove", &staging, e))?;
-        }
-        for d in LAYOUT_DIRS {
-            let path = staging.join(d);
-            fs::create_dir_all(&path).map_err(|e| VmError::io("create", &path, e))?;
-        }
-        stage_files(&staging.join("meta/etc"), &layout.etc)?;
-        stage_files(&staging.join("meta/log"), &layout.log)?;
+        let staging = stage_layout(dir, layout)?;
 
         let partition_bytes = layout.size_mib.max(16) * MIB;
         let part = dir.join("datapart.ext4");
@@ -146,6 +167,7 @@ impl DataDisk {
         let disk = DataDisk {
             dir: dir.to_owned(),
             image,
+            partition_offset: PARTITION_START_SECTOR * SECTOR,
             partition_bytes,
         };
         disk.write_partition(&part)?;
@@ -158,7 +180,7 @@ impl DataDisk {
     }
 
     fn offset(&self) -> u64 {
-        PARTITION_START_SECTOR * SECTOR
+        self.partition_offset
     }
 
     /// Copies the partition out of the disk into `<dir>/<name>`.

@@ -6,6 +6,8 @@
 //!   dir of [`crate::artifacts`] plus the kernel's early modules.
 //! - [`disk`]: the data partition disk (GPT + ext4 with the kiOS layout),
 //!   and reading it back after the VM stopped (fsck, file contents).
+//! - [`firmware`]: OVMF (UEFI) with a per-VM variable store, for VMs that
+//!   boot the disk image as a machine does.
 //! - [`qemu`]: one VM process: command line, monitor, kill by pid on drop.
 //! - [`console`]: the serial console log: waiting for lines with a deadline
 //!   and parsing the kubelet stand-in's admin script blocks.
@@ -18,6 +20,7 @@
 
 pub mod console;
 pub mod disk;
+pub mod firmware;
 pub mod image;
 pub mod kernel;
 pub mod node;
@@ -32,19 +35,20 @@ use thiserror::Error;
 
 pub use console::{starts, AdminCommand, Console, Started};
 pub use disk::{DataDisk, DiskLayout};
+pub use firmware::Firmware;
 pub use image::{build_image, ImageConfig};
 pub use kernel::{kernel, Kernel};
 pub use node::{deadline, Node, NodeSpec, Script};
 pub use qemu::{Vm, VmConfig};
 
 /// Early kernel modules the stock Debian kernel needs on a kiOS node in
-/// qemu: the virtio disk, ext4 (its crc32c checksum driver is requested at
-/// mount time, so it is listed explicitly), the /etc overlay, and the ACPI
-/// power button with its event device. Dependencies come from modules.dep.
+/// qemu, as an administrator writes them: the virtio disk, ext4, the /etc
+/// overlay, and the ACPI power button with its event device. Everything
+/// else (modules.dep dependencies, ext4's crc32c through modules.softdep
+/// and modules.alias) is found as modprobe finds it.
 pub const EARLY_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
-    "crc32c_generic",
     "ext4",
     "overlay",
     "evdev",
@@ -115,6 +119,8 @@ fn package_of(tool: &str) -> &'static str {
         "dpkg-deb" => "apt-get install dpkg-dev",
         "apt-get" | "apt-cache" => "a Debian system with apt",
         "cpio" => "apt-get install cpio",
+        "mformat" | "mcopy" | "mdir" => "apt-get install mtools",
+        "qemu-img" => "apt-get install qemu-utils",
         _ => "see scripts/deps",
     }
 }

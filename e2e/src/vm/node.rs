@@ -7,12 +7,18 @@
 //! often as it needs; between boots it may replace the script
 //! ([`Node::set_script`]) or read the partition back ([`Node::disk`]).
 //! Console logs are `target/vm/<test>/boot<N>.console.log`.
+//!
+//! A node is booted one of two ways: the fast path (qemu's `-kernel` with
+//! the initramfs, and a data disk of its own), or, with [`NodeSpec::uefi`],
+//! the way a machine boots: OVMF firmware starts `EFI/BOOT/BOOTX64.EFI`
+//! from the builder's GPT disk image, whose data partition the node uses.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::disk::{DataDisk, DiskLayout};
-use super::image::{build_image, ImageConfig};
+use super::disk::{stage_layout, DataDisk, DiskLayout};
+use super::firmware::Firmware;
+use super::image::{build_disk_image, build_image, DiskImage, ImageConfig};
 use super::qemu::{Vm, VmConfig};
 use super::{kernel, test_dir, Kernel, TestDir, VmError};
 
@@ -61,6 +67,12 @@ impl Script {
         self.push(format!("plant {path}"))
     }
 
+    /// Runs a program of the node in init's mount namespace (`host
+    /// /bin/busybox mount -o remount,exec /var/log`); admin block N.
+    pub fn host(&mut self, args: &str) -> u32 {
+        self.push(format!("host {args}"))
+    }
+
     /// Waits up to `ms` for PATH to exist on the node.
     pub fn wait_file(&mut self, path: &str, ms: u64) -> u32 {
         self.push(format!("wait-file {path} {ms}"))
@@ -89,7 +101,14 @@ pub struct NodeSpec {
     pub script: Option<Script>,
     /// Additions to the image.
     pub image: ImageConfig,
+    /// Boot the builder's disk image through UEFI firmware instead of
+    /// `-kernel` (slower under emulation: the firmware, and the kernel
+    /// decompressing itself).
+    pub uefi: bool,
 }
+
+/// Size of a UEFI node's disk image (64 MiB ESP, the rest data).
+pub const UEFI_DISK_MIB: u64 = 128;
 
 impl NodeSpec {
     pub fn new(name: &str) -> NodeSpec {
@@ -100,6 +119,7 @@ impl NodeSpec {
             crio_conf: Vec::new(),
             script: None,
             image: ImageConfig::default(),
+            uefi: false,
         }
     }
 }
@@ -113,6 +133,8 @@ pub struct Node {
     kernel: Kernel,
     initramfs: PathBuf,
     disk: DataDisk,
+    /// The disk image and firmware of a UEFI node.
+    uefi: Option<(DiskImage, Firmware)>,
     boots: u32,
     /// Time spent preparing (artifacts, kernel, image, disk).
     pub prepare_time: Duration,
@@ -132,7 +154,6 @@ impl Node {
         let dir = test_dir.path().to_owned();
         let kernel = kernel()?.clone();
         let inputs = super::image::inputs_dir()?;
-        let initramfs = build_image(&dir, &inputs, &kernel, &spec.image)?;
 
         let mut layout = spec.disk.clone();
         let mut kubelet = spec.kubelet_conf.clone();
@@ -151,13 +172,24 @@ impl Node {
                 .etc
                 .push(("kios-e2e/crio.conf".into(), conf_text(&spec.crio_conf)));
         }
-        let disk = DataDisk::create(&dir, &layout)?;
+        let (initramfs, disk, uefi) = if spec.uefi {
+            let seed = stage_layout(&dir, &layout)?;
+            let image =
+                build_disk_image(&dir, &inputs, &kernel, &spec.image, UEFI_DISK_MIB, &seed)?;
+            let disk = DataDisk::within(&dir, &image.disk, image.data.offset, image.data.bytes);
+            let firmware = Firmware::prepare(&dir.join("ovmf-vars.fd"))?;
+            (image.efi.clone(), disk, Some((image, firmware)))
+        } else {
+            let initramfs = build_image(&dir, &inputs, &kernel, &spec.image)?;
+            (initramfs, DataDisk::create(&dir, &layout)?, None)
+        };
         Ok(Node {
             dir,
             _test_dir: test_dir,
             kernel,
             initramfs,
             disk,
+            uefi,
             boots: 0,
             prepare_time: started.elapsed(),
         })
@@ -172,6 +204,11 @@ impl Node {
         &self.disk
     }
 
+    /// The disk image of a UEFI node.
+    pub fn disk_image(&self) -> Option<&DiskImage> {
+        self.uefi.as_ref().map(|(image, _)| image)
+    }
+
     /// The VM configuration of the next boot (for tests that adjust it).
     pub fn next_config(&self) -> VmConfig {
         let mut config = VmConfig::new(
@@ -181,6 +218,7 @@ impl Node {
             &self.initramfs,
         );
         config.disk = Some(self.disk.image().to_owned());
+        config.firmware = self.uefi.as_ref().map(|(_, firmware)| firmware.clone());
         config
     }
 
@@ -215,6 +253,10 @@ pub mod deadline {
     use std::time::Duration;
     /// qemu start to the kubelet stand-in running.
     pub const BOOT: Duration = Duration::from_secs(90);
+    /// qemu start to the kubelet stand-in running on the firmware path
+    /// (OVMF and the kernel decompressing itself add 10-30 s under
+    /// emulation, more on a loaded machine).
+    pub const FIRMWARE_BOOT: Duration = Duration::from_secs(180);
     /// One admin command.
     pub const COMMAND: Duration = Duration::from_secs(60);
     /// Shutdown request to qemu's exit.

@@ -4,7 +4,10 @@
 //! machines, so it is used only when `KIOS_VM_KVM=1`), the serial console
 //! written to a file, the human monitor on a Unix socket (for
 //! `system_powerdown`), the data disk as virtio-blk, `-no-reboot` unless the
-//! test wants the guest to reboot. Every wait has a deadline; a VM that is
+//! test wants the guest to reboot. Two ways to start the guest: the fast
+//! path hands qemu the kernel and initramfs (`-kernel`/`-initrd`/`-append`);
+//! the firmware path ([`VmConfig::firmware`]) starts UEFI firmware, which
+//! boots the disk image's `EFI/BOOT/BOOTX64.EFI` as a machine would. Every wait has a deadline; a VM that is
 //! still running when the [`Vm`] is dropped is killed by its pid.
 
 use std::io::{Read, Write};
@@ -14,6 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::console::{AdminCommand, Console, Line};
+use super::firmware::Firmware;
 use super::{Kernel, VmError};
 
 /// How often the harness looks at the console file and the qemu process.
@@ -40,6 +44,10 @@ pub struct VmConfig {
     /// `false`: `-no-reboot` (qemu exits when the guest reboots or powers
     /// off). `true`: a guest reboot restarts it in the same qemu.
     pub allow_reboot: bool,
+    /// UEFI firmware that boots the disk: `kernel`, `initramfs` and
+    /// `cmdline` are then not used (the disk's unified kernel image
+    /// carries them).
+    pub firmware: Option<Firmware>,
 }
 
 impl VmConfig {
@@ -54,6 +62,7 @@ impl VmConfig {
             memory_mib: 512,
             cmdline: vec!["datapart=auto".into()],
             allow_reboot: false,
+            firmware: None,
         }
     }
 
@@ -93,13 +102,18 @@ impl VmConfig {
             format!("file:{}", self.console_path().display()),
             "-monitor".into(),
             format!("unix:{},server,nowait", self.monitor_path().display()),
-            "-kernel".into(),
-            self.kernel.boot_image.display().to_string(),
-            "-initrd".into(),
-            self.initramfs.display().to_string(),
-            "-append".into(),
-            self.kernel_cmdline(),
         ];
+        match &self.firmware {
+            Some(firmware) => args.extend(firmware.qemu_args()),
+            None => args.extend([
+                "-kernel".into(),
+                self.kernel.boot_image.display().to_string(),
+                "-initrd".into(),
+                self.initramfs.display().to_string(),
+                "-append".into(),
+                self.kernel_cmdline(),
+            ]),
+        }
         if let Some(disk) = &self.disk {
             args.push("-drive".into());
             args.push(format!(
@@ -378,5 +392,18 @@ mod tests {
         assert_eq!(args[append + 1], "console=ttyS0 panic=-1 datapart=auto");
         config.allow_reboot = true;
         assert!(!config.qemu_args().contains(&"-no-reboot".to_owned()));
+
+        config.firmware = Some(Firmware {
+            code: "/fw/CODE.fd".into(),
+            vars: "/t/vars.fd".into(),
+        });
+        let joined = config.qemu_args().join(" ");
+        assert!(
+            !joined.contains("-kernel") && !joined.contains("-append"),
+            "{joined}"
+        );
+        assert!(joined.contains("-drive if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd"));
+        assert!(joined.contains("-drive if=pflash,format=raw,unit=1,file=/t/vars.fd"));
+        assert!(joined.contains("-drive file=/t/disk.img,format=raw,if=virtio"));
     }
 }

@@ -133,6 +133,28 @@ pub fn parse_node_labels(text: &str) -> Result<Vec<(String, String)>, LabelError
     Ok(parsed.labels)
 }
 
+/// Why node-ip gives no `--node-ip`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeIpError {
+    #[error("node-ip is empty")]
+    Empty,
+    #[error("node-ip: whitespace inside {0:?}")]
+    Whitespace(String),
+}
+
+/// The `--node-ip` value of node-ip's text: its first line, trimmed, with
+/// no whitespace inside (the kubelet would refuse it).
+pub fn parse_node_ip(text: &str) -> Result<&str, NodeIpError> {
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() {
+        Err(NodeIpError::Empty)
+    } else if first.chars().any(char::is_whitespace) {
+        Err(NodeIpError::Whitespace(first.to_string()))
+    } else {
+        Ok(first)
+    }
+}
+
 /// What the kubelet argv derivation noticed, for the kernel log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KubeletArgv {
@@ -198,21 +220,19 @@ pub fn derive_kubelet_argv(etc_kubernetes: &Path) -> KubeletArgv {
     let ip_path = etc_kubernetes.join("node-ip");
     match read_text(&ip_path) {
         Ok(None) => {}
-        Ok(Some(text)) => {
-            let first = text.lines().next().unwrap_or("").trim();
-            if first.is_empty() {
-                r.warnings
-                    .push(format!("{} is empty; no --node-ip", ip_path.display()));
-            } else if first.chars().any(char::is_whitespace) {
-                r.warnings.push(format!(
-                    "{}: whitespace inside {first:?}; no --node-ip",
-                    ip_path.display()
-                ));
-            } else {
+        Ok(Some(text)) => match parse_node_ip(&text) {
+            Ok(ip) => {
                 r.argv.push("--node-ip".into());
-                r.argv.push(first.to_string());
+                r.argv.push(ip.to_string());
             }
-        }
+            Err(NodeIpError::Empty) => r
+                .warnings
+                .push(format!("{} is empty; no --node-ip", ip_path.display())),
+            Err(NodeIpError::Whitespace(first)) => r.warnings.push(format!(
+                "{}: whitespace inside {first:?}; no --node-ip",
+                ip_path.display()
+            )),
+        },
         Err(e) => r.warnings.push(format!("{e}; no --node-ip")),
     }
 
@@ -454,6 +474,17 @@ mod tests {
                 "--config",
                 "/nonexistent-kios/etc/kubernetes/config.yaml"
             ]
+        );
+    }
+
+    #[test]
+    fn node_ip_is_the_first_line_as_one_word() {
+        assert_eq!(parse_node_ip(" 10.0.0.5 \nfd00::1\n"), Ok("10.0.0.5"));
+        assert_eq!(parse_node_ip(""), Err(NodeIpError::Empty));
+        assert_eq!(parse_node_ip("\n10.0.0.5"), Err(NodeIpError::Empty));
+        assert_eq!(
+            parse_node_ip("10.0.0.5\u{a0}x"),
+            Err(NodeIpError::Whitespace("10.0.0.5\u{a0}x".into()))
         );
     }
 }

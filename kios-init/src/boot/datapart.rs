@@ -5,22 +5,27 @@
 //! | on the partition | at runtime                               |
 //! |------------------|------------------------------------------|
 //! | meta/etc         | /etc (overlay upper; work meta/.etc.work)|
-//! | meta/log         | /var/log                                 |
-//! | data/oci         | /var/lib/containers/storage              |
-//! | data/pods        | /var/lib/kubelet/pods                    |
+//! | meta/log         | /var/log (nodev,noexec,nosuid)           |
+//! | data/oci         | /var/lib/containers/storage (nodev)      |
+//! | data/pods        | /var/lib/kubelet/pods (nodev)            |
 //! | modules          | /lib/modules (ro,nosuid,nodev; only when non-empty) |
 //! | meta             | /var/meta (nodev,noexec,nosuid)          |
 //!
 //! and, with or without a partition, /etc/seccomp bound onto
-//! /var/lib/kubelet/seccomp. Missing directories on the partition are
-//! created. The partition itself is mounted at [`DATAPART_MOUNT`].
+//! /var/lib/kubelet/seccomp (ro,nodev,noexec,nosuid). Missing directories
+//! on the partition are created. The partition itself is mounted at
+//! [`DATAPART_MOUNT`] nodev,noexec,nosuid: only container storage and pod
+//! volumes, where containers run programs, get exec (and suid) back.
 
 use crate::boot::gpt;
-use crate::boot::DatapartStatus;
 use crate::sys::{MountCall, Sys, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The flags of what holds no programs: the partition itself, /var/log,
+/// /var/meta (and what a bind inherits unless remounted).
+const NO_PROGRAMS: u64 = MS_NODEV | MS_NOEXEC | MS_NOSUID;
 
 /// Where the partition itself is mounted.
 pub const DATAPART_MOUNT: &str = "/run/kios/datapart";
@@ -79,6 +84,21 @@ pub fn mounted_device() -> Option<String> {
 
 fn remember_device(dev: &str) {
     *MOUNTED_DEVICE.lock().unwrap_or_else(|e| e.into_inner()) = Some(dev.to_string());
+}
+
+/// The state of the data partition after boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatapartStatus {
+    /// `datapart=none`: an ephemeral node.
+    Disabled,
+    Mounted {
+        device: String,
+    },
+    /// Wanted but not mounted; the node runs without it.
+    Missing {
+        wanted: String,
+        reason: String,
+    },
 }
 
 /// What a scan of /sys/block found.
@@ -273,15 +293,16 @@ pub fn mount_layout(sys: &dyn Sys, root: &Path) -> Vec<String> {
         fail(format!("mount overlay on /etc: {e}"));
     }
 
-    for (src, target) in [
-        ("meta/log", "/var/log"),
-        ("data/oci", "/var/lib/containers/storage"),
-        ("data/pods", "/var/lib/kubelet/pods"),
+    for (src, target, flags) in [
+        ("meta/log", "/var/log", NO_PROGRAMS),
+        ("data/oci", "/var/lib/containers/storage", MS_NODEV),
+        ("data/pods", "/var/lib/kubelet/pods", MS_NODEV),
     ] {
         let t = Path::new(target);
         let r = sys
             .create_dir_all(t, 0o755)
-            .and_then(|()| bind(sys, &root.join(src), t));
+            .and_then(|()| bind(sys, &root.join(src), t))
+            .and_then(|()| remount_bind(sys, t, flags));
         if let Err(e) = r {
             fail(format!(
                 "bind {} on {target}: {e}",
@@ -316,7 +337,7 @@ pub fn mount_layout(sys: &dyn Sys, root: &Path) -> Vec<String> {
     let r = sys
         .create_dir_all(t, 0o755)
         .and_then(|()| bind(sys, &meta, t))
-        .and_then(|()| remount_bind(sys, t, MS_NODEV | MS_NOEXEC | MS_NOSUID));
+        .and_then(|()| remount_bind(sys, t, NO_PROGRAMS));
     if let Err(e) = r {
         fail(format!("bind {} on /var/meta: {e}", meta.display()));
     }
@@ -333,7 +354,8 @@ pub fn bind_seccomp(sys: &dyn Sys) -> Option<String> {
     let t = Path::new("/var/lib/kubelet/seccomp");
     let r = sys
         .create_dir_all(t, 0o755)
-        .and_then(|()| bind(sys, src, t));
+        .and_then(|()| bind(sys, src, t))
+        .and_then(|()| remount_bind(sys, t, MS_RDONLY | NO_PROGRAMS));
     r.err().map(|e| {
         let msg = format!("bind /etc/seccomp on /var/lib/kubelet/seccomp: {e}");
         crate::kerr!("{msg}");
@@ -379,13 +401,19 @@ fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> Data
             source: Some(device),
             target: root,
             fstype: Some("ext4"),
-            flags: 0,
+            flags: NO_PROGRAMS,
             data: None,
         })
     });
     match r {
         Err(e) => {
-            let reason = format!("mount ext4 {device} on {DATAPART_MOUNT}: {e}");
+            let mut reason = format!("mount ext4 {device} on {DATAPART_MOUNT}: {e}");
+            // The errno alone hides the cause (ENOENT for a missing crc32c
+            // driver); the kernel logged it.
+            let messages = sys.kernel_messages();
+            if let Some(cause) = crate::kernlog::mount_failure_cause(&messages, "ext4", device) {
+                reason = format!("{reason}: {cause}");
+            }
             crate::kerr!(
                 "DATA PARTITION MISSING: {reason}; continuing without it (node state is ephemeral)"
             );
@@ -479,11 +507,20 @@ mod tests {
         assert!(mounted_device().is_some());
         let m = layout_targets(&sys);
         let want: Vec<(String, u64)> = vec![
-            ("/run/kios/datapart".into(), 0),
+            ("/run/kios/datapart".into(), NO_PROGRAMS),
             ("/etc".into(), 0),
             ("/var/log".into(), MS_BIND),
+            ("/var/log".into(), MS_REMOUNT | MS_BIND | NO_PROGRAMS),
             ("/var/lib/containers/storage".into(), MS_BIND),
+            (
+                "/var/lib/containers/storage".into(),
+                MS_REMOUNT | MS_BIND | MS_NODEV,
+            ),
             ("/var/lib/kubelet/pods".into(), MS_BIND),
+            (
+                "/var/lib/kubelet/pods".into(),
+                MS_REMOUNT | MS_BIND | MS_NODEV,
+            ),
             ("/lib/modules".into(), MS_BIND),
             (
                 "/lib/modules".into(),
@@ -495,6 +532,10 @@ mod tests {
                 MS_REMOUNT | MS_BIND | MS_NODEV | MS_NOEXEC | MS_NOSUID,
             ),
             ("/var/lib/kubelet/seccomp".into(), MS_BIND),
+            (
+                "/var/lib/kubelet/seccomp".into(),
+                MS_REMOUNT | MS_BIND | MS_RDONLY | NO_PROGRAMS,
+            ),
         ];
         assert_eq!(m, want);
         let calls = sys.calls();
@@ -622,6 +663,26 @@ mod tests {
             1,
             "nothing of the layout after a failed mount"
         );
+    }
+
+    #[test]
+    fn a_missing_driver_named_by_the_kernel_is_the_reason() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.add_file("/dev/kmsg", "EXT4-fs (vda1): Cannot load crc32c driver.\n");
+        sys.fail("mount", "/run/kios/datapart", libc::ENOENT);
+        let (status, _) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        match status {
+            DatapartStatus::Missing { reason, .. } => assert!(
+                reason.starts_with("mount ext4 /dev/vda1 on /run/kios/datapart: No such file or directory (os error 2): ext4 could not load its crc32c driver"),
+                "{reason}"
+            ),
+            other => panic!("expected Missing, got {other:?}"),
+        }
     }
 
     #[test]

@@ -19,11 +19,17 @@ use crate::boot::milestones::Milestones;
 use crate::kmsg::{self, LogTarget};
 use crate::sys::Sys;
 use datapart::DatapartSpec;
+pub use datapart::DatapartStatus;
 use std::path::Path;
 use std::time::Duration;
 
 /// The boot parameter keys init reads.
-pub const BOOT_KEYS: [&str; 3] = ["datapart", "kios.datapart_timeout", "kios.log"];
+pub const BOOT_KEYS: [&str; 4] = [
+    "datapart",
+    "kios.datapart_timeout",
+    "kios.log",
+    "kios.power_button",
+];
 
 /// Default wait for the data partition.
 pub const DEFAULT_DATAPART_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,11 +37,14 @@ pub const DEFAULT_DATAPART_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_DATAPART_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The boot parameters init understands.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootConfig {
     pub datapart: DatapartSpec,
     pub datapart_timeout: Duration,
     pub log: LogTarget,
+    /// `kios.power_button=off` stops init from reading /dev/input (for
+    /// sandboxes that share the host's /dev); `on` is the default.
+    pub power_button: bool,
     /// Bad values met while parsing (each replaced by its default).
     pub warnings: Vec<String>,
     /// The boot parameters found in the environment (only the keys above),
@@ -50,6 +59,7 @@ impl Default for BootConfig {
             datapart: DatapartSpec::Auto,
             datapart_timeout: DEFAULT_DATAPART_TIMEOUT,
             log: LogTarget::Kmsg,
+            power_button: true,
             warnings: Vec::new(),
             env: Vec::new(),
         }
@@ -105,6 +115,14 @@ fn parse_timeout(v: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_power_button(v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("kios.power_button={v:?}: expected on or off")),
+    }
 }
 
 fn parse_log(v: &str) -> Result<LogTarget, String> {
@@ -164,6 +182,12 @@ impl BootConfig {
                 Err(e) => cfg.warnings.push(format!("{e}; using kmsg")),
             }
         }
+        if let Some(v) = lookup("kios.power_button") {
+            match parse_power_button(&v) {
+                Ok(on) => cfg.power_button = on,
+                Err(e) => cfg.warnings.push(format!("{e}; using on")),
+            }
+        }
         cfg
     }
 
@@ -188,6 +212,11 @@ impl BootConfig {
                 self.datapart_timeout
             },
             log: if set("kios.log") { fresh.log } else { self.log },
+            power_button: if set("kios.power_button") {
+                fresh.power_button
+            } else {
+                self.power_button
+            },
             warnings: fresh.warnings,
             env: self.env.clone(),
         }
@@ -208,27 +237,17 @@ impl BootConfig {
     }
 }
 
-/// The state of the data partition after boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DatapartStatus {
-    /// `datapart=none`: an ephemeral node.
-    Disabled,
-    Mounted {
-        device: String,
-    },
-    /// Wanted but not mounted; the node runs without it.
-    Missing {
-        wanted: String,
-        reason: String,
-    },
-}
-
 /// What boot did, for `status` and the kernel log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootReport {
     pub datapart: DatapartStatus,
     pub hostname: String,
     pub warnings: Vec<String>,
+    /// The image's version fields, read before the /etc overlay hides them.
+    pub release: kios_rootfs::ImageRelease,
+    /// The boot parameters the boot path used (with the command line read
+    /// once /proc was mounted): the runtime takes its settings from here.
+    pub config: BootConfig,
 }
 
 /// Record a milestone and put it in the kernel log (debug level).
@@ -286,6 +305,15 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
     warnings.extend(cfg.warnings.iter().cloned());
     mark(ms, "mounts");
 
+    // The image's own os-release: before the data partition's /etc overlay.
+    let release = sys
+        .read_file(
+            Path::new("/etc/os-release"),
+            kios_rootfs::osrelease::OS_RELEASE_LIMIT,
+        )
+        .map(|b| kios_rootfs::ImageRelease::parse(&String::from_utf8_lossy(&b)))
+        .unwrap_or_default();
+
     let loaded = modules::load_early_modules(sys);
     warnings.extend(loaded.errors);
     mark(ms, "modules");
@@ -312,6 +340,8 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
         datapart,
         hostname: net.hostname,
         warnings,
+        release,
+        config: cfg.clone(),
     }
 }
 
@@ -375,6 +405,29 @@ mod tests {
     }
 
     #[test]
+    fn the_power_button_is_read_once_with_the_rest() {
+        assert!(BootConfig::default().power_button);
+        let off = BootConfig::default().with_cmdline("quiet kios.power_button=off");
+        assert!(!off.power_button);
+        assert!(off.warnings.is_empty());
+        // Not on this command line: the earlier value stays.
+        assert!(!off.with_cmdline("quiet").power_button);
+        let bad = BootConfig::from_env_and_cmdline(&[], "kios.power_button=maybe");
+        assert!(bad.power_button);
+        assert_eq!(bad.warnings.len(), 1, "{:?}", bad.warnings);
+    }
+
+    #[test]
+    fn the_report_carries_the_configuration_boot_used() {
+        let sys = FakeSys::new();
+        sys.add_file("/proc/cmdline", "datapart=none kios.power_button=off\n");
+        let mut ms = Milestones::new();
+        let report = early_boot(&sys, &BootConfig::default(), &mut ms);
+        assert_eq!(report.config.datapart, DatapartSpec::None);
+        assert!(!report.config.power_button);
+    }
+
+    #[test]
     fn dotted_parameters_from_a_later_cmdline_keep_env_priority() {
         // Before /proc: only the environment (dotted keys never reach it).
         let early =
@@ -402,6 +455,22 @@ mod tests {
                 reason: "not found within 0s".into()
             }
         );
+    }
+
+    #[test]
+    fn early_boot_reports_the_image_release() {
+        let sys = FakeSys::new();
+        sys.add_file(
+            "/etc/os-release",
+            "ID=kios\nVERSION_ID=\"1.2\"\nBUILD_ID=\"b7\"\n",
+        );
+        let cfg = BootConfig::from_env_and_cmdline(&env(&[("datapart", "none")]), "");
+        let r = early_boot(&sys, &cfg, &mut Milestones::new());
+        assert_eq!(r.release.version.as_deref(), Some("1.2"));
+        assert_eq!(r.release.build_id.as_deref(), Some("b7"));
+        // No os-release: no version, and boot goes on.
+        let r = early_boot(&FakeSys::new(), &cfg, &mut Milestones::new());
+        assert_eq!(r.release, kios_rootfs::ImageRelease::default());
     }
 
     #[test]

@@ -1,79 +1,57 @@
 //! Early kernel modules: the names in /etc/kios/modules (one per line, `#`
-//! comments) are loaded with their dependencies from
-//! /lib/modules/<uname -r>/modules.dep, dependencies first, each module
-//! once, dependency cycles detected and reported. Loading uses
-//! finit_module(2); compressed modules (.ko.xz, .ko.zst, .ko.gz) are handed
-//! to the kernel with MODULE_INIT_COMPRESSED_FILE so it decompresses them
-//! (needs Linux 6.4+ with CONFIG_MODULE_DECOMPRESS). An already loaded
-//! module (EEXIST) is fine; a built-in one (modules.builtin) is skipped. A
-//! missing module is a clear kernel-log error and boot continues.
+//! comments; modules or aliases) are loaded the way modprobe loads them,
+//! from /lib/modules/<uname -r>/: modules.dep dependencies, `pre:` and
+//! `post:` soft dependencies of modules.softdep, aliases of modules.alias
+//! (every module an alias names), modules.builtin names counted as loaded;
+//! the order and lookup are [`kios_rootfs::modprobe`]'s. Each module is
+//! loaded once with finit_module(2); compressed modules (.ko.xz, .ko.zst,
+//! .ko.gz) are handed to the kernel with MODULE_INIT_COMPRESSED_FILE so it
+//! decompresses them (needs Linux 6.4+ with CONFIG_MODULE_DECOMPRESS). An
+//! already loaded module (EEXIST) is fine. A listed module that is missing
+//! or fails is a clear kernel-log error and boot continues; a soft
+//! dependency that fails (e.g. crc32c_intel on a CPU without SSE4.2) is
+//! logged and skipped, as modprobe does.
 
 use crate::sys::{Sys, MODULE_INIT_COMPRESSED_FILE};
-use std::collections::{BTreeMap, BTreeSet};
+use kios_rootfs::modprobe::{ModuleIndex, Problem};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+pub use kios_rootfs::modprobe::module_name;
 
 pub const MODULES_LIST: &str = "/etc/kios/modules";
 pub const MODULES_ROOT: &str = "/lib/modules";
-/// Largest modules.dep / modules.builtin read (a distribution kernel's
-/// modules.dep is under 1 MiB).
+/// Largest modules.dep / softdep / alias / builtin read (a distribution
+/// kernel's modules.alias is near 1.3 MiB).
 pub const DEP_LIMIT: usize = 16 * 1024 * 1024;
 /// Largest /etc/kios/modules read and most names taken from it.
 pub const LIST_LIMIT: usize = 64 * 1024;
 pub const MAX_WANTED: usize = 512;
-/// Deepest dependency chain followed.
-pub const MAX_DEPTH: usize = 64;
 
 /// A problem with one module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModuleError {
-    #[error("module {name}: not found in {dep_file}")]
+    #[error("module {name}: not found in {dep_file} (nor modules.alias or modules.builtin)")]
     NotFound { name: String, dep_file: String },
     #[error("module dependency cycle: {}", chain.join(" -> "))]
     Cycle { chain: Vec<String> },
-    #[error("module {name}: dependency chain deeper than {MAX_DEPTH}")]
+    #[error("module {name}: soft dependencies nested too deep")]
     TooDeep { name: String },
+    #[error("module {of}: needs {path}, which has no line in {dep_file}")]
+    Unlisted {
+        path: String,
+        of: String,
+        dep_file: String,
+    },
     #[error("load module {path}: {reason}")]
     Load { path: String, reason: String },
     #[error("read {path}: {reason}")]
     Read { path: String, reason: String },
 }
 
-/// Module name as the kernel knows it: file name without `.ko[.xz|.zst|.gz]`,
-/// with `-` as `_`.
-pub fn module_name(path_or_name: &str) -> String {
-    let base = path_or_name.rsplit('/').next().unwrap_or(path_or_name);
-    let base = base.split(".ko").next().unwrap_or(base);
-    base.replace('-', "_")
-}
-
 /// Whether the kernel has to decompress this module file.
 pub fn is_compressed(path: &str) -> bool {
     path.ends_with(".ko.xz") || path.ends_with(".ko.zst") || path.ends_with(".ko.gz")
-}
-
-/// The parsed modules.dep: name -> (relative path, dependency names).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ModulesDep {
-    pub modules: BTreeMap<String, (String, Vec<String>)>,
-}
-
-impl ModulesDep {
-    /// Parse modules.dep text (`path: dep dep ...` per line).
-    pub fn parse(text: &str) -> ModulesDep {
-        let mut modules = BTreeMap::new();
-        for line in text.lines() {
-            let Some((path, deps)) = line.split_once(':') else {
-                continue;
-            };
-            let path = path.trim();
-            if path.is_empty() {
-                continue;
-            }
-            let deps = deps.split_whitespace().map(module_name).collect();
-            modules.insert(module_name(path), (path.to_string(), deps));
-        }
-        ModulesDep { modules }
-    }
 }
 
 /// Parse /etc/kios/modules: one name per line, `#` comments, blanks
@@ -94,83 +72,6 @@ pub fn parse_module_list(text: &str) -> Vec<String> {
     out
 }
 
-/// Load order for `wanted`: relative paths, dependencies first, each once.
-/// Names that are built in are left out; unknown names and cycles are
-/// errors (the rest is still ordered).
-pub fn load_order(
-    dep: &ModulesDep,
-    builtin: &BTreeSet<String>,
-    wanted: &[String],
-    dep_file: &str,
-) -> (Vec<String>, Vec<ModuleError>) {
-    #[derive(PartialEq)]
-    enum Mark {
-        Visiting,
-        Done,
-    }
-    struct Walk<'a> {
-        dep: &'a ModulesDep,
-        builtin: &'a BTreeSet<String>,
-        dep_file: &'a str,
-        marks: BTreeMap<String, Mark>,
-        stack: Vec<String>,
-        order: Vec<String>,
-        errors: Vec<ModuleError>,
-    }
-    impl Walk<'_> {
-        fn visit(&mut self, name: &str) {
-            match self.marks.get(name) {
-                Some(Mark::Done) => return,
-                Some(Mark::Visiting) => {
-                    let start = self.stack.iter().position(|n| n == name).unwrap_or(0);
-                    let mut chain = self.stack[start..].to_vec();
-                    chain.push(name.to_string());
-                    self.errors.push(ModuleError::Cycle { chain });
-                    return;
-                }
-                None => {}
-            }
-            if self.stack.len() >= MAX_DEPTH {
-                self.errors.push(ModuleError::TooDeep {
-                    name: name.to_string(),
-                });
-                return;
-            }
-            let Some((path, deps)) = self.dep.modules.get(name) else {
-                self.marks.insert(name.to_string(), Mark::Done);
-                if !self.builtin.contains(name) {
-                    self.errors.push(ModuleError::NotFound {
-                        name: name.to_string(),
-                        dep_file: self.dep_file.to_string(),
-                    });
-                }
-                return;
-            };
-            self.marks.insert(name.to_string(), Mark::Visiting);
-            self.stack.push(name.to_string());
-            for d in deps {
-                self.visit(d);
-            }
-            self.stack.pop();
-            self.marks.insert(name.to_string(), Mark::Done);
-            self.order.push(path.clone());
-        }
-    }
-    let mut w = Walk {
-        dep,
-        builtin,
-        dep_file,
-        marks: BTreeMap::new(),
-        stack: Vec::new(),
-        order: Vec::new(),
-        errors: Vec::new(),
-    };
-    for name in wanted {
-        w.visit(&module_name(name));
-    }
-    (w.order, w.errors)
-}
-
 /// What loading did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ModulesReport {
@@ -178,6 +79,9 @@ pub struct ModulesReport {
     pub loaded: Vec<String>,
     /// Modules that were already loaded (EEXIST).
     pub already: Vec<String>,
+    /// Soft dependencies that could not be loaded or found (kernel-logged
+    /// at info level; modprobe ignores them too).
+    pub skipped: Vec<String>,
     /// Problems (each kernel-logged at error level).
     pub errors: Vec<String>,
 }
@@ -191,6 +95,32 @@ fn read_text(sys: &dyn Sys, path: &Path, limit: usize) -> Result<Option<String>,
             reason: e.to_string(),
         }),
     }
+}
+
+/// The index of the module tree at `base`: modules.dep is needed (its
+/// absence is an error); softdep, alias and builtin are optional.
+fn read_index(sys: &dyn Sys, base: &Path, errors: &mut Vec<ModuleError>) -> ModuleIndex {
+    let mut text = |file: &str, needed: bool| match read_text(sys, &base.join(file), DEP_LIMIT) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            if needed {
+                errors.push(ModuleError::Read {
+                    path: base.join(file).display().to_string(),
+                    reason: "not found".into(),
+                });
+            }
+            String::new()
+        }
+        Err(e) => {
+            errors.push(e);
+            String::new()
+        }
+    };
+    let dep = text("modules.dep", true);
+    let softdep = text("modules.softdep", false);
+    let alias = text("modules.alias", false);
+    let builtin = text("modules.builtin", false);
+    ModuleIndex::parse(&dep, &softdep, &alias, &builtin)
 }
 
 /// Load the modules listed in /etc/kios/modules. Does nothing (and reads
@@ -226,56 +156,66 @@ pub fn load_early_modules(sys: &dyn Sys) -> ModulesReport {
         }
     };
     let base = PathBuf::from(MODULES_ROOT).join(&release);
-    let dep_path = base.join("modules.dep");
-    let dep = match read_text(sys, &dep_path, DEP_LIMIT) {
-        Ok(Some(t)) => ModulesDep::parse(&t),
-        Ok(None) => {
-            error(
-                &mut report,
-                ModuleError::Read {
-                    path: dep_path.display().to_string(),
-                    reason: "not found".into(),
-                },
-            );
-            ModulesDep::default()
-        }
-        Err(e) => {
-            error(&mut report, e);
-            ModulesDep::default()
-        }
-    };
-    let builtin: BTreeSet<String> = match read_text(sys, &base.join("modules.builtin"), DEP_LIMIT) {
-        Ok(Some(t)) => t.lines().map(module_name).collect(),
-        _ => BTreeSet::new(),
-    };
-    let (order, errors) = load_order(&dep, &builtin, &wanted, &dep_path.display().to_string());
-    for e in errors {
+    let dep_file = base.join("modules.dep").display().to_string();
+    let mut read_errors = Vec::new();
+    let index = read_index(sys, &base, &mut read_errors);
+    for e in read_errors {
         error(&mut report, e);
     }
-    for rel in order {
-        let path = base.join(&rel);
-        let flags = if is_compressed(&rel) {
+    let plan = index.plan(&wanted);
+    drop(index);
+    for p in plan.problems {
+        let e = match p {
+            Problem::NotFound { name } => ModuleError::NotFound {
+                name,
+                dep_file: dep_file.clone(),
+            },
+            Problem::SoftNotFound { name, of } => {
+                crate::kinfo!("module {of}: soft dependency {name} not found; skipped");
+                report.skipped.push(name);
+                continue;
+            }
+            Problem::Unlisted { path, of } => ModuleError::Unlisted {
+                path,
+                of,
+                dep_file: dep_file.clone(),
+            },
+            Problem::Cycle { chain } => ModuleError::Cycle { chain },
+            Problem::TooDeep { name } => ModuleError::TooDeep { name },
+        };
+        error(&mut report, e);
+    }
+    for step in plan.steps {
+        let path = base.join(&step.path);
+        let flags = if is_compressed(&step.path) {
             MODULE_INIT_COMPRESSED_FILE
         } else {
             0
         };
-        let name = module_name(&rel);
         match sys.finit_module(&path, "", flags) {
-            Ok(()) => report.loaded.push(name),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => report.already.push(name),
+            Ok(()) => report.loaded.push(step.name),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => report.already.push(step.name),
             Err(e) => {
                 let reason = if flags != 0 && e.raw_os_error() == Some(libc::EINVAL) {
                     format!("{e} (compressed module: the kernel needs CONFIG_MODULE_DECOMPRESS, Linux 6.4+)")
                 } else {
                     e.to_string()
                 };
-                error(
-                    &mut report,
-                    ModuleError::Load {
-                        path: path.display().to_string(),
-                        reason,
-                    },
-                );
+                if step.required {
+                    error(
+                        &mut report,
+                        ModuleError::Load {
+                            path: path.display().to_string(),
+                            reason,
+                        },
+                    );
+                } else {
+                    crate::kinfo!(
+                        "module {} (a soft dependency): {reason}; skipped",
+                        step.name
+                    );
+                    report.skipped.push(step.name);
+                }
             }
         }
     }
@@ -303,61 +243,104 @@ kernel/net/a-b.ko: kernel/net/c.ko
 kernel/net/c.ko: kernel/net/a-b.ko
 ";
 
-    fn order(wanted: &[&str]) -> (Vec<String>, Vec<ModuleError>) {
-        let w: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
-        let builtin: BTreeSet<String> = ["overlay".to_string()].into();
-        load_order(&ModulesDep::parse(DEP), &builtin, &w, "modules.dep")
+    /// A FakeSys with Debian 6.1's module index excerpt (real lines) and an
+    /// empty file for every module of it.
+    fn debian(list: &str) -> (FakeSys, String) {
+        let sys = FakeSys::new();
+        sys.set_release("6.1.0-57-amd64");
+        sys.add_file(MODULES_LIST, list);
+        let base = "/lib/modules/6.1.0-57-amd64".to_string();
+        for (file, text) in [
+            (
+                "modules.dep",
+                include_str!("../../../rootfs/tests/fixtures/debian-6.1.0-57/modules.dep"),
+            ),
+            (
+                "modules.softdep",
+                include_str!("../../../rootfs/tests/fixtures/debian-6.1.0-57/modules.softdep"),
+            ),
+            (
+                "modules.alias",
+                include_str!("../../../rootfs/tests/fixtures/debian-6.1.0-57/modules.alias"),
+            ),
+            (
+                "modules.builtin",
+                include_str!("../../../rootfs/tests/fixtures/debian-6.1.0-57/modules.builtin"),
+            ),
+        ] {
+            sys.add_file(&format!("{base}/{file}"), text);
+            if file == "modules.dep" {
+                for p in text.lines().filter_map(|l| l.split(':').next()) {
+                    sys.add_file(&format!("{base}/{p}"), "");
+                }
+            }
+        }
+        (sys, base)
     }
 
     #[test]
-    fn names_and_compression() {
-        assert_eq!(
-            module_name("kernel/drivers/block/virtio_blk.ko.zst"),
-            "virtio_blk"
+    fn the_administrators_list_loads_crc32c_for_ext4_like_modprobe() {
+        let list = include_str!("../../../rootfs/tests/fixtures/debian-6.1.0-57/kios-modules");
+        let (sys, base) = debian(list);
+        // No SSE4.2 (qemu's default CPU): the accelerated crc32c refuses.
+        sys.fail(
+            "finit_module",
+            &format!("{base}/kernel/arch/x86/crypto/crc32c-intel.ko"),
+            libc::ENODEV,
         );
-        assert_eq!(module_name("kernel/net/a-b.ko"), "a_b");
-        assert_eq!(module_name("virtio-pci"), "virtio_pci");
-        assert!(is_compressed("x.ko.xz") && is_compressed("x.ko.zst") && is_compressed("x.ko.gz"));
-        assert!(!is_compressed("x.ko"));
+        let r = load_early_modules(&sys);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.skipped, ["crc32c_intel"]);
+        // Everything else of the plan (tested in kios_rootfs::modprobe) is
+        // loaded, in its order: crc32c before jbd2 and ext4.
+        assert_eq!(r.loaded.len(), 14, "{:?}", r.loaded);
+        let at = |m: &str| r.loaded.iter().position(|l| l == m);
+        assert!(at("crc32c_generic") < at("jbd2") && at("jbd2") < at("ext4"));
+        assert_eq!(r.loaded.last().map(String::as_str), Some("button"));
     }
 
     #[test]
-    fn dependencies_come_first_each_once() {
-        let (o, e) = order(&["virtio_blk", "virtio_pci", "ext4"]);
-        assert!(e.is_empty(), "{e:?}");
+    fn aliases_and_builtins_in_the_list() {
+        let (sys, _) = debian("fs-ext3\ncrypto_hash\ncrc32c-generic\n");
+        let r = load_early_modules(&sys);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        // fs-ext3 is ext4 (with its softdeps); crypto_hash is built in.
         assert_eq!(
-            o,
+            r.loaded,
             [
-                "kernel/drivers/virtio/virtio.ko.zst",
-                "kernel/drivers/virtio/virtio_ring.ko.zst",
-                "kernel/drivers/block/virtio_blk.ko.zst",
-                "kernel/drivers/virtio/virtio_pci.ko.xz",
-                "kernel/fs/jbd2/jbd2.ko",
-                "kernel/fs/mbcache.ko",
-                "kernel/lib/crc16.ko",
-                "kernel/fs/ext4/ext4.ko",
+                "crc32c_intel",
+                "crc32c_generic",
+                "jbd2",
+                "mbcache",
+                "crc16",
+                "ext4"
             ]
         );
     }
 
     #[test]
-    fn unknown_builtin_and_cycles() {
-        let (o, e) = order(&["nosuch", "overlay", "jbd2"]);
-        assert_eq!(o, ["kernel/fs/jbd2/jbd2.ko"]);
-        assert_eq!(
-            e,
-            [ModuleError::NotFound {
-                name: "nosuch".into(),
-                dep_file: "modules.dep".into()
-            }]
+    fn a_failing_listed_module_is_an_error() {
+        let (sys, base) = debian("ext4\nnosuch\n");
+        sys.fail(
+            "finit_module",
+            &format!("{base}/kernel/fs/jbd2/jbd2.ko"),
+            libc::ENOEXEC,
         );
-        let (_, e) = order(&["a-b"]);
-        assert_eq!(
-            e,
-            [ModuleError::Cycle {
-                chain: vec!["a_b".into(), "c".into(), "a_b".into()]
-            }]
+        let r = load_early_modules(&sys);
+        assert_eq!(r.errors.len(), 2, "{:?}", r.errors);
+        assert!(
+            r.errors[0].starts_with("module nosuch: not found"),
+            "{:?}",
+            r.errors
         );
+        assert!(r.errors[1].contains("jbd2.ko"), "{:?}", r.errors);
+        assert!(r.loaded.contains(&"ext4".to_string()));
+    }
+
+    #[test]
+    fn compression() {
+        assert!(is_compressed("x.ko.xz") && is_compressed("x.ko.zst") && is_compressed("x.ko.gz"));
+        assert!(!is_compressed("x.ko"));
     }
 
     #[test]
@@ -391,8 +374,9 @@ kernel/net/c.ko: kernel/net/a-b.ko
                 "virtio",
                 "virtio_ring",
                 "virtio_blk",
-                "mbcache",
+                // modules.dep order, last first (as modprobe loads them).
                 "crc16",
+                "mbcache",
                 "ext4"
             ]
         );

@@ -1,7 +1,7 @@
 //! The end of the node's file systems: unmount everything listed in
 //! /proc/self/mountinfo, children before parents (by the parent ids of
 //! mountinfo, newest first among siblings), and remount read-only what
-//! cannot be unmounted; then sync.
+//! cannot be unmounted (the shutdown then syncs, through `Sys`).
 //!
 //! Read-only fallback, and why it is careful: pseudo file systems (proc,
 //! sysfs, devtmpfs, cgroup2, tmpfs, ...) share their superblock with the
@@ -16,79 +16,12 @@
 use crate::sys::{MountCall, Sys, MS_BIND, MS_RDONLY, MS_REMOUNT};
 use std::path::Path;
 
-/// Largest mountinfo read.
-pub const MOUNTINFO_LIMIT: usize = 4 * 1024 * 1024;
+pub use kios_rootfs::mountinfo::{MountInfo, MOUNTINFO_LIMIT};
 
-/// One line of /proc/self/mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountEntry {
-    pub id: u32,
-    pub parent: u32,
-    pub major: u32,
-    pub minor: u32,
-    pub mount_point: String,
-    pub fstype: String,
-    pub source: String,
-}
-
-/// Undo mountinfo's octal escapes (`\040` for space, ...).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' {
-            if let Some(oct) = b.get(i + 1..i + 4) {
-                if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                    let v = u32::from(oct[0] - b'0') * 64
-                        + u32::from(oct[1] - b'0') * 8
-                        + u32::from(oct[2] - b'0');
-                    if let Ok(byte) = u8::try_from(v) {
-                        out.push(byte);
-                        i += 4;
-                        continue;
-                    }
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parse mountinfo text; malformed lines are skipped.
-pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let f: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        if f.len() < 6 || r.len() < 2 {
-            continue;
-        }
-        let (Ok(id), Ok(parent)) = (f[0].parse(), f[1].parse()) else {
-            continue;
-        };
-        let Some((maj, min)) = f[2].split_once(':') else {
-            continue;
-        };
-        let (Ok(major), Ok(minor)) = (maj.parse(), min.parse()) else {
-            continue;
-        };
-        out.push(MountEntry {
-            id,
-            parent,
-            major,
-            minor,
-            mount_point: unescape(f[4]),
-            fstype: r[0].to_string(),
-            source: unescape(r[1]),
-        });
-    }
-    out
+/// Parse mountinfo text with the workspace's one parser; malformed lines
+/// are skipped.
+pub fn parse_mountinfo(table: &[u8]) -> Vec<MountInfo> {
+    kios_rootfs::mountinfo::parse(table)
 }
 
 /// File systems with no backing data: safe to detach lazily when busy.
@@ -121,10 +54,10 @@ pub fn is_pseudo(fstype: &str) -> bool {
 /// The order to unmount in: every mount after all of its children, newer
 /// mounts (higher id) first among those ready. The root of the view (`/`
 /// and anything mounted over it) is left out.
-pub fn unmount_order(entries: &[MountEntry]) -> Vec<MountEntry> {
-    let mut left: Vec<MountEntry> = entries
+pub fn unmount_order(entries: &[MountInfo]) -> Vec<MountInfo> {
+    let mut left: Vec<MountInfo> = entries
         .iter()
-        .filter(|e| e.mount_point != "/")
+        .filter(|e| e.mount_point != Path::new("/"))
         .cloned()
         .collect();
     let mut order = Vec::with_capacity(left.len());
@@ -174,8 +107,8 @@ pub fn unmount_all(sys: &dyn Sys) -> UnmountReport {
 /// [`unmount_all`] with the data partition device given explicitly.
 pub fn unmount_all_with(sys: &dyn Sys, datapart_device: Option<&str>) -> UnmountReport {
     let mut report = UnmountReport::default();
-    let text = match sys.read_file(Path::new("/proc/self/mountinfo"), MOUNTINFO_LIMIT) {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+    let table = match sys.read_file(Path::new("/proc/self/mountinfo"), MOUNTINFO_LIMIT) {
+        Ok(table) => table,
         Err(e) => {
             crate::kerr!("read /proc/self/mountinfo: {e}; nothing unmounted");
             report
@@ -184,8 +117,9 @@ pub fn unmount_all_with(sys: &dyn Sys, datapart_device: Option<&str>) -> Unmount
             return report;
         }
     };
-    for m in unmount_order(&parse_mountinfo(&text)) {
-        let target = Path::new(&m.mount_point);
+    for m in unmount_order(&parse_mountinfo(&table)) {
+        let target = m.mount_point.as_path();
+        let shown = m.mount_point.display().to_string();
         let err = match sys.umount(target) {
             Ok(()) => {
                 report.unmounted += 1;
@@ -206,24 +140,24 @@ pub fn unmount_all_with(sys: &dyn Sys, datapart_device: Option<&str>) -> Unmount
                 match sys.umount_detach(target) {
                     Ok(()) => {
                         report.unmounted += 1;
-                        report.detached.push(m.mount_point.clone());
+                        report.detached.push(shown.clone());
                     }
                     Err(e2) => {
                         crate::kinfo!(
                             "{} ({}) stays mounted: {err}; detach: {e2}",
-                            m.mount_point,
+                            shown,
                             m.fstype
                         );
                         report
                             .failed
-                            .push((m.mount_point.clone(), format!("{err}; detach: {e2}")));
+                            .push((shown.clone(), format!("{err}; detach: {e2}")));
                     }
                 }
             } else {
                 // overlay and other virtual file systems over real data:
                 // report, the file systems below get their own fallback.
-                crate::kerr!("{} ({}) busy: {err}", m.mount_point, m.fstype);
-                report.failed.push((m.mount_point.clone(), err.to_string()));
+                crate::kerr!("{shown} ({}) busy: {err}", m.fstype);
+                report.failed.push((shown.clone(), err.to_string()));
             }
             continue;
         }
@@ -239,27 +173,18 @@ pub fn unmount_all_with(sys: &dyn Sys, datapart_device: Option<&str>) -> Unmount
             data: None,
         }) {
             Ok(()) => {
-                crate::kwarn!("{} busy ({err}): remounted read-only", m.mount_point);
-                report.remounted_ro.push(m.mount_point.clone());
+                crate::kwarn!("{shown} busy ({err}): remounted read-only");
+                report.remounted_ro.push(shown.clone());
             }
             Err(e2) => {
-                crate::kerr!(
-                    "{} busy ({err}) and read-only remount failed: {e2}",
-                    m.mount_point
-                );
-                report.failed.push((
-                    m.mount_point.clone(),
-                    format!("{err}; remount read-only: {e2}"),
-                ));
+                crate::kerr!("{shown} busy ({err}) and read-only remount failed: {e2}");
+                report
+                    .failed
+                    .push((shown.clone(), format!("{err}; remount read-only: {e2}")));
             }
         }
     }
     report
-}
-
-/// sync(2): flush every file system.
-pub fn sync_all() {
-    crate::sys::sync();
 }
 
 #[cfg(test)]
@@ -286,39 +211,43 @@ mod tests {
 
     #[test]
     fn parse_fields_and_escapes() {
-        let e = parse_mountinfo(INFO);
+        let e = parse_mountinfo(INFO.as_bytes());
         assert_eq!(e.len(), 14);
+        let m = &e[7];
         assert_eq!(
-            e[7],
-            MountEntry {
-                id: 30,
-                parent: 25,
-                major: 253,
-                minor: 1,
-                mount_point: "/run/kios/datapart".into(),
-                fstype: "ext4".into(),
-                source: "/dev/vda1".into()
-            }
+            (m.id, m.parent, m.major, m.minor),
+            (30, 25, 253, 1),
+            "{m:?}"
         );
-        assert_eq!(e[13].mount_point, "/var/lib/kubelet/pods/x/volumes/a b");
-        assert!(parse_mountinfo("garbage\n1 2\n").is_empty());
+        assert_eq!(m.mount_point, Path::new("/run/kios/datapart"));
+        assert_eq!(
+            (m.fstype.as_str(), m.source.as_str()),
+            ("ext4", "/dev/vda1")
+        );
+        assert_eq!(
+            e[13].mount_point,
+            Path::new("/var/lib/kubelet/pods/x/volumes/a b")
+        );
+        assert!(parse_mountinfo(b"garbage\n1 2\n").is_empty());
     }
 
     #[test]
     fn children_before_parents() {
-        let order = unmount_order(&parse_mountinfo(INFO));
-        let names: Vec<&str> = order.iter().map(|m| m.mount_point.as_str()).collect();
+        let order = unmount_order(&parse_mountinfo(INFO.as_bytes()));
+        let names: Vec<&str> = order
+            .iter()
+            .map(|m| m.mount_point.to_str().expect("text"))
+            .collect();
         assert!(!names.contains(&"/"));
         assert_eq!(names.len(), 13);
         let pos = |p: &str| names.iter().position(|n| *n == p).expect("present");
         for e in &order {
             if let Some(parent) = order.iter().find(|p| p.id == e.parent) {
-                assert!(
-                    pos(&e.mount_point) < pos(&parent.mount_point),
-                    "{} before {}",
-                    e.mount_point,
-                    parent.mount_point
+                let (child, parent) = (
+                    e.mount_point.to_str().expect("text"),
+                    parent.mount_point.to_str().expect("text"),
                 );
+                assert!(pos(child) < pos(parent), "{child} before {parent}");
             }
         }
         assert_eq!(names[0], "/var/lib/kubelet/pods/x/volumes/a b");
@@ -328,8 +257,8 @@ mod tests {
     fn unmounts_everything_and_falls_back_carefully() {
         let sys = FakeSys::new();
         sys.add_file("/proc/self/mountinfo", INFO);
-        for e in parse_mountinfo(INFO) {
-            sys.add_dir(&e.mount_point);
+        for e in parse_mountinfo(INFO.as_bytes()) {
+            sys.add_dir(e.mount_point.to_str().expect("text"));
         }
         sys.fail("umount", "/dev", libc::EBUSY);
         sys.fail("umount", "/var/log", libc::EBUSY);
@@ -374,8 +303,8 @@ mod tests {
     fn other_block_mounts_only_get_a_per_mount_read_only_flag() {
         let sys = FakeSys::new();
         sys.add_file("/proc/self/mountinfo", INFO);
-        for e in parse_mountinfo(INFO) {
-            sys.add_dir(&e.mount_point);
+        for e in parse_mountinfo(INFO.as_bytes()) {
+            sys.add_dir(e.mount_point.to_str().expect("text"));
         }
         sys.fail("umount", "/var/meta", libc::EBUSY);
         let r = unmount_all_with(&sys, None);

@@ -1,25 +1,20 @@
 //! The ACPI power button: every `/dev/input/event*` device is read (non
 //! blocking, on the event loop) for `EV_KEY KEY_POWER` presses, which start a
 //! graceful power-off. Devices that appear after boot are picked up through
-//! the runtime's inotify watch on `/dev/input` (the runtime calls
-//! [`open_device`] for each new `eventN`).
+//! the runtime's inotify watch on `/dev/input` (the owner opens each new
+//! `eventN`; its reader task sends the presses).
 //!
 //! This is how `virsh shutdown`, qemu's `system_powerdown` and cloud
 //! providers ask a VM to stop.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
-use kios_protocol::PowerMode;
 use tokio::io::unix::AsyncFd;
 
-use crate::runtime::state::Shared;
-use crate::runtime::supervisor::Now;
+use crate::runtime::event::{Event, Events};
 
 /// The input devices directory.
 pub const INPUT_DIR: &str = "/dev/input";
@@ -46,29 +41,21 @@ pub fn is_event_device(name: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The devices already being read, so none is opened twice.
-#[derive(Debug, Default, Clone)]
-pub struct OpenDevices(Rc<RefCell<HashSet<PathBuf>>>);
-
-/// Opens every event device in `dir` now.
-pub fn scan(shared: &Shared, open: &OpenDevices, dir: &Path) {
+/// The event devices in `dir` now (names only).
+pub fn event_devices(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        if let Some(name) = entry.file_name().to_str() {
-            if is_event_device(name) {
-                open_device(shared, open, &dir.join(name));
-            }
-        }
-    }
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().map(str::to_string))
+        .filter(|name| is_event_device(name))
+        .collect()
 }
 
-/// Starts reading one event device (a no-op if it is read already).
-pub fn open_device(shared: &Shared, open: &OpenDevices, path: &Path) {
-    if open.0.borrow().contains(path) {
-        return;
-    }
+/// Opens one event device for reading on the event loop (non-blocking).
+/// Failures are logged.
+pub fn open_device(path: &Path) -> Option<AsyncFd<File>> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -77,55 +64,56 @@ pub fn open_device(shared: &Shared, open: &OpenDevices, path: &Path) {
         Ok(file) => file,
         Err(e) => {
             crate::kwarn!("power button: cannot open {}: {e}", path.display());
-            return;
+            return None;
         }
     };
-    let fd = match crate::sys::process::async_file(file) {
-        Ok(fd) => fd,
+    match crate::sys::process::async_file(file) {
+        Ok(fd) => Some(fd),
         Err(e) => {
             crate::kwarn!("power button: cannot watch {}: {e}", path.display());
-            return;
+            None
         }
-    };
-    open.0.borrow_mut().insert(path.to_path_buf());
-    tokio::task::spawn_local(read_device(
-        shared.clone(),
-        open.clone(),
-        path.to_path_buf(),
-        fd,
-    ));
+    }
 }
 
-async fn read_device(shared: Shared, open: OpenDevices, path: PathBuf, fd: AsyncFd<File>) {
+/// Reads one device until it goes away: each press is an
+/// [`Event::PowerButton`], the end an [`Event::InputDeviceGone`].
+pub async fn read_device(device: PathBuf, fd: AsyncFd<File>, events: Events) {
     loop {
         let Ok(mut guard) = fd.readable().await else {
             break;
         };
-        let mut buf = [0u8; EVENT_SIZE * 16];
-        let read = guard.try_io(|inner| {
-            let mut file: &File = inner.get_ref();
-            file.read(&mut buf)
-        });
+        // The buffer lives in this block only (not in the task's memory).
+        let read = {
+            let mut buf = [0u8; EVENT_SIZE * 16];
+            let read = guard.try_io(|inner| {
+                let mut file: &File = inner.get_ref();
+                file.read(&mut buf)
+            });
+            match read {
+                Ok(Ok(0)) => None,
+                Ok(Ok(n)) => Some(has_power_press(&buf[..n - n % EVENT_SIZE])),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => Some(false),
+                // ENODEV: the device went away.
+                Ok(Err(_)) => None,
+                Err(_would_block) => Some(false),
+            }
+        };
+        drop(guard);
         match read {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => {
-                if has_power_press(&buf[..n - n % EVENT_SIZE]) {
-                    let by = format!("power button ({})", path.display());
-                    shared.borrow_mut().request_shutdown(
-                        PowerMode::Poweroff,
-                        false,
-                        &by,
-                        Now::current(),
-                    );
+            None => break,
+            Some(true) => {
+                let press = Event::PowerButton {
+                    device: device.clone(),
+                };
+                if !events.send(press).await {
+                    return;
                 }
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // ENODEV: the device went away.
-            Ok(Err(_)) => break,
-            Err(_would_block) => {}
+            Some(false) => {}
         }
     }
-    open.0.borrow_mut().remove(&path);
+    events.send(Event::InputDeviceGone { device }).await;
 }
 
 #[cfg(test)]

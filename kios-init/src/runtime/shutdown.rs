@@ -1,5 +1,7 @@
-//! The graceful node shutdown: its state (phase, mode, who asked, force)
-//! and the driver that walks the phases.
+//! The graceful node shutdown as a state machine: its status (phase, mode,
+//! who asked, force) and the stages it walks. Pure: the runtime's owner
+//! feeds it the facts ([`Facts`]) and the time after every event, and
+//! performs the [`Action`]s it returns; it never waits or polls on its own.
 //!
 //! Phases, in order:
 //! 1. `draining`: the legacy byte 0x01 goes to every legacy or silent client
@@ -22,16 +24,12 @@
 //!
 //! A second request with `force` skips the waits still ahead. Every phase is
 //! logged with how long the previous one took, and shown in `status`/`watch`.
+//! Each blocking step ([`Job`]) runs off the event loop and has a bound: a
+//! hung disk or writer does not keep the node from powering off.
 
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use kios_protocol::{PowerMode, ShutdownPhase, ShutdownStatus};
-use tokio::sync::Notify;
-
-use crate::runtime::logind::BusCommand;
-use crate::runtime::state::Shared;
-use crate::runtime::supervisor::Now;
 
 /// Added to the kubelet's shutdownGracePeriod before init stops waiting.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(5);
@@ -42,6 +40,12 @@ pub const MAX_DRAIN: Duration = Duration::from_secs(24 * 3600);
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long init waits for the KILLed processes to be reaped.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Loop turns given to the client tasks to write what is queued (the
+/// `unmounting` event) before they are told to close.
+pub const FLUSH_TURNS: u8 = 4;
+/// While processes are stopping, how often init looks again without an
+/// event (processes that are not init's descendants raise no SIGCHLD here).
+pub const RECHECK: Duration = Duration::from_millis(100);
 /// Bound on closing the system socket's connections.
 pub const SOCKET_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Bound on the log writer's final flush.
@@ -61,7 +65,8 @@ pub enum Requested {
     AlreadyInProgress,
 }
 
-/// The shutdown state shared by handlers, signals and the driver.
+/// The shutdown: what handlers and `status` see, and the stage the owner
+/// drives.
 #[derive(Debug)]
 pub struct Shutdown {
     status: Option<ShutdownStatus>,
@@ -69,8 +74,9 @@ pub struct Shutdown {
     /// `force` arrived after the shutdown had begun: skip every wait left.
     hurry: bool,
     phase_started: Option<Instant>,
-    /// Wakes the driver: continue-shutdown, force, a client gone.
-    pub progress: Rc<Notify>,
+    stage: Stage,
+    /// The blocking steps that finished (reported by the owner).
+    done: Vec<Job>,
 }
 
 impl Default for Shutdown {
@@ -86,7 +92,8 @@ impl Shutdown {
             continued: false,
             hurry: false,
             phase_started: None,
-            progress: Rc::new(Notify::new()),
+            stage: Stage::Idle,
+            done: Vec::new(),
         }
     }
 
@@ -146,7 +153,6 @@ impl Shutdown {
             Some(status) if force && !status.force => {
                 status.force = true;
                 self.hurry = true;
-                self.progress.notify_one();
                 Requested::Forced
             }
             Some(_) => Requested::AlreadyInProgress,
@@ -159,23 +165,28 @@ impl Shutdown {
         let phase = self.phase()?;
         if phase == ShutdownPhase::Draining && !self.continued {
             self.continued = true;
-            self.progress.notify_one();
         }
         Some(phase)
     }
 
     /// Moves to `phase`; returns how long the previous phase took.
     pub fn enter(&mut self, phase: ShutdownPhase, now_ms: u64) -> Option<Duration> {
+        self.enter_at(phase, Instant::now(), now_ms)
+    }
+
+    fn enter_at(&mut self, phase: ShutdownPhase, at: Instant, now_ms: u64) -> Option<Duration> {
         let status = self.status.as_mut()?;
         status.phase = phase;
         status.phase_since_ms = now_ms;
-        let took = self.phase_started.map(|at| at.elapsed());
-        self.phase_started = Some(Instant::now());
+        let took = self
+            .phase_started
+            .map(|started| at.saturating_duration_since(started));
+        self.phase_started = Some(at);
         took
     }
 }
 
-/// How the driver's draining wait ended.
+/// How the draining wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainEnd {
     /// The kubelet sent continue-shutdown.
@@ -241,211 +252,292 @@ pub fn drain_end(
     }
 }
 
-/// Moves the shutdown to `phase`, logs how long the last one took, tells
-/// watchers.
-fn enter(shared: &Shared, phase: ShutdownPhase) {
-    let mut state = shared.borrow_mut();
-    let now = Now::current();
-    let previous = state.shutdown.phase();
-    if let Some(took) = state.shutdown.enter(phase, now.epoch_ms) {
-        match previous {
-            Some(prev) => {
-                crate::kinfo!("shutdown: {prev} took {} ms; now {phase}", took.as_millis())
+/// A blocking step of the shutdown: the owner runs it off the event loop
+/// and reports it done with [`Shutdown::job_done`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// The log writer flushes and closes its files (they live on the data
+    /// partition).
+    CloseLogs,
+    /// Every filesystem, children first.
+    Unmount,
+    /// sync(2).
+    Sync,
+}
+
+impl Job {
+    fn bound(self) -> Duration {
+        match self {
+            Job::CloseLogs => LOG_CLOSE_WAIT,
+            Job::Unmount | Job::Sync => DISK_WAIT,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Job::CloseLogs => "closing the log files",
+            Job::Unmount => "unmounting",
+            Job::Sync => "sync",
+        }
+    }
+}
+
+/// What the owner must do for the shutdown now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Draining began: tell the kubelet (the legacy byte and logind's
+    /// PrepareForShutdown(true)) and log the bound and the locks held.
+    Drain { bound: Duration, locks: usize },
+    /// The phase changed: tell watchers.
+    PhaseChanged,
+    /// Stop restarting services, then TERM every process.
+    StopServices,
+    /// KILL every process left.
+    KillAll,
+    /// Stop accepting and tell every client to close.
+    CloseSocket,
+    /// Start a blocking step.
+    Run(Job),
+    /// reboot(2): power off or restart.
+    Reboot(PowerMode),
+}
+
+/// Where in its walk the shutdown is. Stages without a deadline or a
+/// condition are passed through at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Idle,
+    Draining {
+        deadline: Instant,
+        /// Delay inhibitor locks held when draining began.
+        locks_at_start: usize,
+    },
+    EnterStopping,
+    Terminating {
+        deadline: Instant,
+    },
+    Killing {
+        deadline: Instant,
+    },
+    EnterUnmounting,
+    /// Loop turns left before the socket closes.
+    Flushing {
+        turns: u8,
+    },
+    ClosingSocket {
+        deadline: Instant,
+    },
+    Running {
+        job: Job,
+        deadline: Instant,
+    },
+    EnterSyncing,
+    EnterFinal,
+    /// reboot(2) was called.
+    Ended,
+}
+
+/// What the shutdown asks of the rest of the node when deciding.
+pub trait Facts {
+    /// Connected clients that could be the kubelet.
+    fn kubelet_candidates(&self) -> usize;
+    /// Whether a process other than init still matters.
+    fn processes_left(&self) -> bool;
+    /// Connected clients.
+    fn clients_left(&self) -> usize;
+    /// The kubelet's shutdownGracePeriod (read when draining begins).
+    fn kubelet_grace(&self) -> Duration;
+    /// logind delay inhibitor locks held (the upstream kubelet's).
+    fn delay_locks_held(&self) -> usize;
+}
+
+impl Shutdown {
+    /// The next step, given the facts and the time now: call again until it
+    /// returns `None`, performing each action in between.
+    pub fn advance(&mut self, facts: &dyn Facts, now: Instant, now_ms: u64) -> Option<Action> {
+        let mode = self.mode()?;
+        match self.stage {
+            Stage::Idle => {
+                let bound = facts.kubelet_grace().min(MAX_DRAIN) + DRAIN_MARGIN;
+                let locks = facts.delay_locks_held();
+                self.stage = Stage::Draining {
+                    deadline: now + bound,
+                    locks_at_start: locks,
+                };
+                Some(Action::Drain { bound, locks })
             }
-            None => crate::kinfo!("shutdown: now {phase}"),
-        }
-    }
-    state.shutdown_changed();
-}
-
-/// Waits until `done` holds, `progress` or `reaped` fire and it is checked
-/// again, or `deadline` passes. Returns whether `done` held.
-async fn wait_until(
-    shared: &Shared,
-    reaped: &Notify,
-    deadline: tokio::time::Instant,
-    done: impl Fn(&Shared) -> bool,
-) -> bool {
-    let progress = shared.borrow().shutdown.progress.clone();
-    loop {
-        if done(shared) {
-            return true;
-        }
-        tokio::select! {
-            _ = progress.notified() => {}
-            _ = reaped.notified() => {}
-            // A safety net for exits that raise no SIGCHLD here (processes
-            // that are not descendants of init, e.g. in another namespace).
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = tokio::time::sleep_until(deadline) => return done(shared),
-        }
-    }
-}
-
-fn to_sys_mode(mode: PowerMode) -> crate::sys::PowerMode {
-    match mode {
-        PowerMode::Poweroff => crate::sys::PowerMode::PowerOff,
-        PowerMode::Reboot => crate::sys::PowerMode::Restart,
-    }
-}
-
-/// Runs a blocking step on the blocking pool with a bound; `false` if it
-/// did not finish in time (it is left running; the node goes on).
-async fn blocking_step<F: FnOnce() + Send + 'static>(what: &str, bound: Duration, step: F) -> bool {
-    match tokio::time::timeout(bound, tokio::task::spawn_blocking(step)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            crate::kerr!("shutdown: {what} failed: {e}");
-            false
-        }
-        Err(_) => {
-            crate::kerr!(
-                "shutdown: {what} did not finish within {} s; going on",
-                bound.as_secs()
-            );
-            false
-        }
-    }
-}
-
-/// Stops accepting and closes every client, waiting (bounded) for their
-/// tasks to write what is queued and let go of their sockets.
-async fn close_socket(shared: &Shared) {
-    for _ in 0..4 {
-        tokio::task::yield_now().await;
-    }
-    {
-        let mut state = shared.borrow_mut();
-        state.stop_serving.notify_one();
-        state.clients.close_all();
-        if let Some(bus) = state.bus.take() {
-            bus.send(BusCommand::Stop);
-        }
-    }
-    let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_WAIT;
-    while !shared.borrow().clients.is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// Walks the shutdown phases to the end: the machine powers off or
-/// reboots. `reaped` is notified by the runtime after every reap.
-pub async fn drive(shared: Shared, reaped: Rc<Notify>) -> ! {
-    let Some(mode) = shared.borrow().shutdown.mode() else {
-        // Never spawned without a shutdown; still, power off rather than hang.
-        crate::kerr!("bug: shutdown driver started without a shutdown");
-        crate::sys::final_reboot(crate::sys::PowerMode::PowerOff);
-    };
-
-    // 1. Draining.
-    let (sent, grace, locks_at_start) = {
-        let mut state = shared.borrow_mut();
-        let sent = state.clients.broadcast_legacy_shutdown();
-        // The upstream kubelet: PrepareForShutdown(true) on the system bus.
-        if let Some(bus) = &state.bus {
-            if !bus.send(BusCommand::PrepareForShutdown(true)) {
-                crate::kwarn!("shutdown: the system bus did not take PrepareForShutdown");
+            Stage::Draining {
+                deadline,
+                locks_at_start,
+            } => {
+                let locks = Locks {
+                    held: facts.delay_locks_held(),
+                    at_start: locks_at_start,
+                };
+                let end = drain_end(self, facts.kubelet_candidates(), locks, now >= deadline)?;
+                match end {
+                    DrainEnd::TimedOut => crate::kwarn!("shutdown: {}", end.describe()),
+                    _ => crate::kinfo!("shutdown: {}", end.describe()),
+                }
+                self.stage = Stage::EnterStopping;
+                Some(self.change_phase(ShutdownPhase::Stopping, now, now_ms))
             }
+            Stage::EnterStopping => {
+                self.stage = Stage::Terminating {
+                    deadline: now + STOP_GRACE,
+                };
+                Some(Action::StopServices)
+            }
+            Stage::Terminating { deadline } => {
+                let left = facts.processes_left();
+                if left && !self.hurry && now < deadline {
+                    return None;
+                }
+                if left {
+                    crate::kinfo!("shutdown: sending SIGKILL to every process left");
+                    self.stage = Stage::Killing {
+                        deadline: now + KILL_WAIT,
+                    };
+                    return Some(Action::KillAll);
+                }
+                self.stage = Stage::EnterUnmounting;
+                self.advance(facts, now, now_ms)
+            }
+            Stage::Killing { deadline } => {
+                let left = facts.processes_left();
+                if left && now < deadline {
+                    return None;
+                }
+                if left {
+                    crate::kerr!("shutdown: processes are left after SIGKILL; going on");
+                }
+                self.stage = Stage::EnterUnmounting;
+                self.advance(facts, now, now_ms)
+            }
+            Stage::EnterUnmounting => {
+                // The log files first, they live on the data partition; then
+                // the system socket: the listener and every accepted
+                // connection hold a reference on /run. Watchers see
+                // `unmounting` before their connection closes.
+                self.stage = Stage::Flushing { turns: FLUSH_TURNS };
+                Some(self.change_phase(ShutdownPhase::Unmounting, now, now_ms))
+            }
+            Stage::Flushing { turns } => {
+                if turns > 0 {
+                    return None;
+                }
+                self.stage = Stage::ClosingSocket {
+                    deadline: now + SOCKET_CLOSE_WAIT,
+                };
+                Some(Action::CloseSocket)
+            }
+            Stage::ClosingSocket { deadline } => {
+                if facts.clients_left() > 0 && now < deadline {
+                    return None;
+                }
+                Some(self.run(Job::CloseLogs, now))
+            }
+            Stage::Running { job, deadline } => {
+                if self.done.contains(&job) {
+                    self.done.clear();
+                } else if now >= deadline {
+                    crate::kerr!(
+                        "shutdown: {} did not finish within {} s; going on",
+                        job.describe(),
+                        job.bound().as_secs()
+                    );
+                } else {
+                    return None;
+                }
+                match job {
+                    Job::CloseLogs => Some(self.run(Job::Unmount, now)),
+                    Job::Unmount => {
+                        self.stage = Stage::EnterSyncing;
+                        Some(self.change_phase(ShutdownPhase::Syncing, now, now_ms))
+                    }
+                    Job::Sync => {
+                        self.stage = Stage::EnterFinal;
+                        Some(self.change_phase(ShutdownPhase::Final, now, now_ms))
+                    }
+                }
+            }
+            Stage::EnterSyncing => Some(self.run(Job::Sync, now)),
+            Stage::EnterFinal => {
+                crate::kinfo!(
+                    "shutdown: {}",
+                    match mode {
+                        PowerMode::Poweroff => "powering off",
+                        PowerMode::Reboot => "rebooting",
+                    }
+                );
+                self.stage = Stage::Ended;
+                Some(Action::Reboot(mode))
+            }
+            Stage::Ended => None,
         }
-        let config = state.paths.etc_kubernetes.join("config.yaml");
-        let grace = crate::boot::grace::kubelet_shutdown_grace(&config);
-        (sent, grace, state.inhibitors.len())
-    };
-    let bound = grace.min(MAX_DRAIN) + DRAIN_MARGIN;
-    crate::kinfo!(
-        "shutdown: draining: shutdown event sent to {sent} client(s), {locks_at_start} logind inhibitor lock(s) held; waiting up to {} ms for the kubelet",
-        bound.as_millis()
-    );
-    let deadline = tokio::time::Instant::now() + bound;
-    let facts = |shared: &Shared, deadline_passed: bool| {
-        let state = shared.borrow();
-        let candidates = state.clients.could_be_kubelet(state.kubelet_pid());
-        let locks = Locks {
-            held: state.inhibitors.len(),
-            at_start: locks_at_start,
+    }
+
+    /// Moves to `phase` and logs how long the last one took.
+    fn change_phase(&mut self, phase: ShutdownPhase, now: Instant, now_ms: u64) -> Action {
+        let previous = self.phase();
+        if let (Some(took), Some(prev)) = (self.enter_at(phase, now, now_ms), previous) {
+            crate::kinfo!("shutdown: {prev} took {} ms; now {phase}", took.as_millis());
+        }
+        Action::PhaseChanged
+    }
+
+    fn run(&mut self, job: Job, now: Instant) -> Action {
+        self.stage = Stage::Running {
+            job,
+            deadline: now + job.bound(),
         };
-        drain_end(&state.shutdown, candidates, locks, deadline_passed)
-    };
-    wait_until(&shared, &reaped, deadline, |shared| {
-        facts(shared, false).is_some()
-    })
-    .await;
-    let end = facts(&shared, true).unwrap_or(DrainEnd::TimedOut);
-    match end {
-        DrainEnd::TimedOut => crate::kwarn!("shutdown: {}", end.describe()),
-        _ => crate::kinfo!("shutdown: {}", end.describe()),
+        Action::Run(job)
     }
 
-    // 2. Stopping.
-    enter(&shared, ShutdownPhase::Stopping);
-    {
-        let mut state = shared.borrow_mut();
-        state.supervisor.stop_all(Now::current());
-        for name in kios_protocol::ServiceName::ALL {
-            state.service_changed(name);
-        }
-    }
-    let nothing_left = |_: &Shared| !crate::sys::any_process_left();
-    if let Err(e) = crate::sys::kill_all(nix::sys::signal::Signal::SIGTERM) {
-        crate::kwarn!("shutdown: SIGTERM to every process: {e}");
-    }
-    let term_deadline = tokio::time::Instant::now() + STOP_GRACE;
-    let all_gone = wait_until(&shared, &reaped, term_deadline, |shared| {
-        shared.borrow().shutdown.hurry() || nothing_left(shared)
-    })
-    .await
-        && nothing_left(&shared);
-    if !all_gone {
-        crate::kinfo!("shutdown: sending SIGKILL to every process left");
-        if let Err(e) = crate::sys::kill_all(nix::sys::signal::Signal::SIGKILL) {
-            crate::kwarn!("shutdown: SIGKILL to every process: {e}");
-        }
-        let kill_deadline = tokio::time::Instant::now() + KILL_WAIT;
-        if !wait_until(&shared, &reaped, kill_deadline, nothing_left).await {
-            crate::kerr!("shutdown: processes are left after SIGKILL; going on");
+    /// A blocking step finished (late ones, after their bound, are ignored).
+    pub fn job_done(&mut self, job: Job) {
+        if matches!(self.stage, Stage::Running { job: running, .. } if running == job) {
+            self.done.push(job);
         }
     }
 
-    // 3. Unmounting: the log files first, they live on the data partition;
-    // then the system socket: the listener and every accepted connection
-    // hold a reference on /run. Watchers have seen `unmounting` by then.
-    enter(&shared, ShutdownPhase::Unmounting);
-    close_socket(&shared).await;
-    let writer = shared.borrow_mut().logs.close_writer();
-    if let Some(handle) = writer {
-        blocking_step("closing the log files", LOG_CLOSE_WAIT, move || {
-            let _ = handle.join();
-        })
-        .await;
+    /// Whether the shutdown waits for the event loop to turn (client tasks
+    /// writing what is queued) rather than for an event or a time.
+    pub fn wants_turn(&self) -> bool {
+        matches!(self.stage, Stage::Flushing { turns } if turns > 0)
     }
-    blocking_step("unmounting", DISK_WAIT, || {
-        let report = crate::boot::teardown::unmount_all(&crate::sys::LinuxSys);
-        crate::kinfo!(
-            "shutdown: unmounted {}, remounted read-only {}, failed {}",
-            report.unmounted,
-            report.remounted_ro.len(),
-            report.failed.len()
-        );
-        for (target, error) in &report.failed {
-            crate::kerr!("shutdown: cannot unmount {target}: {error}");
-        }
-    })
-    .await;
 
-    // 4. Syncing.
-    enter(&shared, ShutdownPhase::Syncing);
-    blocking_step("sync", DISK_WAIT, crate::boot::teardown::sync_all).await;
-
-    // 5. Final.
-    enter(&shared, ShutdownPhase::Final);
-    crate::kinfo!(
-        "shutdown: {}",
-        match mode {
-            PowerMode::Poweroff => "powering off",
-            PowerMode::Reboot => "rebooting",
+    /// The event loop turned once.
+    pub fn turn_passed(&mut self) {
+        if let Stage::Flushing { turns } = &mut self.stage {
+            *turns = turns.saturating_sub(1);
         }
-    );
-    crate::sys::final_reboot(to_sys_mode(mode))
+    }
+
+    /// When to look again without an event.
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        match self.stage {
+            Stage::Draining { deadline, .. }
+            | Stage::ClosingSocket { deadline }
+            | Stage::Running { deadline, .. } => Some(deadline),
+            Stage::Terminating { deadline } | Stage::Killing { deadline } => {
+                Some(deadline.min(now + RECHECK))
+            }
+            Stage::Idle if self.is_active() => Some(now),
+            Stage::Idle
+            | Stage::EnterStopping
+            | Stage::EnterUnmounting
+            | Stage::Flushing { .. }
+            | Stage::EnterSyncing
+            | Stage::EnterFinal
+            | Stage::Ended => None,
+        }
+    }
+
+    /// Whether reboot(2) was asked for.
+    pub fn ended(&self) -> bool {
+        self.stage == Stage::Ended
+    }
 }
 
 #[cfg(test)]
@@ -543,20 +635,126 @@ mod tests {
         assert_eq!(drain_end(&s, 1, none, true), Some(DrainEnd::Continued));
     }
 
+    /// Facts for the machine alone: one kubelet candidate, processes left.
+    struct Kubelet;
+
+    impl Facts for Kubelet {
+        fn kubelet_candidates(&self) -> usize {
+            1
+        }
+        fn processes_left(&self) -> bool {
+            true
+        }
+        fn clients_left(&self) -> usize {
+            1
+        }
+        fn kubelet_grace(&self) -> Duration {
+            Duration::from_secs(30)
+        }
+        fn delay_locks_held(&self) -> usize {
+            0
+        }
+    }
+
+    /// The upstream kubelet alone: no legacy client, `held` delay locks.
+    struct Upstream {
+        held: std::cell::Cell<usize>,
+    }
+
+    impl Facts for Upstream {
+        fn kubelet_candidates(&self) -> usize {
+            0
+        }
+        fn processes_left(&self) -> bool {
+            true
+        }
+        fn clients_left(&self) -> usize {
+            0
+        }
+        fn kubelet_grace(&self) -> Duration {
+            Duration::from_secs(30)
+        }
+        fn delay_locks_held(&self) -> usize {
+            self.held.get()
+        }
+    }
+
+    /// Every action until the machine waits.
+    fn actions(s: &mut Shutdown, now: Instant) -> Vec<Action> {
+        std::iter::from_fn(|| s.advance(&Kubelet, now, 0)).collect()
+    }
+
     #[test]
-    fn force_and_continue_wake_the_driver() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    fn force_and_continue_end_the_drain_at_once() {
+        let t0 = Instant::now();
         let mut s = Shutdown::new();
+        assert!(actions(&mut s, t0).is_empty(), "no shutdown: nothing to do");
         s.request(PowerMode::Poweroff, false, "x", 1);
-        let progress = s.progress.clone();
+        let bound = Duration::from_secs(30) + DRAIN_MARGIN;
+        assert_eq!(actions(&mut s, t0), vec![Action::Drain { bound, locks: 0 }]);
+        assert_eq!(s.next_wake(t0), Some(t0 + bound));
         s.continue_shutdown();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), progress.notified())
-                .await
-                .unwrap();
-        });
+        assert_eq!(
+            actions(&mut s, t0),
+            vec![Action::PhaseChanged, Action::StopServices]
+        );
+        assert_eq!(s.phase(), Some(ShutdownPhase::Stopping));
+
+        let mut forced = Shutdown::new();
+        forced.request(PowerMode::Poweroff, false, "x", 1);
+        actions(&mut forced, t0);
+        forced.request(PowerMode::Poweroff, true, "socket", 2);
+        assert_eq!(
+            actions(&mut forced, t0),
+            vec![Action::PhaseChanged, Action::StopServices, Action::KillAll],
+            "a later force skips the TERM grace too"
+        );
+    }
+
+    /// A held delay lock, drained three ways: released, the bound, force.
+    #[test]
+    fn a_held_delay_lock_ends_the_drain_when_released_bound_or_forced() {
+        let t0 = Instant::now();
+        let bound = Duration::from_secs(30) + DRAIN_MARGIN;
+        let start = |facts: &Upstream| {
+            let mut s = Shutdown::new();
+            s.request(PowerMode::Poweroff, false, "power button", 1);
+            let first: Vec<_> = std::iter::from_fn(|| s.advance(facts, t0, 0)).collect();
+            assert_eq!(first, vec![Action::Drain { bound, locks: 1 }]);
+            s
+        };
+        let run = |s: &mut Shutdown, facts: &Upstream, at: Instant| -> Vec<Action> {
+            std::iter::from_fn(|| s.advance(facts, at, 0)).collect()
+        };
+        let stopping = vec![Action::PhaseChanged, Action::StopServices];
+
+        // Released: waits while held, ends the turn the lock goes.
+        let facts = Upstream {
+            held: std::cell::Cell::new(1),
+        };
+        let mut s = start(&facts);
+        let later = t0 + Duration::from_secs(5);
+        assert!(run(&mut s, &facts, later).is_empty(), "the lock holds the drain");
+        assert_eq!(s.phase(), Some(ShutdownPhase::Draining));
+        facts.held.set(0);
+        assert_eq!(run(&mut s, &facts, later), stopping);
+        assert_eq!(s.phase(), Some(ShutdownPhase::Stopping));
+
+        // Never released: the bound ends it.
+        let facts = Upstream {
+            held: std::cell::Cell::new(1),
+        };
+        let mut s = start(&facts);
+        assert_eq!(s.next_wake(t0), Some(t0 + bound));
+        assert!(run(&mut s, &facts, t0 + bound - Duration::from_millis(1)).is_empty());
+        assert_eq!(run(&mut s, &facts, t0 + bound), stopping);
+
+        // force: no wait for the lock.
+        let mut s = start(&facts);
+        s.request(PowerMode::Poweroff, true, "socket", 2);
+        assert_eq!(
+            run(&mut s, &facts, t0),
+            vec![Action::PhaseChanged, Action::StopServices, Action::KillAll]
+        );
     }
 }

@@ -1,51 +1,31 @@
 //! Everything the runtime knows, in one place: node facts, the boot
 //! timeline, the supervisor, the shutdown, the connected clients and the
-//! service output. Shared on the single-threaded event loop as
-//! `Rc<RefCell<State>>` ([`Shared`]); nobody holds a borrow across an
-//! `.await`.
+//! service output. One task owns it (the runtime's owner, `owner.rs`);
+//! everything else reaches it with events, so there is one writer and no
+//! shared borrow to get wrong.
 //!
 //! The methods here are the state changes that must also tell someone
-//! (watchers get events, the runtime loop is woken to re-arm its timers).
+//! (watchers get events).
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use kios_protocol::{
     BootReply, DatapartStatus, ErrorBody, ErrorCode, Event, InhibitorInfo, LogindChange,
     LogindEvent, NodeStatus, PowerMode, RestartReply, ServiceName, StatusReply,
 };
-use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use tokio::sync::Notify;
 
 use crate::boot::milestones::Milestones;
+use crate::runtime::audit::AuditLog;
 use crate::runtime::logcapture::LogHub;
 use crate::runtime::logind::bus::Inhibitor;
 use crate::runtime::logind::{BusEvent, BusHandle};
 use crate::runtime::server::clients::Clients;
 use crate::runtime::shutdown::{Requested, Shutdown};
 use crate::runtime::supervisor::{Now, RestartAction, StopReason, Supervisor};
-
-pub type Shared = Rc<RefCell<State>>;
-
-/// Sends a signal to one pid. The real one is `kill(2)`; tests record.
-pub type Signaller = Rc<dyn Fn(u32, Signal) -> Result<(), Errno>>;
-
-/// The real signaller: `kill(pid, sig)`, refusing pids that would address
-/// a group or every process.
-pub fn kill_signaller() -> Signaller {
-    Rc::new(|pid, signal| {
-        let Ok(raw) = i32::try_from(pid) else {
-            return Err(Errno::EINVAL);
-        };
-        if raw <= 1 {
-            return Err(Errno::EINVAL);
-        }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal)
-    })
-}
+use crate::sys::Sys;
 
 /// Where the runtime finds things (tests point these into temp dirs).
 #[derive(Debug, Clone)]
@@ -86,6 +66,8 @@ pub struct NodeInfo {
     pub kernel: String,
     pub datapart: Option<DatapartStatus>,
     pub boot_warnings: Vec<String>,
+    /// VERSION_ID and BUILD_ID of the image's /etc/os-release.
+    pub release: kios_rootfs::ImageRelease,
 }
 
 pub struct State {
@@ -95,13 +77,11 @@ pub struct State {
     pub shutdown: Shutdown,
     pub clients: Clients,
     pub logs: LogHub,
+    /// State-changing requests and shutdown triggers (`audit`).
+    pub audit: AuditLog,
     pub paths: Paths,
-    pub signaller: Signaller,
-    /// Wakes the runtime loop after a change it must act on (a service to
-    /// start, a KILL deadline, a shutdown to drive).
-    pub wake: Rc<Notify>,
-    /// Tells the accept loop to close the listening socket (shutdown).
-    pub stop_serving: Rc<Notify>,
+    /// The machine: signals go through it.
+    pub sys: Arc<dyn Sys>,
     /// The system bus component (logind for the upstream kubelet), once
     /// its socket is bound.
     pub bus: Option<BusHandle>,
@@ -116,19 +96,19 @@ impl State {
         supervisor: Supervisor,
         logs: LogHub,
         paths: Paths,
-        signaller: Signaller,
+        sys: Arc<dyn Sys>,
     ) -> State {
+        let audit = AuditLog::in_memory(milestones.start_epoch_ms());
         State {
             node,
             milestones,
             supervisor,
             shutdown: Shutdown::new(),
             clients: Clients::new(),
+            audit,
             logs,
             paths,
-            signaller,
-            wake: Rc::new(Notify::new()),
-            stop_serving: Rc::new(Notify::new()),
+            sys,
             bus: None,
             inhibitors: BTreeMap::new(),
         }
@@ -168,6 +148,7 @@ impl State {
                         since_ms: i.since_ms,
                     })
                     .collect(),
+                previous_shutdown: self.audit.previous_shutdown(),
             },
             services: self.supervisor.statuses(),
             clients: self.clients.infos(kubelet_pid),
@@ -230,7 +211,6 @@ impl State {
             }
             BusEvent::InhibitorReleased { inhibitor, held_ms } => {
                 self.inhibitors.remove(&inhibitor.id);
-                self.shutdown.progress.notify_one();
                 Some(LogindEvent {
                     held_ms: Some(held_ms),
                     ..logind(LogindChange::LockReleased, Some(&inhibitor))
@@ -271,8 +251,8 @@ impl State {
         }
         let old_pid = match self.supervisor.request_restart(name, reason, now) {
             RestartAction::Terminate { pid } => {
-                if let Err(errno) = (self.signaller)(pid, Signal::SIGTERM) {
-                    crate::kwarn!("restart {name}: cannot send SIGTERM to pid {pid}: {errno}");
+                if let Err(e) = self.sys.kill(pid, Signal::SIGTERM) {
+                    crate::kwarn!("restart {name}: cannot send SIGTERM to pid {pid}: {e}");
                 }
                 Some(pid)
             }
@@ -281,7 +261,6 @@ impl State {
             RestartAction::ShuttingDown => return Err(shutting_down()),
         };
         self.service_changed(name);
-        self.wake.notify_one();
         Ok(RestartReply {
             service: name,
             old_pid,
@@ -306,7 +285,6 @@ impl State {
                     if force { ", force" } else { "" }
                 );
                 self.shutdown_changed();
-                self.wake.notify_one();
             }
             Requested::Forced => {
                 crate::kinfo!("shutdown forced by {requested_by}: skipping the remaining waits");
@@ -332,34 +310,46 @@ fn to_wire_milestone(m: &crate::boot::milestones::Milestone) -> kios_protocol::M
 
 #[cfg(test)]
 pub mod testing {
-    //! A `State` for unit tests: no processes, signals recorded.
+    //! A `State` for unit tests: no processes, every effect recorded by the
+    //! fake machine.
     use super::*;
     use crate::runtime::supervisor::BackoffPolicy;
+    use crate::sys::fake::{Call, FakeSys};
 
     pub struct TestState {
         pub state: State,
-        pub signals: Rc<RefCell<Vec<(u32, Signal)>>>,
+        pub sys: Arc<FakeSys>,
+    }
+
+    impl TestState {
+        /// The signals sent to single processes so far.
+        pub fn signals(&self) -> Vec<(u32, Signal)> {
+            self.sys
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::Kill(pid, signal) => Some((pid, signal)),
+                    _ => None,
+                })
+                .collect()
+        }
     }
 
     pub fn test_state() -> TestState {
-        let signals: Rc<RefCell<Vec<(u32, Signal)>>> = Rc::new(RefCell::new(Vec::new()));
-        let recorded = signals.clone();
-        let signaller: Signaller = Rc::new(move |pid, sig| {
-            recorded.borrow_mut().push((pid, sig));
-            Ok(())
-        });
+        let sys = Arc::new(FakeSys::new());
         let state = State::new(
             NodeInfo {
                 kernel: "6.1.0-test".into(),
                 datapart: None,
                 boot_warnings: vec![],
+                release: Default::default(),
             },
             Milestones::new(),
             Supervisor::new(BackoffPolicy::default(), Now::current()),
             LogHub::new(None),
             Paths::default(),
-            signaller,
+            sys.clone(),
         );
-        TestState { state, signals }
+        TestState { state, sys }
     }
 }

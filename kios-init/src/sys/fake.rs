@@ -1,7 +1,8 @@
 //! A recording fake of [`Sys`](super::Sys) for unit tests: an in-memory
 //! file tree, scripted errors, and the ordered list of every call made.
 
-use super::{MountCall, MountFlags, Sys};
+use super::{MountCall, MountFlags, PowerMode, Spawned, Sys};
+use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,13 @@ pub enum Call {
     EndWatch,
     ProcessName(String),
     Pipe,
+    Kill(u32, Signal),
+    KillAll(Signal),
+    Umask(u32),
+    Spawn(Vec<String>),
+    RemoveFile(String),
+    Sync,
+    Reboot(PowerMode),
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +52,10 @@ struct State {
     /// Files that appear after the n-th wait_for_dir_change call.
     appear_after_wait: Vec<(usize, PathBuf, Vec<u8>)>,
     waits: usize,
+    /// What `any_process_left` answers.
+    processes_left: bool,
+    /// The pid the next spawned service gets.
+    next_pid: u32,
 }
 
 /// The fake machine. Paths are absolute; parents of added files exist.
@@ -60,6 +72,7 @@ impl FakeSys {
             s.dirs.insert(PathBuf::from("/"));
             s.hostname = "localhost".into();
             s.release = "6.1.0-test".into();
+            s.next_pid = 100;
         }
         fake
     }
@@ -95,7 +108,9 @@ impl FakeSys {
     }
 
     /// Make the next call of `op` ("mount", "umount", "finit_module",
-    /// "mkdir", "write", "sethostname", "link_up", "cad") on `path` fail
+    /// "mkdir", "write", "sethostname", "link_up", "cad", "kill" (path: the
+    /// pid), "kill_all" (path ""), "spawn" (path: the program), "remove") on
+    /// `path` fail
     /// with `errno`. Several errors queue up in order.
     pub fn fail(&self, op: &str, path: &str, errno: i32) -> &Self {
         self.lock()
@@ -116,6 +131,12 @@ impl FakeSys {
 
     pub fn set_release(&self, release: &str) -> &Self {
         self.lock().release = release.into();
+        self
+    }
+
+    /// What `any_process_left` answers from now on (at first: none left).
+    pub fn set_processes_left(&self, left: bool) -> &Self {
+        self.lock().processes_left = left;
         self
     }
 
@@ -295,6 +316,20 @@ impl Sys for FakeSys {
         Ok(self.lock().release.clone())
     }
 
+    /// The lines of the fake's /dev/kmsg file (plain messages).
+    fn kernel_messages(&self) -> Vec<String> {
+        let s = self.lock();
+        s.files
+            .get(Path::new("/dev/kmsg"))
+            .map(|b| {
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn set_link_up(&self, ifname: &str) -> io::Result<()> {
         let mut s = self.lock();
         s.calls.push(Call::LinkUp(ifname.into()));
@@ -323,6 +358,57 @@ impl Sys for FakeSys {
         Self::take_error(&mut s, "pipe", Path::new(""))?;
         drop(s);
         super::LinuxSys.pipe()
+    }
+
+    fn kill(&self, pid: u32, signal: Signal) -> io::Result<()> {
+        let mut s = self.lock();
+        s.calls.push(Call::Kill(pid, signal));
+        if pid <= 1 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Self::take_error(&mut s, "kill", Path::new(&pid.to_string()))
+    }
+
+    fn kill_all(&self, signal: Signal) -> io::Result<()> {
+        let mut s = self.lock();
+        s.calls.push(Call::KillAll(signal));
+        Self::take_error(&mut s, "kill_all", Path::new(""))
+    }
+
+    fn any_process_left(&self) -> bool {
+        self.lock().processes_left
+    }
+
+    fn umask(&self, mask: u32) -> u32 {
+        self.lock().calls.push(Call::Umask(mask));
+        0o022
+    }
+
+    fn spawn_service(&self, argv: &[String]) -> io::Result<Spawned> {
+        let mut s = self.lock();
+        s.calls.push(Call::Spawn(argv.to_vec()));
+        let program = argv.first().map(String::as_str).unwrap_or("");
+        Self::take_error(&mut s, "spawn", Path::new(program))?;
+        let pid = s.next_pid;
+        s.next_pid += 1;
+        Ok(Spawned { pid, output: None })
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut s = self.lock();
+        s.calls
+            .push(Call::RemoveFile(path.to_string_lossy().into_owned()));
+        Self::take_error(&mut s, "remove", path)?;
+        s.files.remove(path).map(drop).ok_or_else(enoent)
+    }
+
+    fn sync(&self) {
+        self.lock().calls.push(Call::Sync);
+    }
+
+    fn reboot(&self, mode: PowerMode) -> io::Error {
+        self.lock().calls.push(Call::Reboot(mode));
+        io::Error::other("the fake machine does not end")
     }
 
     fn wait_for_dir_change(&self, dir: &Path, _timeout: Duration) -> io::Result<()> {

@@ -3,9 +3,10 @@
 //! Every operation of the boot and teardown plans that touches the machine
 //! goes through the [`Sys`] trait, so the plans are unit-tested against the
 //! recording fake in [`fake`] without root. [`LinuxSys`] is the real
-//! implementation. The free functions below are process-wide actions of
-//! PID 1 (renaming itself, signalling every process, the final reboot) that
-//! have no useful fake.
+//! implementation. The runtime's effects go through it too (signals, the
+//! umask, service spawning with its output pipe, sync and reboot), so the
+//! whole shutdown is a unit test. The free functions below are for the one
+//! place with no `Sys` at hand: the last-resort path after a bug.
 
 pub mod fake;
 pub mod process;
@@ -19,6 +20,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 /// Mount flags, as the kernel's `MS_*` bits.
 pub type MountFlags = u64;
@@ -46,11 +49,21 @@ pub struct MountCall<'a> {
     pub data: Option<&'a str>,
 }
 
-/// The machine as the boot and teardown plans see it.
+/// A service started by [`Sys::spawn_service`].
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: u32,
+    /// The read end of the service's stdout and stderr (non-blocking,
+    /// close-on-exec); `None` when there is nothing to read (the fake).
+    pub output: Option<OwnedFd>,
+}
+
+/// The machine as the boot plan, the runtime and the shutdown see it.
 ///
 /// Errors are `io::Error` carrying the errno (`raw_os_error`), so callers
-/// can tell EBUSY, EEXIST or ENOENT apart.
-pub trait Sys {
+/// can tell EBUSY, EEXIST or ENOENT apart. `Send + Sync`: the shutdown runs
+/// its unmounting on a blocking thread.
+pub trait Sys: Send + Sync {
     fn mount(&self, call: &MountCall<'_>) -> io::Result<()>;
     /// umount2(target, 0).
     fn umount(&self, target: &Path) -> io::Result<()>;
@@ -74,6 +87,9 @@ pub trait Sys {
     fn hostname(&self) -> io::Result<String>;
     /// uname -r.
     fn kernel_release(&self) -> io::Result<String>;
+    /// The kernel's recent log messages, oldest first (see
+    /// [`crate::kernlog`]); empty when they cannot be read.
+    fn kernel_messages(&self) -> Vec<String>;
     /// Set IFF_UP on a network interface.
     fn set_link_up(&self, ifname: &str) -> io::Result<()>;
     /// reboot(RB_DISABLE_CAD): Ctrl-Alt-Del sends SIGINT to init instead
@@ -90,6 +106,27 @@ pub trait Sys {
     /// pipe2(O_CLOEXEC) with the read end non-blocking: (read, write).
     /// A logind inhibitor lock is such a pipe (the peer gets the write end).
     fn pipe(&self) -> io::Result<(OwnedFd, OwnedFd)>;
+    /// kill(pid, signal) to one process. Pids that would address a group,
+    /// every process or init itself (0, 1, above `i32::MAX`) are refused
+    /// with EINVAL.
+    fn kill(&self, pid: u32, signal: Signal) -> io::Result<()>;
+    /// kill(-1, signal): every process except init.
+    fn kill_all(&self, signal: Signal) -> io::Result<()>;
+    /// Whether a process other than init is left that still matters (see
+    /// [`any_process_left`]).
+    fn any_process_left(&self) -> bool;
+    /// umask(2); returns the previous mask.
+    fn umask(&self, mask: u32) -> u32;
+    /// Starts a service (`argv[0]` an absolute path) with stdin from
+    /// /dev/null and stdout plus stderr on a fresh pipe; returns once the
+    /// child runs the program (see [`process::spawn_service`]).
+    fn spawn_service(&self, argv: &[String]) -> io::Result<Spawned>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// sync(2).
+    fn sync(&self);
+    /// sync(2), then reboot(2) to power off or restart. Returns only if the
+    /// reboot failed (in a child PID namespace the kernel ends init instead).
+    fn reboot(&self, mode: PowerMode) -> io::Error;
 }
 
 /// The real machine.
@@ -314,6 +351,10 @@ impl Sys for LinuxSys {
         uname_field(|u| &u.release)
     }
 
+    fn kernel_messages(&self) -> Vec<String> {
+        crate::kernlog::recent_kernel_messages()
+    }
+
     fn set_link_up(&self, ifname: &str) -> io::Result<()> {
         let name = ifname.as_bytes();
         if name.is_empty() || name.len() >= libc::IFNAMSIZ {
@@ -375,6 +416,65 @@ impl Sys for LinuxSys {
         Ok((read, write))
     }
 
+    fn kill(&self, pid: u32, signal: Signal) -> io::Result<()> {
+        let raw = match i32::try_from(pid) {
+            Ok(raw) if raw > 1 => raw,
+            _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal).map_err(io::Error::from)
+    }
+
+    fn kill_all(&self, signal: Signal) -> io::Result<()> {
+        kill_all(signal).map_err(io::Error::from)
+    }
+
+    fn any_process_left(&self) -> bool {
+        any_process_left()
+    }
+
+    fn umask(&self, mask: u32) -> u32 {
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+            mask as libc::mode_t,
+        ));
+        old.bits()
+    }
+
+    fn spawn_service(&self, argv: &[String]) -> io::Result<Spawned> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let flags = fcntl(&read_end, FcntlArg::F_GETFL)?;
+        fcntl(
+            &read_end,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )?;
+        let pid = process::spawn_service(argv, write_end)?;
+        Ok(Spawned {
+            pid,
+            output: Some(read_end),
+        })
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync(&self) {
+        sync()
+    }
+
+    fn reboot(&self, mode: PowerMode) -> io::Error {
+        sync();
+        let cmd = match mode {
+            PowerMode::PowerOff => libc::RB_POWER_OFF,
+            PowerMode::Restart => libc::RB_AUTOBOOT,
+        };
+        // SAFETY: reboot(2) with a valid command; it does not return on success.
+        unsafe {
+            libc::reboot(cmd);
+        }
+        last_err()
+    }
+
     fn wait_for_dir_change(&self, dir: &Path, timeout: Duration) -> io::Result<()> {
         let fd = LinuxSys::ensure_watch(dir)?;
         let mut pfd = libc::pollfd {
@@ -430,6 +530,15 @@ fn uname_field(pick: impl Fn(&libc::utsname) -> &[libc::c_char; 65]) -> io::Resu
 pub enum PowerMode {
     PowerOff,
     Restart,
+}
+
+impl From<kios_protocol::PowerMode> for PowerMode {
+    fn from(mode: kios_protocol::PowerMode) -> PowerMode {
+        match mode {
+            kios_protocol::PowerMode::Poweroff => PowerMode::PowerOff,
+            kios_protocol::PowerMode::Reboot => PowerMode::Restart,
+        }
+    }
 }
 
 /// Rename the process: `comm` via PR_SET_NAME, and the command line
@@ -498,7 +607,7 @@ pub fn parse_argv_area(stat: &str) -> Option<(u64, u64)> {
 }
 
 /// kill(-1, sig): every process except init itself.
-pub fn kill_all(sig: nix::sys::signal::Signal) -> nix::Result<()> {
+fn kill_all(sig: nix::sys::signal::Signal) -> nix::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig)
 }
 
@@ -565,19 +674,12 @@ pub fn sync() {
     unsafe { libc::sync() }
 }
 
-/// Sync, then reboot(2) with POWER_OFF or RESTART. In a child PID namespace
-/// the kernel ends init with SIGINT (power off) or SIGHUP (restart). If
-/// reboot returns (it failed), exit with status 1.
+/// [`Sys::reboot`] on the real machine; if it returns (it failed), exit
+/// with status 1. In a child PID namespace the kernel ends init with SIGINT
+/// (power off) or SIGHUP (restart).
 pub fn final_reboot(mode: PowerMode) -> ! {
-    sync();
-    let cmd = match mode {
-        PowerMode::PowerOff => libc::RB_POWER_OFF,
-        PowerMode::Restart => libc::RB_AUTOBOOT,
-    };
-    // SAFETY: reboot(2) with a valid command; it does not return on success.
-    unsafe {
-        libc::reboot(cmd);
-    }
+    let error = LinuxSys.reboot(mode);
+    crate::kerr!("reboot: {error}");
     std::process::exit(1)
 }
 

@@ -215,6 +215,31 @@ pub fn send_with_fd(socket: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) ->
     sendmsg::<UnixAddr>(socket.as_raw_fd(), &iov, &cmsgs, flags, None).map_err(io::Error::from)
 }
 
+/// recvmsg(2) into `buf`, blocking, with up to four descriptors received
+/// (SCM_RIGHTS, close-on-exec); the counterpart of [`send_with_fd`], for
+/// tests that play the peer.
+pub fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::FromRawFd;
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<UnixAddr>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process for this message; nothing else owns them.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
 /// An inotify instance that can be registered with the reactor.
 pub struct InotifyFd(pub nix::sys::inotify::Inotify);
 

@@ -51,6 +51,7 @@ pub fn status_healthy() -> StatusReply {
             }),
             shutdown: None,
             graceful_shutdown_armed: true,
+            previous_shutdown: Some(audit_entries().remove(1)),
             inhibitors: vec![],
         },
         services: vec![
@@ -122,6 +123,7 @@ pub fn status_troubled() -> StatusReply {
                 phase_since_ms: BOOT + 33_000,
             }),
             graceful_shutdown_armed: false,
+            previous_shutdown: None,
             inhibitors: vec![],
         },
         services: vec![
@@ -260,6 +262,10 @@ pub fn verify_clean_line() -> String {
             "overridden",
             "replaced by meta/etc/kubernetes/node-labels on the data partition",
         )],
+        out_of_scope: vec![
+            "/var/lib/containers/storage".into(),
+            "/var/lib/kubelet/pods".into(),
+        ],
     })
 }
 
@@ -284,7 +290,14 @@ pub fn verify_dirty_line() -> String {
                 "a file the image does not have",
             ),
             finding("/bin/crun", "mode", "mode 0755, expected 0500"),
+            finding(r"/bin/\xff\xfekworker", "unexpected", "file, mode 0755"),
+            finding(
+                "/tmp",
+                "mount",
+                "remounted rw,exec,suid,nodev (at boot rw,noexec,nosuid,nodev)",
+            ),
         ],
+        out_of_scope: vec!["/var/lib/containers/storage".into()],
     })
 }
 
@@ -305,6 +318,19 @@ pub fn version_line() -> String {
     ok(&VersionReply {
         protocol: 1,
         init: "0.1.0".into(),
+        image_version: None,
+        inventory_sha256: Some("5e".repeat(32)),
+        build_id: Some("0123456789abcdef".into()),
+    })
+}
+
+pub fn version_line_with_image() -> String {
+    ok(&VersionReply {
+        protocol: 1,
+        init: "0.1.0".into(),
+        image_version: Some("0.2.0".into()),
+        inventory_sha256: None,
+        build_id: Some("0123abcd".into()),
     })
 }
 
@@ -321,4 +347,137 @@ pub fn shutdown_line(mode: PowerMode) -> String {
 
 pub fn event(event: &Event) -> String {
     event.encode()
+}
+
+/// Two entries of the previous boot (a restart, then the reboot that ended
+/// it) and a refused one of this boot.
+pub fn audit_entries() -> Vec<AuditEntry> {
+    let entry =
+        |at_ms: u64, boot_ms: u64, action: &str, pid: i32, uid: u32, outcome: &str| AuditEntry {
+            at_ms,
+            boot_ms,
+            action: action.into(),
+            by: format!("socket pid {pid} uid {uid} (kiosctl)"),
+            pid: Some(pid),
+            uid: Some(uid),
+            command: Some("kiosctl".into()),
+            outcome: outcome.into(),
+            shutdown: action.starts_with("shutdown") && outcome == "started",
+        };
+    vec![
+        entry(
+            NOW - 7_200_000,
+            NOW - 9_000_000,
+            "restart kubelet",
+            412,
+            0,
+            "ok",
+        ),
+        entry(
+            NOW - 3_700_000,
+            NOW - 9_000_000,
+            "shutdown reboot",
+            530,
+            0,
+            "started",
+        ),
+        entry(
+            NOW - 60_000,
+            NOW - 3_600_000,
+            "restart crio",
+            901,
+            1000,
+            "not-permitted",
+        ),
+    ]
+}
+
+pub fn audit_line() -> String {
+    ok(&AuditReply {
+        boot_ms: NOW - 3_600_000,
+        entries: audit_entries(),
+    })
+}
+
+fn process(pid: u32, ppid: u32, role: &str, command: &str) -> ProcessInfo {
+    ProcessInfo {
+        pid,
+        ppid,
+        uid: 0,
+        age_ms: 3_540_000,
+        cpu_ms: 1_250,
+        rss_kib: 24_576,
+        role: role.into(),
+        why: format!("why {role}"),
+        pod: None,
+        container: None,
+        command: command.into(),
+        cgroup: "/".into(),
+        exe: command.split(' ').next().map(str::to_string),
+    }
+}
+
+pub fn ps_reply() -> PsReply {
+    let in_pod = |mut p: ProcessInfo| {
+        p.pod = Some("default/web-1".into());
+        p.container = Some("nginx".into());
+        p.cgroup = "/kubepods/besteffort/pod5f1c/crio-abc123".into();
+        p
+    };
+    PsReply {
+        processes: vec![
+            process(1, 0, "init", "/init"),
+            process(97, 1, "crio", "/bin/crio --config /etc/crio/crio.conf"),
+            process(120, 1, "kubelet", "/bin/kubelet --config /var/lib/kubelet/config.yaml"),
+            in_pod(process(
+                300,
+                1,
+                "conmon",
+                "/bin/conmon -b /run/containers/storage/overlay-containers/abc123/userdata -c abc123 \
+                 --exit-dir /var/run/crio/exits -l /var/log/pods/default_web-1_5f1c/nginx/0.log -n k8s_nginx_web-1_default_5f1c_0",
+            )),
+            in_pod(process(301, 300, "container", "nginx: master process nginx")),
+            in_pod(process(302, 301, "container", "nginx: worker process")),
+            process(666, 1, "unexpected", "/tmp/miner --evil\u{1b}[2J"),
+        ],
+        kernel_threads: 38,
+        unexpected: 1,
+        truncated: false,
+    }
+}
+
+pub fn ps_line() -> String {
+    ok(&ps_reply())
+}
+
+pub fn kmsg(seq: u64, level: u8, usec: u64, message: &str) -> KmsgRecord {
+    KmsgRecord {
+        seq,
+        level,
+        usec,
+        init: message.starts_with("kiOS:"),
+        message: message.into(),
+    }
+}
+
+pub fn kernel_log_line() -> String {
+    ok(&KernelLogReply {
+        boot_ms: NOW - 3_600_000,
+        records: vec![
+            kmsg(0, 5, 0, "Linux version 6.1.0-kios (gcc 12.2.0)"),
+            kmsg(310, 6, 1_532_004, "kiOS: cri-o started (pid 97)"),
+            kmsg(
+                311,
+                4,
+                2_100_450,
+                "kiOS: kubelet exited with code 1; restarting in 1s",
+            ),
+            kmsg(
+                312,
+                3,
+                2_200_000,
+                "EXT4-fs (vda1): error count since last fsck: 1",
+            ),
+        ],
+    })
 }

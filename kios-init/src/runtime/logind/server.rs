@@ -130,7 +130,7 @@ struct Inner {
     next_id: u64,
     events: mpsc::Sender<BusEvent>,
     dropped_events: u64,
-    sys: Rc<dyn Sys>,
+    sys: std::sync::Arc<dyn Sys>,
     config: BusConfig,
     guid: String,
     /// Monotonic start of each lock, for `held_ms`.
@@ -199,14 +199,14 @@ fn server_guid() -> String {
 /// component on the current LocalSet.
 pub fn start(
     config: BusConfig,
-    sys: Rc<dyn Sys>,
+    sys: std::sync::Arc<dyn Sys>,
 ) -> Result<(BusHandle, mpsc::Receiver<BusEvent>), BindError> {
     if let Some(dir) = config.socket.parent() {
         if let Err(e) = sys.create_dir_all(dir, 0o755) {
             crate::kwarn!("system bus: cannot create {}: {e}", dir.display());
         }
     }
-    let listener = crate::runtime::server::bind_with_mode(&config.socket, 0o666)?;
+    let listener = crate::runtime::server::bind_with_mode(&config.socket, 0o666, &*sys)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let delay = delay_usec(&config.kubelet_config);
@@ -558,11 +558,10 @@ mod tests {
     use crate::runtime::logind::bus::{LOGIND_NAME, LOGIND_PATH, MANAGER, PROPERTIES};
     use crate::runtime::logind::wire::Value;
     use std::io::Write as _;
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsFd;
 
     /// Reads one message (and any descriptors) from a blocking socket.
     fn read_message(stream: &std::os::unix::net::UnixStream) -> (Message, Vec<OwnedFd>) {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
         let mut pending = Vec::new();
         let mut fds = Vec::new();
         loop {
@@ -571,25 +570,9 @@ mod tests {
                 return (m, fds);
             }
             let mut buf = [0u8; 512];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<UnixAddr>(
-                stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )
-            .expect("recvmsg");
-            for cmsg in msg.cmsgs().expect("cmsgs") {
-                if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                    // SAFETY (test): the kernel just gave us these descriptors.
-                    fds.extend(
-                        raw.into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-            let n = msg.bytes;
+            let (n, received) =
+                crate::sys::process::recv_with_fds(stream.as_fd(), &mut buf).expect("recvmsg");
+            fds.extend(received);
             assert!(n > 0, "server closed the connection");
             pending.extend_from_slice(&buf[..n]);
         }
@@ -619,7 +602,7 @@ mod tests {
                 socket: socket.clone(),
                 kubelet_config: dir.join("config.yaml"),
             };
-            let (handle, mut events) = start(config, Rc::new(crate::sys::LinuxSys)).expect("start");
+            let (handle, mut events) = start(config, std::sync::Arc::new(crate::sys::LinuxSys)).expect("start");
             let path = socket.clone();
             let client = std::thread::spawn(move || {
                 let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect");

@@ -7,9 +7,9 @@
 //! request is written to the kernel log with the peer's pid, uid and command.
 
 use kios_protocol::{
-    ContinueShutdownReply, ErrorBody, ErrorCode, Event, HelpReply, LegacyCommand, LogsReply,
-    PowerMode, Reply, Request, Response, ServiceName, ShutdownReply, VersionReply, WatchReply,
-    PROTOCOL_VERSION,
+    AuditReply, ContinueShutdownReply, ErrorBody, ErrorCode, Event, HelpReply, LegacyCommand,
+    LogsReply, PowerMode, Reply, Request, Response, ServiceName, ShutdownReply, VersionReply,
+    WatchReply, PROTOCOL_VERSION,
 };
 
 use crate::runtime::server::clients::Peer;
@@ -25,6 +25,10 @@ pub enum Outcome {
     Reply(Response),
     /// Run `verify` off the event loop, then send its response.
     Verify,
+    /// Read /proc off the event loop for `ps`, then send the response.
+    Ps { all: bool },
+    /// Read (and maybe follow) the kernel log off the event loop.
+    KernelLog(crate::runtime::server::kernel::KernelLogRequest),
 }
 
 fn not_permitted(verb: &str) -> ErrorBody {
@@ -32,6 +36,17 @@ fn not_permitted(verb: &str) -> ErrorBody {
         ErrorCode::NotPermitted,
         format!("'{verb}' changes the node's state and needs uid 0"),
     )
+}
+
+/// Runs `f` (a handler) and turns a panic into an `internal` error.
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, ErrorBody> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        crate::kerr!("bug: the handler of '{what}' panicked; the connection and init carry on");
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("kios-init hit a bug while handling '{what}'"),
+        )
+    })
 }
 
 /// Handles one line-dialect request.
@@ -43,16 +58,37 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
                 request.to_line(),
                 peer.describe()
             );
-            return Outcome::Reply(Err(not_permitted(request.verb())));
+            let error = not_permitted(request.verb());
+            audit_request(
+                state,
+                peer,
+                request.to_line(),
+                error.code.as_str(),
+                false,
+                now,
+            );
+            return Outcome::Reply(Err(error));
         }
         crate::kinfo!("request '{}' from {}", request.to_line(), peer.describe());
     }
+    let audited = request.changes_state().then(|| request.to_line());
+    let mut requested = None;
     let response = match request {
         Request::Help => Ok(Reply::Help(HelpReply::all_verbs())),
-        Request::Version => Ok(Reply::Version(VersionReply {
-            protocol: PROTOCOL_VERSION,
-            init: env!("CARGO_PKG_VERSION").to_string(),
-        })),
+        Request::Version => {
+            // The build id the sealed boot inventory carries; os-release's
+            // (the same string on an image of ours) when there is none.
+            let (inventory_sha256, build_id) = crate::runtime::server::inventory::identity();
+            Ok(Reply::Version(VersionReply {
+                protocol: PROTOCOL_VERSION,
+                init: env!("CARGO_PKG_VERSION").to_string(),
+                image_version: state.node.release.version.clone(),
+                inventory_sha256,
+                build_id: build_id
+                    .filter(|b| !b.is_empty())
+                    .or_else(|| state.node.release.build_id.clone()),
+            }))
+        }
         Request::Status => Ok(Reply::Status(state.status(now))),
         Request::Boot => Ok(Reply::Boot(state.boot_reply())),
         Request::Restart { service } => state
@@ -60,7 +96,7 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
             .map(Reply::Restart),
         Request::Shutdown { mode, force } => {
             let by = format!("socket {}", peer.describe());
-            state.request_shutdown(mode, force, &by, now);
+            requested = Some(state.request_shutdown(mode, force, &by, now));
             match (state.shutdown.mode(), state.shutdown.phase()) {
                 (Some(mode), Some(phase)) => Ok(Reply::Shutdown(ShutdownReply { mode, phase })),
                 _ => Err(ErrorBody::new(
@@ -106,8 +142,49 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
             crate::runtime::server::inventory::files(&state.paths, path.as_deref())
         }
         Request::Verify => return Outcome::Verify,
+        Request::Ps { all } => return Outcome::Ps { all },
+        Request::KernelLog {
+            init_only,
+            lines,
+            follow,
+            since_ms,
+        } => {
+            return Outcome::KernelLog(crate::runtime::server::kernel::KernelLogRequest {
+                init_only,
+                lines,
+                follow,
+                since_ms,
+            })
+        }
+        Request::Audit { lines } => Ok(Reply::Audit(AuditReply {
+            boot_ms: state.audit.boot_ms(),
+            entries: state.audit.entries(lines),
+        })),
     };
+    if let Some(action) = audited {
+        let outcome = match (&response, requested) {
+            (Err(e), _) => e.code.as_str(),
+            (Ok(_), Some(r)) => crate::runtime::audit::requested_outcome(r),
+            (Ok(_), None) => "ok",
+        };
+        let ends_boot = requested == Some(Requested::Started);
+        audit_request(state, peer, action, outcome, ends_boot, now);
+    }
     Outcome::Reply(response)
+}
+
+fn audit_request(
+    state: &mut State,
+    peer: &Peer,
+    action: String,
+    outcome: &str,
+    ends_boot: bool,
+    now: Now,
+) {
+    let by = format!("socket {}", peer.describe());
+    let entry =
+        crate::runtime::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
+    state.audit.record(entry);
 }
 
 /// Handles one legacy byte. The legacy dialect has no responses; refused
@@ -123,6 +200,7 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
             command.to_byte(),
             peer.describe()
         );
+        audit_legacy(state, peer, command, "not-permitted", false, now);
         return;
     }
     crate::kinfo!(
@@ -133,14 +211,23 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
     match command {
         LegacyCommand::SoftShutdown => {
             let by = format!("socket {} (legacy 0x01)", peer.describe());
-            if state.request_shutdown(PowerMode::Poweroff, false, &by, now)
-                == Requested::AlreadyInProgress
-            {
+            let requested = state.request_shutdown(PowerMode::Poweroff, false, &by, now);
+            if requested == Requested::AlreadyInProgress {
                 crate::kinfo!("a shutdown is already in progress");
             }
+            let outcome = crate::runtime::audit::requested_outcome(requested);
+            audit_legacy(
+                state,
+                peer,
+                command,
+                outcome,
+                requested == Requested::Started,
+                now,
+            );
         }
         LegacyCommand::ContinueShutdown => {
             state.shutdown.continue_shutdown();
+            audit_legacy(state, peer, command, "ok", false, now);
         }
         LegacyCommand::RestartKubelet | LegacyCommand::RestartCrio => {
             let service = if command == LegacyCommand::RestartKubelet {
@@ -148,11 +235,40 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
             } else {
                 ServiceName::Crio
             };
-            if let Err(e) = state.restart(service, StopReason::AdminRestart, now) {
-                crate::kwarn!("legacy restart {service}: {}", e.message);
-            }
+            let outcome = match state.restart(service, StopReason::AdminRestart, now) {
+                Ok(_) => "ok",
+                Err(e) => {
+                    crate::kwarn!("legacy restart {service}: {}", e.message);
+                    e.code.as_str()
+                }
+            };
+            audit_legacy(state, peer, command, outcome, false, now);
         }
     }
+}
+
+fn audit_legacy(
+    state: &mut State,
+    peer: &Peer,
+    command: LegacyCommand,
+    outcome: &str,
+    ends_boot: bool,
+    now: Now,
+) {
+    let action = match command {
+        LegacyCommand::SoftShutdown => "shutdown poweroff".to_string(),
+        LegacyCommand::ContinueShutdown => "continue-shutdown".to_string(),
+        LegacyCommand::RestartKubelet => "restart kubelet".to_string(),
+        LegacyCommand::RestartCrio => "restart crio".to_string(),
+    };
+    let by = format!(
+        "socket {} (legacy 0x{:02x})",
+        peer.describe(),
+        command.to_byte()
+    );
+    let entry =
+        crate::runtime::audit::from_peer(peer, action, by, outcome, ends_boot, now.epoch_ms);
+    state.audit.record(entry);
 }
 
 /// The watch events a subscriber would get for the current state (used in
@@ -198,7 +314,7 @@ mod tests {
     fn reply(outcome: Outcome) -> Response {
         match outcome {
             Outcome::Reply(r) => r,
-            Outcome::Verify => panic!("unexpected verify"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -207,6 +323,48 @@ mod tests {
             Err(e) => e.code,
             Ok(r) => panic!("expected an error, got {r:?}"),
         }
+    }
+
+    #[test]
+    fn state_changes_and_refusals_are_audited_with_the_peer() {
+        let mut t = test_state();
+        let now = Now::current();
+        let admin = root(&mut t.state);
+        let stranger = nobody(&mut t.state);
+        let restart = Request::Restart {
+            service: ServiceName::Crio,
+        };
+        let _ = handle(&mut t.state, &stranger, restart.clone(), now);
+        let _ = handle(&mut t.state, &admin, restart, now);
+        let _ = handle(&mut t.state, &admin, Request::Status, now);
+        let shutdown = Request::Shutdown {
+            mode: PowerMode::Reboot,
+            force: false,
+        };
+        let _ = handle(&mut t.state, &admin, shutdown, now);
+        let entries = match reply(handle(
+            &mut t.state,
+            &admin,
+            Request::Audit { lines: 10 },
+            now,
+        )) {
+            Ok(Reply::Audit(a)) => a.entries,
+            other => panic!("{other:?}"),
+        };
+        let seen: Vec<(&str, Option<i32>, &str, bool)> = entries
+            .iter()
+            .map(|e| (e.action.as_str(), e.pid, e.outcome.as_str(), e.shutdown))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("restart crio", Some(4243), "not-permitted", false),
+                ("restart crio", Some(4242), "ok", false),
+                ("shutdown reboot", Some(4242), "started", true),
+            ]
+        );
+        assert_eq!(entries[2].by, "socket pid 4242 uid 0 (kiosctl)");
+        assert_eq!(entries[2].command.as_deref(), Some("kiosctl"));
     }
 
     #[test]
@@ -230,7 +388,7 @@ mod tests {
             );
         }
         assert!(!t.state.shutdown.is_active());
-        assert!(t.signals.borrow().is_empty());
+        assert!(t.signals().is_empty());
         // Reading is fine.
         assert!(reply(handle(&mut t.state, &p, Request::Status, now)).is_ok());
         // Legacy commands from non-root are ignored too.
@@ -263,7 +421,7 @@ mod tests {
                 old_pid: Some(777)
             })
         );
-        assert_eq!(*t.signals.borrow(), vec![(777, Signal::SIGTERM)]);
+        assert_eq!(t.signals(), vec![(777, Signal::SIGTERM)]);
         assert_eq!(t.state.supervisor.crio.state, ServiceState::Stopping);
         // Not running: old_pid null, no signal.
         let r = reply(handle(
@@ -282,7 +440,7 @@ mod tests {
                 old_pid: None
             })
         );
-        assert_eq!(t.signals.borrow().len(), 1);
+        assert_eq!(t.signals().len(), 1);
     }
 
     #[test]
@@ -444,7 +602,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match reply(handle(&mut t.state, &p, Request::Version, now)).unwrap() {
-            Reply::Version(v) => assert_eq!(v.protocol, 1),
+            Reply::Version(v) => assert_eq!((v.protocol, v.image_version), (1, None)),
+            other => panic!("{other:?}"),
+        }
+        t.state.node.release.version = Some("1.2".into());
+        t.state.node.release.build_id = Some("b7".into());
+        match reply(handle(&mut t.state, &p, Request::Version, now)).unwrap() {
+            Reply::Version(v) => {
+                assert_eq!(v.image_version.as_deref(), Some("1.2"));
+                assert_eq!(v.build_id.as_deref(), Some("b7"));
+            }
             other => panic!("{other:?}"),
         }
         match reply(handle(&mut t.state, &p, Request::Status, now)).unwrap() {

@@ -1,38 +1,42 @@
 //! The system socket `/run/system.sock` (protocol v1): binding it (mode
 //! 0600, a stale file removed), accepting clients up to [`MAX_CLIENTS`], and
-//! one task per client that reads requests, runs the handlers and writes
-//! responses, events and the legacy shutdown byte.
+//! one task per client that reads requests, hands them to the runtime's
+//! owner (which runs the handlers) and writes responses, events and the
+//! legacy shutdown byte.
 //!
 //! Nothing a client does can hold up init: reads and writes are per-client
 //! tasks, writes are bounded in time, the per-client queue in size, a client
-//! stalled mid-line is dropped, handlers run under `catch_unwind` (a bug is an
-//! `internal` error, not a dead PID 1), and EOF or a hang-up never runs a
-//! command. Every descriptor belongs to a task that owns it, so a closed
+//! stalled mid-line is dropped, handlers run under `catch_unwind` in the
+//! owner (a bug is an `internal` error, not a dead PID 1), and EOF or a
+//! hang-up never runs a command. Every descriptor belongs to a task that owns it, so a closed
 //! connection leaves nothing behind.
 
 pub mod clients;
 pub mod connection;
 pub mod handlers;
 pub mod inventory;
+pub mod kernel;
+pub mod ps;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Duration;
 
-use kios_protocol::{encode_error, encode_response, Dialect, ErrorBody, ErrorCode, Response};
-use nix::sys::stat::Mode;
+use kios_protocol::{
+    encode_error, encode_response, Dialect, ErrorBody, ErrorCode, Request, Response,
+};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use clients::Registration;
 pub use clients::{Peer, MAX_CLIENTS};
 use connection::{Connection, Incoming, ReadError};
-use handlers::Outcome;
 
-use crate::runtime::state::Shared;
-use crate::runtime::supervisor::Now;
+use crate::runtime::event::{Answer, ClientEvent, Event, Events};
+use crate::runtime::state::Paths;
+use crate::sys::Sys;
 
 /// A response or event that cannot be written within this time drops the client.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,13 +61,13 @@ pub enum BindError {
 /// Binds the system socket at `path`, mode 0600 from the start (umask), and
 /// removes a stale socket file left by an earlier run. Must be called inside
 /// the tokio runtime.
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
-    bind_with_mode(path, 0o600)
+pub fn bind(path: &Path, sys: &dyn Sys) -> Result<UnixListener, BindError> {
+    bind_with_mode(path, 0o600, sys)
 }
 
 /// [`bind`] with another mode (the system bus socket is 0666: D-Bus
 /// authentication, not the file mode, refuses non-root peers).
-pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
+pub fn bind_with_mode(path: &Path, mode: u32, sys: &dyn Sys) -> Result<UnixListener, BindError> {
     let shown = path.display().to_string();
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -75,9 +79,9 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, BindError>
         Ok(_) => return Err(BindError::NotASocket { path: shown }),
         Err(_) => {}
     }
-    let old = nix::sys::stat::umask(Mode::from_bits_truncate(!mode & 0o777));
+    let old = sys.umask(!mode & 0o777);
     let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
+    sys.umask(old);
     let listener = bound.map_err(|source| BindError::Bind {
         path: shown.clone(),
         source,
@@ -92,29 +96,20 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, BindError>
     Ok(listener)
 }
 
-/// Accepts clients forever.
-pub async fn serve(listener: UnixListener, shared: Shared) {
+/// Accepts clients until `stop` is notified (shutdown: the listener, and
+/// its path on /run, go away).
+pub async fn serve(listener: UnixListener, events: Events, stop: Rc<Notify>) {
     let mut refused: u64 = 0;
-    let stop = shared.borrow().stop_serving.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.notified() => {
-                // Shutdown: the listener (and its path on /run) goes away.
-                return;
-            }
+            _ = stop.notified() => return,
         };
         match accepted {
             Ok((stream, _)) => {
-                // At the limit, let the tasks of clients that already hung up
-                // run and leave before refusing anyone.
-                for _ in 0..4 {
-                    if shared.borrow().clients.len() < MAX_CLIENTS {
-                        break;
-                    }
-                    tokio::task::yield_now().await;
+                if !accept(&events, stream, &mut refused).await {
+                    return;
                 }
-                accept(&shared, stream, &mut refused)
             }
             Err(e) => {
                 crate::kerr!("system socket: accept failed: {e}");
@@ -133,60 +128,47 @@ pub fn read_comm(pid: i32) -> Option<String> {
     Some(comm)
 }
 
-fn accept(shared: &Shared, stream: UnixStream, refused: &mut u64) {
-    let full = shared.borrow().clients.len() >= MAX_CLIENTS;
-    if full {
-        *refused += 1;
-        if refused.is_power_of_two() {
-            crate::kwarn!(
-                "system socket: {MAX_CLIENTS} clients connected; refused {refused} so far"
-            );
-        }
-        let line = encode_error(&ErrorBody::new(
-            ErrorCode::Busy,
-            format!("too many connections (at most {MAX_CLIENTS}); try again later"),
-        )) + "\n";
-        // A fresh socket's buffer is empty: this never blocks. Then close.
-        let _ = stream.try_write(line.as_bytes());
-        return;
-    }
+/// Registers the client with the owner and starts its task, or answers
+/// `busy`. `false` when the owner is gone.
+async fn accept(events: &Events, stream: UnixStream, refused: &mut u64) -> bool {
     let cred = stream.peer_cred().ok();
     let pid = cred.as_ref().and_then(|c| c.pid());
-    let peer = {
-        let mut state = shared.borrow_mut();
-        Peer {
-            id: state.clients.next_id(),
+    let uid = cred.as_ref().map(|c| c.uid());
+    let command = pid.and_then(read_comm);
+    // At the limit, let the tasks of clients that already hung up run and
+    // leave before refusing anyone.
+    for attempt in 0..5 {
+        let (reply, answer) = oneshot::channel();
+        let connect = ClientEvent::Connect {
             pid,
-            uid: cred.as_ref().map(|c| c.uid()),
-            command: pid.and_then(read_comm),
+            uid,
+            command: command.clone(),
+            reply,
+        };
+        if !events.send(Event::Client(connect)).await {
+            return false;
         }
-    };
-    let registration = {
-        let mut state = shared.borrow_mut();
-        let registration = state
-            .clients
-            .register(peer.clone(), Now::current().epoch_ms);
-        // The kubelet (re)connecting while a shutdown drains has missed the
-        // broadcast: it gets the shutdown byte at once.
-        let is_kubelet =
-            matches!((peer.pid, state.kubelet_pid()), (Some(a), Some(b)) if a > 0 && a as u32 == b);
-        if is_kubelet && state.shutdown.phase() == Some(kios_protocol::ShutdownPhase::Draining) {
-            state.clients.send_legacy_shutdown(peer.id);
+        match answer.await {
+            Ok(Some((peer, registration))) => {
+                tokio::task::spawn_local(client_task(events.clone(), stream, peer, registration));
+                return true;
+            }
+            Ok(None) if attempt < 4 => tokio::task::yield_now().await,
+            Ok(None) => {}
+            Err(_) => return false,
         }
-        registration
-    };
-    tokio::task::spawn_local(client_task(shared.clone(), stream, peer, registration));
-}
-
-/// Runs `f` (a handler) and turns a panic into an `internal` error.
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, ErrorBody> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
-        crate::kerr!("bug: the handler of '{what}' panicked; the connection and init carry on");
-        ErrorBody::new(
-            ErrorCode::Internal,
-            format!("kios-init hit a bug while handling '{what}'"),
-        )
-    })
+    }
+    *refused += 1;
+    if refused.is_power_of_two() {
+        crate::kwarn!("system socket: {MAX_CLIENTS} clients connected; refused {refused} so far");
+    }
+    let line = encode_error(&ErrorBody::new(
+        ErrorCode::Busy,
+        format!("too many connections (at most {MAX_CLIENTS}); try again later"),
+    )) + "\n";
+    // A fresh socket's buffer is empty: this never blocks. Then close.
+    let _ = stream.try_write(line.as_bytes());
+    true
 }
 
 /// Writes `bytes`, giving up (false) after [`WRITE_TIMEOUT`] or when the
@@ -207,7 +189,32 @@ async fn respond(conn: &mut Connection<UnixStream>, response: &Response, close: 
     write_bounded(conn, line.as_bytes(), close).await
 }
 
-async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Registration) {
+/// Sends a request to the owner and waits for its answer (run off the
+/// event loop where the owner says so); `None` when the owner is gone.
+async fn ask(events: &Events, peer: &Peer, request: Request) -> Option<kernel::Started> {
+    let (reply, answer) = oneshot::channel();
+    let event = ClientEvent::Request {
+        peer: peer.clone(),
+        request,
+        reply,
+    };
+    if !events.send(Event::Client(event)).await {
+        return None;
+    }
+    let once = kernel::Started::Once;
+    Some(match answer.await.ok()? {
+        Answer::Response(response) => once(response),
+        Answer::Verify { paths, expected } => once(run_verify(paths, expected).await),
+        Answer::Ps {
+            proc_root,
+            expected,
+            all,
+        } => once(run_ps(proc_root, expected, all).await),
+        Answer::KernelLog(request) => kernel::start(request).await,
+    })
+}
+
+async fn client_task(events: Events, stream: UnixStream, peer: Peer, mut reg: Registration) {
     let mut conn = Connection::new(stream);
     let mut dialect = Dialect::Silent;
     loop {
@@ -225,18 +232,19 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
             incoming = conn.read_request() => {
                 if conn.dialect() != dialect {
                     dialect = conn.dialect();
-                    shared.borrow_mut().clients.set_dialect(peer.id, dialect);
+                    let event = ClientEvent::Dialect { id: peer.id, dialect };
+                    if !events.send(Event::Client(event)).await {
+                        break;
+                    }
                 }
                 match incoming {
                     Ok(None) => break,
                     Ok(Some(Incoming::Legacy(None))) => {}
                     Ok(Some(Incoming::Legacy(Some(command)))) => {
-                        let result = guarded("legacy command", || {
-                            let mut state = shared.borrow_mut();
-                            handlers::handle_legacy(&mut state, &peer, command, Now::current());
-                        });
-                        // No response in the legacy dialect; the panic is logged.
-                        let _ = result;
+                        let event = ClientEvent::Legacy { peer: peer.clone(), command };
+                        if !events.send(Event::Client(event)).await {
+                            break;
+                        }
                     }
                     Ok(Some(Incoming::Line(Err(parse_error)))) => {
                         if !respond(&mut conn, &Err(parse_error.to_body()), &reg.close).await {
@@ -244,18 +252,19 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
                         }
                     }
                     Ok(Some(Incoming::Line(Ok(request)))) => {
-                        let verb = request.verb();
-                        let outcome = guarded(verb, || {
-                            let mut state = shared.borrow_mut();
-                            handlers::handle(&mut state, &peer, request, Now::current())
-                        });
-                        let response = match outcome {
-                            Ok(Outcome::Reply(response)) => response,
-                            Err(body) => Err(body),
-                            Ok(Outcome::Verify) => run_verify(&shared, &peer).await,
-                        };
-                        if !respond(&mut conn, &response, &reg.close).await {
-                            break;
+                        match ask(&events, &peer, request).await {
+                            None => break,
+                            Some(kernel::Started::Once(response)) => {
+                                if !respond(&mut conn, &response, &reg.close).await {
+                                    break;
+                                }
+                            }
+                            Some(kernel::Started::Follow(response, records)) => {
+                                if respond(&mut conn, &response, &reg.close).await {
+                                    kernel::stream(&mut conn, &reg.close, records).await;
+                                }
+                                break;
+                            }
                         }
                     }
                     Err(ReadError::LineTooLong) => {
@@ -273,24 +282,30 @@ async fn client_task(shared: Shared, stream: UnixStream, peer: Peer, mut reg: Re
             }
         }
     }
-    let mut state = shared.borrow_mut();
-    state.clients.remove(peer.id);
-    // A draining shutdown re-checks whether a kubelet is still connected.
-    state.shutdown.progress.notify_one();
+    // The socket closes here; a draining shutdown re-checks whether a
+    // kubelet is still connected when the owner hears of it.
+    drop(conn);
+    events
+        .send(Event::Client(ClientEvent::Gone { id: peer.id }))
+        .await;
 }
 
-async fn run_verify(shared: &Shared, peer: &Peer) -> Response {
-    let (paths, expected) = {
-        let state = shared.borrow();
-        let expected = inventory::ExpectedPids {
-            init: std::process::id(),
-            crio: state.supervisor.crio.pid,
-            kubelet: state.supervisor.kubelet.pid,
-            // 0: the peer is outside init's PID namespace.
-            peer: peer.pid.filter(|p| *p > 0).map(|p| p as u32),
-        };
-        (state.paths.clone(), expected)
-    };
+async fn run_ps(
+    proc_root: std::path::PathBuf,
+    expected: inventory::ExpectedPids,
+    all: bool,
+) -> Response {
+    let units = ps::Units::of_this_machine();
+    match tokio::task::spawn_blocking(move || ps::ps(&proc_root, expected, all, units)).await {
+        Ok(response) => response,
+        Err(e) => {
+            crate::kerr!("bug: ps failed to run: {e}");
+            Err(ErrorBody::new(ErrorCode::Internal, "ps failed to run"))
+        }
+    }
+}
+
+async fn run_verify(paths: Paths, expected: inventory::ExpectedPids) -> Response {
     match tokio::task::spawn_blocking(move || inventory::verify(&paths, expected)).await {
         Ok(response) => response,
         Err(e) => {
@@ -303,8 +318,11 @@ async fn run_verify(shared: &Shared, peer: &Peer) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::owner::testing::INLINE_SPAWNER;
+    use crate::runtime::owner::Owner;
+    use crate::runtime::run_owner;
     use crate::runtime::state::testing::test_state;
-    use std::cell::RefCell;
+    use crate::runtime::state::State;
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
     use std::rc::Rc;
@@ -320,7 +338,7 @@ mod tests {
     /// Runs `test` against a server on a fresh socket, on a LocalSet.
     fn with_server<F, Fut>(name: &str, test: F)
     where
-        F: FnOnce(PathBuf, Shared) -> Fut,
+        F: FnOnce(PathBuf, Node) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
         let dir = temp_dir(name);
@@ -331,10 +349,19 @@ mod tests {
             .unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async {
-            let shared: Shared = Rc::new(RefCell::new(test_state().state));
-            let listener = bind(&socket).unwrap();
-            tokio::task::spawn_local(serve(listener, shared.clone()));
-            tokio::time::timeout(Duration::from_secs(20), test(socket.clone(), shared))
+            let (events, rx) = Events::channel();
+            let stop = Rc::new(Notify::new());
+            let listener = bind(&socket, &crate::sys::LinuxSys).unwrap();
+            tokio::task::spawn_local(serve(listener, events.clone(), stop.clone()));
+            let mut owner = Owner::new(
+                test_state().state,
+                Box::new(INLINE_SPAWNER),
+                None,
+                false,
+                stop,
+            );
+            tokio::task::spawn_local(async move { run_owner(&mut owner, rx).await });
+            tokio::time::timeout(Duration::from_secs(20), test(socket.clone(), Node(events)))
                 .await
                 .expect("test timed out");
         });
@@ -352,8 +379,23 @@ mod tests {
         serde_json::from_str(&reply).unwrap()
     }
 
-    async fn wait_clients(shared: &Shared, n: usize) {
-        while shared.borrow().clients.len() != n {
+    /// The test's handle on the owner's state.
+    struct Node(Events);
+
+    impl Node {
+        /// Runs `f` on the state in the owner and returns what it returned.
+        async fn with<T: 'static>(&self, f: impl FnOnce(&mut State) -> T + 'static) -> T {
+            let (tx, rx) = oneshot::channel();
+            let inspect = Event::Inspect(Box::new(move |state| {
+                let _ = tx.send(f(state));
+            }));
+            assert!(self.0.send(inspect).await, "the owner is gone");
+            rx.await.expect("the owner dropped the inspection")
+        }
+    }
+
+    async fn wait_clients(node: &Node, n: usize) {
+        while node.with(|s| s.clients.len()).await != n {
             tokio::task::yield_now().await;
         }
     }
@@ -367,15 +409,18 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let first = bind(&socket).unwrap();
+            let first = bind(&socket, &crate::sys::LinuxSys).unwrap();
             drop(first); // leaves a stale socket file
             assert!(socket.exists());
-            let _second = bind(&socket).unwrap();
+            let _second = bind(&socket, &crate::sys::LinuxSys).unwrap();
             let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
             let file = dir.join("plain");
             std::fs::write(&file, "keep me").unwrap();
-            assert!(matches!(bind(&file), Err(BindError::NotASocket { .. })));
+            assert!(matches!(
+                bind(&file, &crate::sys::LinuxSys),
+                Err(BindError::NotASocket { .. })
+            ));
             assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
         });
         let _ = std::fs::remove_dir_all(&dir);
@@ -383,7 +428,7 @@ mod tests {
 
     #[test]
     fn requests_get_replies_in_order_and_clients_are_listed() {
-        with_server("order", |socket, shared| async move {
+        with_server("order", |socket, node| async move {
             let mut client = BufReader::new(UnixStream::connect(&socket).await.unwrap());
             let version = ask(&mut client, "version").await;
             assert_eq!(version["protocol"], 1);
@@ -397,25 +442,25 @@ mod tests {
             let bad = ask(&mut client, "frobnicate").await;
             assert_eq!(bad["error"]["code"], "unknown-verb");
             drop(client);
-            wait_clients(&shared, 0).await;
+            wait_clients(&node, 0).await;
         });
     }
 
     #[test]
     fn too_many_clients_get_busy_once() {
-        with_server("busy", |socket, shared| async move {
+        with_server("busy", |socket, node| async move {
             let mut held = Vec::new();
             for _ in 0..MAX_CLIENTS {
                 held.push(UnixStream::connect(&socket).await.unwrap());
             }
-            wait_clients(&shared, MAX_CLIENTS).await;
+            wait_clients(&node, MAX_CLIENTS).await;
             let mut extra = UnixStream::connect(&socket).await.unwrap();
             let mut reply = String::new();
             extra.read_to_string(&mut reply).await.unwrap();
             let value: serde_json::Value = serde_json::from_str(reply.trim_end()).unwrap();
             assert_eq!(value["error"]["code"], "busy");
             drop(held);
-            wait_clients(&shared, 0).await;
+            wait_clients(&node, 0).await;
             // Room again.
             let mut client = BufReader::new(UnixStream::connect(&socket).await.unwrap());
             assert_eq!(ask(&mut client, "help").await["ok"], true);
@@ -424,17 +469,20 @@ mod tests {
 
     #[test]
     fn silent_and_legacy_clients_get_the_shutdown_byte_line_clients_do_not() {
-        with_server("legacy", |socket, shared| async move {
+        with_server("legacy", |socket, node| async move {
             let mut silent = UnixStream::connect(&socket).await.unwrap();
             let mut legacy = UnixStream::connect(&socket).await.unwrap();
             legacy.write_all(&[0x07]).await.unwrap(); // unknown byte: ignored, but legacy now
             let mut line = BufReader::new(UnixStream::connect(&socket).await.unwrap());
             assert_eq!(ask(&mut line, "help").await["ok"], true);
-            wait_clients(&shared, 3).await;
-            while shared.borrow().clients.could_be_kubelet(None) != 2 {
+            wait_clients(&node, 3).await;
+            while node.with(|s| s.clients.could_be_kubelet(None)).await != 2 {
                 tokio::task::yield_now().await;
             }
-            assert_eq!(shared.borrow_mut().clients.broadcast_legacy_shutdown(), 2);
+            assert_eq!(
+                node.with(|s| s.clients.broadcast_legacy_shutdown()).await,
+                2
+            );
             let mut byte = [0u8; 1];
             silent.read_exact(&mut byte).await.unwrap();
             assert_eq!(byte, [0x01]);
@@ -447,39 +495,39 @@ mod tests {
 
     #[test]
     fn a_stream_that_ends_mid_line_runs_nothing() {
-        with_server("eof", |socket, shared| async move {
+        with_server("eof", |socket, node| async move {
             let mut client = UnixStream::connect(&socket).await.unwrap();
             client.write_all(b"shutdown poweroff").await.unwrap();
             drop(client);
-            wait_clients(&shared, 0).await;
-            assert!(!shared.borrow().shutdown.is_active());
+            wait_clients(&node, 0).await;
+            assert!(!node.with(|s| s.shutdown.is_active()).await);
         });
     }
 
     #[test]
     fn a_client_that_does_not_read_is_dropped_when_its_queue_fills() {
-        with_server("slow", |socket, shared| async move {
+        with_server("slow", |socket, node| async move {
             let mut client = BufReader::new(UnixStream::connect(&socket).await.unwrap());
             let reply = ask(&mut client, "logs kubelet 1 follow").await;
             assert_eq!(reply["ok"], true);
             // Never read again; flood log lines (each ~4 KiB) until init drops it.
             let line = "x".repeat(4000);
             let mut sent = 0;
-            while shared.borrow().clients.len() == 1 {
-                shared
-                    .borrow_mut()
-                    .log_line(kios_protocol::ServiceName::Kubelet, line.clone(), 1);
+            while node.with(|s| s.clients.len()).await == 1 {
+                let line = line.clone();
+                node.with(move |s| s.log_line(kios_protocol::ServiceName::Kubelet, line, 1))
+                    .await;
                 sent += 1;
                 tokio::task::yield_now().await;
                 assert!(sent < 100_000, "slow client never dropped");
             }
-            assert_eq!(shared.borrow().clients.len(), 0);
+            assert_eq!(node.with(|s| s.clients.len()).await, 0);
         });
     }
 
     #[test]
     fn a_client_stuck_in_a_write_is_closed_at_once_when_told() {
-        with_server("stuck", |socket, shared| async move {
+        with_server("stuck", |socket, node| async move {
             let mut client = BufReader::new(UnixStream::connect(&socket).await.unwrap());
             let reply = ask(&mut client, "logs crio 1 follow").await;
             assert_eq!(reply["ok"], true);
@@ -487,19 +535,19 @@ mod tests {
             // the queue holds, so the task ends up blocked in a write.
             let line = "y".repeat(4000);
             for _ in 0..200 {
-                shared
-                    .borrow_mut()
-                    .log_line(kios_protocol::ServiceName::Crio, line.clone(), 1);
+                let line = line.clone();
+                node.with(move |s| s.log_line(kios_protocol::ServiceName::Crio, line, 1))
+                    .await;
                 tokio::task::yield_now().await;
             }
             assert_eq!(
-                shared.borrow().clients.len(),
+                node.with(|s| s.clients.len()).await,
                 1,
                 "not dropped for a full queue"
             );
             let started = std::time::Instant::now();
-            shared.borrow_mut().clients.close_all();
-            while !shared.borrow().clients.is_empty() {
+            node.with(|s| s.clients.close_all()).await;
+            while !node.with(|s| s.clients.is_empty()).await {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             assert!(
@@ -512,7 +560,7 @@ mod tests {
 
     #[test]
     fn line_too_long_is_answered_then_closed_cleanly() {
-        with_server("long", |socket, _shared| async move {
+        with_server("long", |socket, _node| async move {
             let mut client = UnixStream::connect(&socket).await.unwrap();
             client.write_all(&vec![b'a'; 5000]).await.unwrap();
             let mut reply = String::new();
@@ -524,6 +572,7 @@ mod tests {
 
     #[test]
     fn a_panicking_handler_is_an_internal_error() {
+        use handlers::guarded;
         let result: Result<(), ErrorBody> = guarded("test", || panic!("boom"));
         assert_eq!(result.unwrap_err().code, ErrorCode::Internal);
         assert_eq!(guarded("test", || 5).unwrap(), 5);

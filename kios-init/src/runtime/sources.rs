@@ -1,0 +1,248 @@
+//! The event sources of the runtime that are neither the socket nor the
+//! power button: the signals with the reaper (SIGCHLD), the inotify
+//! reader, the readers of the services' output pipes, and the spawner that
+//! starts them (and the shutdown's blocking steps) for the owner. Each only
+//! reads and sends [`Event`]s; none touches the state.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use kios_protocol::ServiceName;
+use nix::sys::inotify::InotifyEvent;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::runtime::event::{Event, Events, ShutdownSignal};
+use crate::runtime::logcapture::{LineSplitter, MAX_LINE_BYTES};
+use crate::runtime::owner::Spawner;
+use crate::runtime::power_button;
+use crate::runtime::reaper;
+use crate::runtime::shutdown::Job;
+use crate::sys::process::InotifyFd;
+
+/// Without a SIGCHLD handler (its registration failed), how often the
+/// reaper drains anyway, so zombies and crashed services are still noticed.
+pub const FALLBACK_REAP: Duration = Duration::from_secs(1);
+
+/// A registered signal, or `None` (logged) when registration failed.
+pub fn register(kind: SignalKind, name: &str) -> Option<Signal> {
+    match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            crate::kerr!("cannot handle {name}: {e}");
+            None
+        }
+    }
+}
+
+async fn recv(signal: &mut Option<Signal>) {
+    match signal {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// The signals init handles, registered before any child exists.
+pub struct Signals {
+    pub chld: Option<Signal>,
+    pub term: Option<Signal>,
+    pub pwr: Option<Signal>,
+    pub int: Option<Signal>,
+}
+
+impl Signals {
+    /// Registers every signal; a failure is logged and leaves `None`.
+    pub fn register() -> Signals {
+        Signals {
+            chld: register(SignalKind::child(), "SIGCHLD"),
+            term: register(SignalKind::terminate(), "SIGTERM"),
+            int: register(SignalKind::interrupt(), "SIGINT"),
+            pwr: register(SignalKind::from_raw(libc::SIGPWR), "SIGPWR"),
+        }
+    }
+}
+
+/// Without a SIGCHLD handler, a tick every [`FALLBACK_REAP`]; else never.
+async fn fallback_reap(needed: bool) {
+    if needed {
+        tokio::time::sleep(FALLBACK_REAP).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The signals and the reaper, forever: a shutdown signal is sent as it
+/// is; on every SIGCHLD (or every [`FALLBACK_REAP`] without a handler)
+/// every exited child is reaped and what was found is sent.
+pub async fn signals(mut signals: Signals, events: Events) {
+    let no_sigchld = signals.chld.is_none();
+    loop {
+        let event = tokio::select! {
+            _ = recv(&mut signals.chld) => None,
+            _ = fallback_reap(no_sigchld) => None,
+            _ = recv(&mut signals.term) => Some(ShutdownSignal::Term),
+            _ = recv(&mut signals.pwr) => Some(ShutdownSignal::Pwr),
+            _ = recv(&mut signals.int) => Some(ShutdownSignal::Int),
+        };
+        let event = match event {
+            Some(signal) => Event::Signal(signal),
+            None => {
+                let mut reaped = Vec::new();
+                let error = reaper::reap_all(&mut reaped).err();
+                if reaped.is_empty() && error.is_none() {
+                    continue;
+                }
+                Event::Reaped { reaped, error }
+            }
+        };
+        if !events.send(event).await {
+            return;
+        }
+    }
+}
+
+/// Reads the runtime's inotify instance until reading fails for good.
+pub async fn inotify_reader(fd: Rc<AsyncFd<InotifyFd>>, events: Events) {
+    loop {
+        let batch = match read_inotify(&fd).await {
+            Some(batch) => Event::Inotify(batch),
+            // A persistent read error must not spin the loop.
+            None => Event::InotifyFailed,
+        };
+        let failed = matches!(batch, Event::InotifyFailed);
+        if !events.send(batch).await || failed {
+            return;
+        }
+    }
+}
+
+/// Waits for and reads a batch of inotify events; `None` when reading
+/// fails (then inotify is given up, with a kernel log line).
+async fn read_inotify(fd: &AsyncFd<InotifyFd>) -> Option<Vec<InotifyEvent>> {
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                crate::kerr!("inotify: {e}");
+                return std::future::pending().await;
+            }
+        };
+        match guard.try_io(|inner| {
+            inner
+                .get_ref()
+                .0
+                .read_events()
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(Ok(events)) => return Some(events),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => {
+                crate::kerr!("inotify: cannot read events: {e}; no more file watching");
+                return None;
+            }
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Reads a service's output until every writer closed the pipe.
+pub async fn pump_output(service: ServiceName, fd: AsyncFd<File>, events: Events) {
+    let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+    let mut lines = Vec::new();
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            break;
+        };
+        // The buffer lives in this block only, so it is on the stack, not
+        // in the task's memory (the send below is an await).
+        let ended = {
+            let mut buf = [0u8; 4096];
+            let read = guard.try_io(|inner| {
+                let mut file: &File = inner.get_ref();
+                file.read(&mut buf)
+            });
+            match read {
+                Ok(Ok(0)) => true,
+                Ok(Ok(n)) => {
+                    splitter.push(&buf[..n], &mut lines);
+                    false
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => false,
+                Ok(Err(_)) => true,
+                Err(_would_block) => false,
+            }
+        };
+        drop(guard);
+        if ended {
+            break;
+        }
+        if !lines.is_empty() {
+            let batch = std::mem::take(&mut lines);
+            if !events
+                .send(Event::Output {
+                    service,
+                    lines: batch,
+                })
+                .await
+            {
+                return;
+            }
+        }
+    }
+    if let Some(rest) = splitter.finish() {
+        events
+            .send(Event::Output {
+                service,
+                lines: vec![rest],
+            })
+            .await;
+    }
+}
+
+/// The real spawner: tasks on the event loop, steps on the blocking pool.
+pub struct LoopSpawner {
+    pub events: Events,
+}
+
+impl Spawner for LoopSpawner {
+    fn output(&self, service: ServiceName, pid: u32, read_end: OwnedFd) {
+        match crate::sys::process::async_file(File::from(read_end)) {
+            Ok(fd) => {
+                tokio::task::spawn_local(pump_output(service, fd, self.events.clone()));
+            }
+            Err(e) => crate::kwarn!("cannot watch the output pipe of pid {pid}: {e}"),
+        }
+    }
+
+    fn input_device(&self, path: &Path) -> bool {
+        let Some(fd) = power_button::open_device(path) else {
+            return false;
+        };
+        tokio::task::spawn_local(power_button::read_device(
+            path.to_path_buf(),
+            fd,
+            self.events.clone(),
+        ));
+        true
+    }
+
+    fn job(&self, job: Job, work: Box<dyn FnOnce() + Send>) -> bool {
+        let events = self.events.clone();
+        tokio::task::spawn_local(async move {
+            // A step that panicked counts as done: the node goes on.
+            if let Err(e) = tokio::task::spawn_blocking(work).await {
+                crate::kerr!("shutdown: a blocking step failed: {e}");
+            }
+            events.send(Event::JobDone(job)).await;
+        });
+        false
+    }
+}
