@@ -629,15 +629,15 @@ impl Sandbox {
         command
     }
 
-    /// Sends lines from a process whose uid and gid are 65534 (it keeps
-    /// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient capabilities only to
-    /// reach the root-only socket through /proc/<init>/root), and returns
-    /// one parsed reply per line. The process is the e2e crate's own
-    /// `socket-peer` (a musl binary built with the stand-ins).
-    pub fn request_as_nobody(&self, lines: &[&str]) -> Result<Vec<Value>> {
-        let path = self.path(SOCKET);
+    /// The e2e crate's `socket-peer` (a musl binary built with the
+    /// stand-ins) connected to `socket` (a path inside the sandbox), as uid
+    /// and gid 65534, with CAP_DAC_OVERRIDE and CAP_SYS_PTRACE as ambient
+    /// capabilities only to reach the socket through /proc/<init>/root:
+    /// stdin goes to the socket, the socket's bytes to stdout.
+    pub fn peer_as_nobody(&self, socket: &str) -> Result<Command> {
         let peer = artifacts::artifacts()?.binary("socket-peer");
-        let mut child = Command::new("setpriv")
+        let mut command = Command::new("setpriv");
+        command
             .args([
                 "--reuid=65534",
                 "--regid=65534",
@@ -646,13 +646,22 @@ impl Sandbox {
                 "--ambient-caps=+dac_override,+sys_ptrace",
                 "--",
             ])
-            .arg(&peer)
-            .arg(&path)
+            .arg(peer)
+            .arg(self.path(socket));
+        Ok(command)
+    }
+
+    /// Sends lines from a process whose uid and gid are 65534
+    /// ([`Sandbox::peer_as_nobody`] on the system socket), and returns one
+    /// parsed reply per line.
+    pub fn request_as_nobody(&self, lines: &[&str]) -> Result<Vec<Value>> {
+        let mut child = self
+            .peer_as_nobody(SOCKET)?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot run setpriv (util-linux) + {}", peer.display()))?;
+            .context("cannot run setpriv (util-linux) + socket-peer")?;
         let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();

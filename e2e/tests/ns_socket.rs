@@ -119,11 +119,22 @@ fn a_non_root_peer_may_read_but_not_change_state() -> Result<()> {
     Ok(())
 }
 
+/// The log writer opens the services' log files at their first line: wait
+/// for both before counting init's descriptors.
+fn logs_open(sandbox: &Sandbox) -> Result<()> {
+    sandbox.wait_for("the services' log files open", DEFAULT_WAIT, || {
+        let fds = sandbox.init_fds();
+        let open = |name: &str| fds.iter().any(|f| f.ends_with(name));
+        (open("/var/log/crio.log") && open("/var/log/kubelet.log")).then_some(())
+    })
+}
+
 #[test]
 fn a_thousand_connections_leave_no_descriptors_behind() -> Result<()> {
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("fd-leak"))?;
     // Let boot-time descriptors settle: the count must be stable first.
     sandbox.status()?;
+    logs_open(&sandbox)?;
     let baseline = sandbox.init_fd_count()?;
     let baseline_fds = sandbox.init_fds();
     for i in 0..1000 {
@@ -329,6 +340,7 @@ fn too_many_connections_get_busy_and_init_recovers() -> Result<()> {
     }
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("busy"))?;
     sandbox.status()?;
+    logs_open(&sandbox)?;
     let baseline = sandbox.init_fd_count()?;
     let baseline_fds = sandbox.init_fds();
     let mut open = Vec::new();

@@ -9,9 +9,9 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use kios_protocol::{
-    BootReply, ClientInfo, Dialect, Event, ExitStatus, FileInfo, FilesReply, LogLine, Milestone,
-    ServiceState, ServiceStatus, ShutdownPhase, ShutdownStatus, StatusReply, VerifyReply,
-    VersionReply,
+    BootReply, ClientInfo, Dialect, Event, ExitStatus, FileInfo, FilesReply, LogLine, LogindChange,
+    LogindEvent, Milestone, ServiceState, ServiceStatus, ShutdownPhase, ShutdownStatus,
+    StatusReply, VerifyReply, VersionReply,
 };
 use tabled::builder::Builder;
 use tabled::settings::{Padding, Style};
@@ -281,7 +281,13 @@ pub fn status(reply: &StatusReply, view: View) -> String {
             .paint(&shutdown_text(Some(s), now), phase_color(s.phase)),
     };
     let kubelet_client = reply.clients.iter().find(|c| c.kubelet);
-    let graceful = if node.graceful_shutdown_armed {
+    let graceful = if let Some(lock) = node.inhibitors.first() {
+        format!(
+            "armed (logind inhibitor held by pid {} ({}); a shutdown waits for its release)",
+            lock.pid.map_or("?".to_string(), |p| p.to_string()),
+            sanitize(&lock.who)
+        )
+    } else if node.graceful_shutdown_armed {
         match kubelet_client.and_then(|c| c.pid) {
             Some(pid) => format!(
                 "armed (the kubelet, pid {pid}, is connected; a shutdown waits for it to drain pods)"
@@ -574,6 +580,7 @@ pub fn event_time(event: &Event) -> u64 {
         Event::Log(l) => l.at_ms,
         // Kernel records carry time since boot, not wall time.
         Event::Kmsg(_) | Event::KmsgMissed { .. } => 0,
+        Event::Logind(l) => l.at_ms,
     }
 }
 
@@ -607,6 +614,27 @@ pub fn event_summary(event: &Event) -> String {
         }
         Event::Kmsg(r) => format!("kernel     {}", sanitize(&r.message)),
         Event::KmsgMissed { count } => format!("kernel     {count} lines missed"),
+        Event::Logind(l) => logind_summary(l),
+    }
+}
+
+fn logind_summary(l: &LogindEvent) -> String {
+    let holder = format!(
+        "pid {} ({})",
+        l.pid.map_or("?".to_string(), |p| p.to_string()),
+        sanitize(l.who.as_deref().unwrap_or("?"))
+    );
+    match l.change {
+        LogindChange::LockTaken => format!("logind     inhibitor lock taken by {holder}"),
+        LogindChange::LockReleased => format!(
+            "logind     inhibitor lock of {holder} released after {}",
+            seconds(l.held_ms.unwrap_or(0) as f64)
+        ),
+        LogindChange::SignalSent => format!(
+            "logind     PrepareForShutdown({}) sent to {} bus client(s)",
+            l.start.unwrap_or(true),
+            l.clients.unwrap_or(0)
+        ),
     }
 }
 

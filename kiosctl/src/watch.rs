@@ -75,6 +75,7 @@ impl LiveState {
                     }
                     Event::Milestone(_)
                     | Event::Log(_)
+                    | Event::Logind(_)
                     | Event::Kmsg(_)
                     | Event::KmsgMissed { .. } => {}
                 }
@@ -270,6 +271,7 @@ mod tests {
                 shutdown: None,
                 graceful_shutdown_armed: true,
                 previous_shutdown: None,
+                inhibitors: vec![],
             },
             services: vec![
                 service(

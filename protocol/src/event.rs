@@ -24,6 +24,38 @@ pub enum Event {
     /// kernel's ring buffer before they were read, or dropped because the
     /// client read too slowly. `{"event":"kmsg-missed","count":12}`.
     KmsgMissed { count: u64 },
+    /// Something happened on the system bus: a logind inhibitor lock was
+    /// taken or released, or PrepareForShutdown was sent.
+    Logind(LogindEvent),
+}
+
+/// What happened on the system bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogindChange {
+    LockTaken,
+    LockReleased,
+    SignalSent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogindEvent {
+    pub change: LogindChange,
+    pub at_ms: u64,
+    /// The lock holder (lock-taken, lock-released).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+    /// How long the lock was held (lock-released).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
+    /// PrepareForShutdown's argument and how many peers got it
+    /// (signal-sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

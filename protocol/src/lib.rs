@@ -20,7 +20,7 @@ pub mod request;
 pub mod response;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use event::{Event, LogLine};
+pub use event::{Event, LogLine, LogindChange, LogindEvent};
 pub use legacy::{Dialect, LegacyCommand};
 pub use request::{ParseError, PowerMode, Request, ServiceName};
 pub use response::*;

@@ -90,6 +90,25 @@ pub struct NodeStatus {
     /// partition, or a crash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_shutdown: Option<AuditEntry>,
+    /// logind delay inhibitor locks held on the system bus (the upstream
+    /// kubelet's); a shutdown waits until they are released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inhibitors: Vec<InhibitorInfo>,
+}
+
+/// A logind inhibitor lock held through the system bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InhibitorInfo {
+    /// The holder's pid (SO_PEERCRED), `null` when unknown.
+    pub pid: Option<i32>,
+    /// The holder's command name (`/proc/PID/comm`).
+    pub command: Option<String>,
+    /// What the holder called itself (`kubelet`) and why.
+    pub who: String,
+    pub why: String,
+    /// `delay` (the only mode kiOS grants).
+    pub mode: String,
+    pub since_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -410,6 +410,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
             }),
             graceful_shutdown_armed: true,
             previous_shutdown: Some(sample_audit()),
+            inhibitors: vec![],
         },
         services: vec![
             sample_service(ServiceName::Crio),
@@ -802,4 +803,31 @@ fn legacy_bytes_and_dialects() {
     assert!(Dialect::Silent.gets_legacy_events());
     assert!(Dialect::Legacy.gets_legacy_events());
     assert!(!Dialect::Line.gets_legacy_events());
+}
+
+#[test]
+fn logind_events_golden_and_round_trip() {
+    let released = Event::Logind(LogindEvent {
+        change: LogindChange::LockReleased,
+        at_ms: 5,
+        pid: Some(8),
+        who: Some("kubelet".into()),
+        held_ms: Some(812),
+        start: None,
+        clients: None,
+    });
+    let line = released.encode();
+    assert_eq!(
+        line,
+        r#"{"event":"logind","change":"lock-released","at_ms":5,"pid":8,"who":"kubelet","held_ms":812}"#
+    );
+    assert_eq!(Event::decode(&line).unwrap(), released);
+    let sent = r#"{"event":"logind","change":"signal-sent","at_ms":1,"start":true,"clients":2}"#;
+    let Event::Logind(event) = Event::decode(sent).unwrap() else {
+        panic!("not a logind event");
+    };
+    assert_eq!(
+        (event.change, event.start, event.clients),
+        (LogindChange::SignalSent, Some(true), Some(2))
+    );
 }

@@ -25,6 +25,8 @@
 //!   start for the first K starts of this boot (counted in
 //!   `/run/kios-e2e/kubelet.starts`), printing `KIOS-E2E kubelet crashing
 //!   start=S code=C mono_ms=T`;
+//! - `mode=upstream`: behave like the upstream kubelet on the system
+//!   D-Bus instead (logind's inhibitor locks; see [`super::upstream`]);
 //! - `connect_timeout_ms=N`: give up connecting after N ms (default 10000;
 //!   exit 1);
 //! - `script=PATH` (+ `debug_cgroup=NAME`): once per boot, run an admin
@@ -80,6 +82,10 @@ pub fn main(argv: Vec<String>) -> i32 {
             monotonic_ms()
         ));
         return code;
+    }
+
+    if config.get("mode") == Some("upstream") {
+        return super::upstream::main(&config);
     }
 
     let timeout = Duration::from_millis(config.u64_or("connect_timeout_ms", 10_000));

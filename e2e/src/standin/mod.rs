@@ -19,6 +19,7 @@
 pub mod crio;
 pub mod debugpod;
 pub mod kubelet;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -64,6 +64,8 @@ pub enum Event {
     InputDeviceGone { device: PathBuf },
     /// A socket client.
     Client(ClientEvent),
+    /// The system bus (logind for the upstream kubelet) reported this.
+    Bus(crate::runtime::logind::BusEvent),
     /// A blocking step of the shutdown finished.
     JobDone(Job),
     /// Tests: run this on the state, in the owner.

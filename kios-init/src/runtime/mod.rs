@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod event;
 pub mod logcapture;
+pub mod logind;
 pub mod owner;
 pub mod power_button;
 pub mod reaper;
@@ -144,6 +145,8 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
             crate::kerr!("system socket: {e}; graceful shutdown through the kubelet is impossible")
         }
     }
+    // The system bus too: the upstream kubelet asks logind at start.
+    start_bus(&mut state, &events);
     if let Some(path) = &config.delete_after_start {
         match sys.remove_file(path) {
             Ok(()) => {}
@@ -169,6 +172,31 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
     let mut owner = Owner::new(state, spawner, inotify, config.power_button, stop_serving);
     owner.start_watching();
     run_owner(&mut owner, rx).await;
+}
+
+/// Binds the system bus and starts its component; its events go into the
+/// owner's queue like every other source's.
+fn start_bus(state: &mut State, events: &Events) {
+    let config = crate::runtime::logind::BusConfig {
+        socket: state.paths.bus_socket.clone(),
+        kubelet_config: state.paths.etc_kubernetes.join("config.yaml"),
+    };
+    match crate::runtime::logind::start(config, state.sys.clone()) {
+        Ok((handle, mut bus_events)) => {
+            state.bus = Some(handle);
+            let events = events.clone();
+            tokio::task::spawn_local(async move {
+                while let Some(event) = bus_events.recv().await {
+                    if !events.send(Event::Bus(event)).await {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => crate::kerr!(
+            "system bus: {e}; the upstream kubelet's graceful node shutdown is impossible"
+        ),
+    }
 }
 
 /// The owner's loop: one event (or wake-up) at a time, then whatever is due,

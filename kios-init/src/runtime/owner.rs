@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use crate::runtime::audit;
 use crate::runtime::event::{Answer, ClientEvent, Event, ShutdownSignal};
+use crate::runtime::logind::BusCommand;
 use crate::runtime::power_button;
 use crate::runtime::reaper::Reaped;
 use crate::runtime::server::clients::{Peer, MAX_CLIENTS};
@@ -95,6 +96,7 @@ struct StateFacts<'a> {
     kubelet_pid: Option<u32>,
     sys: &'a dyn Sys,
     config: PathBuf,
+    delay_locks: usize,
 }
 
 impl Facts for StateFacts<'_> {
@@ -109,6 +111,9 @@ impl Facts for StateFacts<'_> {
     }
     fn kubelet_grace(&self) -> Duration {
         crate::boot::grace::kubelet_shutdown_grace(&self.config)
+    }
+    fn delay_locks_held(&self) -> usize {
+        self.delay_locks
     }
 }
 
@@ -201,6 +206,7 @@ impl Owner {
                 self.devices.remove(&device);
             }
             Event::Client(client) => self.client(client, now),
+            Event::Bus(event) => self.state.bus_event(event, now.epoch_ms),
             Event::JobDone(job) => self.state.shutdown.job_done(job),
             #[cfg(test)]
             Event::Inspect(f) => f(&mut self.state),
@@ -303,6 +309,7 @@ impl Owner {
                 kubelet_pid: self.state.supervisor.kubelet.pid,
                 sys: &*self.state.sys,
                 config: self.state.paths.etc_kubernetes.join("config.yaml"),
+                delay_locks: self.state.inhibitors.len(),
             };
             let Some(action) = self.state.shutdown.advance(&facts, now.mono, now.epoch_ms) else {
                 if self.pending.is_empty() {
@@ -316,13 +323,19 @@ impl Owner {
 
     fn perform(&mut self, action: Action, now: Now) {
         match action {
-            Action::Drain { bound } => {
+            Action::Drain { bound, locks } => {
                 if let Some(mode) = self.state.shutdown.mode() {
                     note_shutdown_mode(mode);
                 }
                 let sent = self.state.clients.broadcast_legacy_shutdown();
+                // The upstream kubelet: PrepareForShutdown(true) on the system bus.
+                if let Some(bus) = &self.state.bus {
+                    if !bus.send(BusCommand::PrepareForShutdown(true)) {
+                        crate::kwarn!("shutdown: the system bus did not take PrepareForShutdown");
+                    }
+                }
                 crate::kinfo!(
-                    "shutdown: draining: shutdown event sent to {sent} client(s); waiting up to {} ms for the kubelet",
+                    "shutdown: draining: shutdown event sent to {sent} client(s), {locks} logind inhibitor lock(s) held; waiting up to {} ms for the kubelet",
                     bound.as_millis()
                 );
             }
@@ -344,6 +357,9 @@ impl Owner {
             Action::CloseSocket => {
                 self.stop_serving.notify_one();
                 self.state.clients.close_all();
+                if let Some(bus) = self.state.bus.take() {
+                    bus.send(BusCommand::Stop);
+                }
             }
             Action::Run(job) => {
                 let work: Box<dyn FnOnce() + Send> = match job {

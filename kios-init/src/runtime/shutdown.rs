@@ -193,6 +193,9 @@ pub enum DrainEnd {
     Continued,
     /// `force`.
     Forced,
+    /// Every logind delay inhibitor lock (the upstream kubelet's) was
+    /// released, and no legacy client is left to wait for.
+    Released,
     /// No client that could be the kubelet was (or is still) connected.
     NoKubelet,
     /// The grace period plus margin ran out.
@@ -204,6 +207,7 @@ impl DrainEnd {
         match self {
             DrainEnd::Continued => "the kubelet finished its graceful node shutdown",
             DrainEnd::Forced => "forced: not waiting for the kubelet",
+            DrainEnd::Released => "every logind inhibitor lock was released: the kubelet drained",
             DrainEnd::NoKubelet => "no kubelet connected to the system socket: nothing to wait for",
             DrainEnd::TimedOut => {
                 "the kubelet did not answer within its grace period: going on without it"
@@ -212,18 +216,35 @@ impl DrainEnd {
     }
 }
 
-/// Decides whether draining is over, given the facts at this moment.
+/// logind delay inhibitor locks during a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Locks {
+    /// Held now.
+    pub held: usize,
+    /// Held when the drain began.
+    pub at_start: usize,
+}
+
+/// Decides whether draining is over, given the facts at this moment. The
+/// legacy kubelet (continue-shutdown, or no candidate left) and the
+/// upstream one (no delay lock left) must both be done.
 pub fn drain_end(
     shutdown: &Shutdown,
     kubelet_candidates: usize,
+    locks: Locks,
     deadline_passed: bool,
 ) -> Option<DrainEnd> {
-    if shutdown.continued() {
-        Some(DrainEnd::Continued)
+    let legacy_done = shutdown.continued() || kubelet_candidates == 0;
+    if legacy_done && locks.held == 0 {
+        Some(if shutdown.continued() {
+            DrainEnd::Continued
+        } else if locks.at_start > 0 {
+            DrainEnd::Released
+        } else {
+            DrainEnd::NoKubelet
+        })
     } else if shutdown.force() {
         Some(DrainEnd::Forced)
-    } else if kubelet_candidates == 0 {
-        Some(DrainEnd::NoKubelet)
     } else if deadline_passed {
         Some(DrainEnd::TimedOut)
     } else {
@@ -264,8 +285,9 @@ impl Job {
 /// What the owner must do for the shutdown now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Draining began: tell the kubelet (the legacy byte) and log the bound.
-    Drain { bound: Duration },
+    /// Draining began: tell the kubelet (the legacy byte and logind's
+    /// PrepareForShutdown(true)) and log the bound and the locks held.
+    Drain { bound: Duration, locks: usize },
     /// The phase changed: tell watchers.
     PhaseChanged,
     /// Stop restarting services, then TERM every process.
@@ -287,6 +309,8 @@ enum Stage {
     Idle,
     Draining {
         deadline: Instant,
+        /// Delay inhibitor locks held when draining began.
+        locks_at_start: usize,
     },
     EnterStopping,
     Terminating {
@@ -323,6 +347,8 @@ pub trait Facts {
     fn clients_left(&self) -> usize;
     /// The kubelet's shutdownGracePeriod (read when draining begins).
     fn kubelet_grace(&self) -> Duration;
+    /// logind delay inhibitor locks held (the upstream kubelet's).
+    fn delay_locks_held(&self) -> usize;
 }
 
 impl Shutdown {
@@ -333,13 +359,22 @@ impl Shutdown {
         match self.stage {
             Stage::Idle => {
                 let bound = facts.kubelet_grace().min(MAX_DRAIN) + DRAIN_MARGIN;
+                let locks = facts.delay_locks_held();
                 self.stage = Stage::Draining {
                     deadline: now + bound,
+                    locks_at_start: locks,
                 };
-                Some(Action::Drain { bound })
+                Some(Action::Drain { bound, locks })
             }
-            Stage::Draining { deadline } => {
-                let end = drain_end(self, facts.kubelet_candidates(), now >= deadline)?;
+            Stage::Draining {
+                deadline,
+                locks_at_start,
+            } => {
+                let locks = Locks {
+                    held: facts.delay_locks_held(),
+                    at_start: locks_at_start,
+                };
+                let end = drain_end(self, facts.kubelet_candidates(), locks, now >= deadline)?;
                 match end {
                     DrainEnd::TimedOut => crate::kwarn!("shutdown: {}", end.describe()),
                     _ => crate::kinfo!("shutdown: {}", end.describe()),
@@ -482,7 +517,7 @@ impl Shutdown {
     /// When to look again without an event.
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
         match self.stage {
-            Stage::Draining { deadline }
+            Stage::Draining { deadline, .. }
             | Stage::ClosingSocket { deadline }
             | Stage::Running { deadline, .. } => Some(deadline),
             Stage::Terminating { deadline } | Stage::Killing { deadline } => {
@@ -568,13 +603,36 @@ mod tests {
     fn drain_ends_for_the_right_reason() {
         let mut s = Shutdown::new();
         s.request(PowerMode::Poweroff, false, "SIGTERM", 1);
-        assert_eq!(drain_end(&s, 1, false), None);
-        assert_eq!(drain_end(&s, 0, false), Some(DrainEnd::NoKubelet));
-        assert_eq!(drain_end(&s, 1, true), Some(DrainEnd::TimedOut));
+        let none = Locks::default();
+        let held = Locks {
+            held: 1,
+            at_start: 1,
+        };
+        let released = Locks {
+            held: 0,
+            at_start: 1,
+        };
+        assert_eq!(drain_end(&s, 1, none, false), None);
+        assert_eq!(drain_end(&s, 0, none, false), Some(DrainEnd::NoKubelet));
+        assert_eq!(drain_end(&s, 1, none, true), Some(DrainEnd::TimedOut));
+        // The upstream kubelet's lock alone, then released.
+        assert_eq!(drain_end(&s, 0, held, false), None);
+        assert_eq!(drain_end(&s, 0, held, true), Some(DrainEnd::TimedOut));
+        assert_eq!(drain_end(&s, 0, released, false), Some(DrainEnd::Released));
+        // Both kubelets: the legacy one answered, the lock still held.
+        let mut both = Shutdown::new();
+        both.request(PowerMode::Poweroff, false, "SIGTERM", 1);
+        both.continue_shutdown();
+        assert_eq!(drain_end(&both, 1, held, false), None);
+        assert_eq!(
+            drain_end(&both, 1, released, false),
+            Some(DrainEnd::Continued)
+        );
         s.request(PowerMode::Poweroff, true, "socket", 2);
-        assert_eq!(drain_end(&s, 1, false), Some(DrainEnd::Forced));
+        assert_eq!(drain_end(&s, 1, none, false), Some(DrainEnd::Forced));
+        assert_eq!(drain_end(&s, 0, held, false), Some(DrainEnd::Forced));
         s.continue_shutdown();
-        assert_eq!(drain_end(&s, 1, true), Some(DrainEnd::Continued));
+        assert_eq!(drain_end(&s, 1, none, true), Some(DrainEnd::Continued));
     }
 
     /// Facts for the machine alone: one kubelet candidate, processes left.
@@ -593,6 +651,32 @@ mod tests {
         fn kubelet_grace(&self) -> Duration {
             Duration::from_secs(30)
         }
+        fn delay_locks_held(&self) -> usize {
+            0
+        }
+    }
+
+    /// The upstream kubelet alone: no legacy client, `held` delay locks.
+    struct Upstream {
+        held: std::cell::Cell<usize>,
+    }
+
+    impl Facts for Upstream {
+        fn kubelet_candidates(&self) -> usize {
+            0
+        }
+        fn processes_left(&self) -> bool {
+            true
+        }
+        fn clients_left(&self) -> usize {
+            0
+        }
+        fn kubelet_grace(&self) -> Duration {
+            Duration::from_secs(30)
+        }
+        fn delay_locks_held(&self) -> usize {
+            self.held.get()
+        }
     }
 
     /// Every action until the machine waits.
@@ -607,7 +691,7 @@ mod tests {
         assert!(actions(&mut s, t0).is_empty(), "no shutdown: nothing to do");
         s.request(PowerMode::Poweroff, false, "x", 1);
         let bound = Duration::from_secs(30) + DRAIN_MARGIN;
-        assert_eq!(actions(&mut s, t0), vec![Action::Drain { bound }]);
+        assert_eq!(actions(&mut s, t0), vec![Action::Drain { bound, locks: 0 }]);
         assert_eq!(s.next_wake(t0), Some(t0 + bound));
         s.continue_shutdown();
         assert_eq!(
@@ -624,6 +708,53 @@ mod tests {
             actions(&mut forced, t0),
             vec![Action::PhaseChanged, Action::StopServices, Action::KillAll],
             "a later force skips the TERM grace too"
+        );
+    }
+
+    /// A held delay lock, drained three ways: released, the bound, force.
+    #[test]
+    fn a_held_delay_lock_ends_the_drain_when_released_bound_or_forced() {
+        let t0 = Instant::now();
+        let bound = Duration::from_secs(30) + DRAIN_MARGIN;
+        let start = |facts: &Upstream| {
+            let mut s = Shutdown::new();
+            s.request(PowerMode::Poweroff, false, "power button", 1);
+            let first: Vec<_> = std::iter::from_fn(|| s.advance(facts, t0, 0)).collect();
+            assert_eq!(first, vec![Action::Drain { bound, locks: 1 }]);
+            s
+        };
+        let run = |s: &mut Shutdown, facts: &Upstream, at: Instant| -> Vec<Action> {
+            std::iter::from_fn(|| s.advance(facts, at, 0)).collect()
+        };
+        let stopping = vec![Action::PhaseChanged, Action::StopServices];
+
+        // Released: waits while held, ends the turn the lock goes.
+        let facts = Upstream {
+            held: std::cell::Cell::new(1),
+        };
+        let mut s = start(&facts);
+        let later = t0 + Duration::from_secs(5);
+        assert!(run(&mut s, &facts, later).is_empty(), "the lock holds the drain");
+        assert_eq!(s.phase(), Some(ShutdownPhase::Draining));
+        facts.held.set(0);
+        assert_eq!(run(&mut s, &facts, later), stopping);
+        assert_eq!(s.phase(), Some(ShutdownPhase::Stopping));
+
+        // Never released: the bound ends it.
+        let facts = Upstream {
+            held: std::cell::Cell::new(1),
+        };
+        let mut s = start(&facts);
+        assert_eq!(s.next_wake(t0), Some(t0 + bound));
+        assert!(run(&mut s, &facts, t0 + bound - Duration::from_millis(1)).is_empty());
+        assert_eq!(run(&mut s, &facts, t0 + bound), stopping);
+
+        // force: no wait for the lock.
+        let mut s = start(&facts);
+        s.request(PowerMode::Poweroff, true, "socket", 2);
+        assert_eq!(
+            run(&mut s, &facts, t0),
+            vec![Action::PhaseChanged, Action::StopServices, Action::KillAll]
         );
     }
 }

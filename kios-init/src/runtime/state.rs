@@ -7,18 +7,21 @@
 //! The methods here are the state changes that must also tell someone
 //! (watchers get events).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use kios_protocol::{
-    BootReply, DatapartStatus, ErrorBody, ErrorCode, Event, NodeStatus, PowerMode, RestartReply,
-    ServiceName, StatusReply,
+    BootReply, DatapartStatus, ErrorBody, ErrorCode, Event, InhibitorInfo, LogindChange,
+    LogindEvent, NodeStatus, PowerMode, RestartReply, ServiceName, StatusReply,
 };
 use nix::sys::signal::Signal;
 
 use crate::boot::milestones::Milestones;
 use crate::runtime::audit::AuditLog;
 use crate::runtime::logcapture::LogHub;
+use crate::runtime::logind::bus::Inhibitor;
+use crate::runtime::logind::{BusEvent, BusHandle};
 use crate::runtime::server::clients::Clients;
 use crate::runtime::shutdown::{Requested, Shutdown};
 use crate::runtime::supervisor::{Now, RestartAction, StopReason, Supervisor};
@@ -28,6 +31,8 @@ use crate::sys::Sys;
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub socket: PathBuf,
+    /// The system bus socket kios-init serves logind on.
+    pub bus_socket: PathBuf,
     pub crio_socket: PathBuf,
     pub etc_kubernetes: PathBuf,
     pub log_dir: PathBuf,
@@ -43,6 +48,7 @@ impl Default for Paths {
     fn default() -> Self {
         Paths {
             socket: PathBuf::from(kios_protocol::SOCKET_PATH),
+            bus_socket: PathBuf::from(crate::runtime::logind::SYSTEM_BUS_SOCKET),
             crio_socket: PathBuf::from("/var/run/crio/crio.sock"),
             etc_kubernetes: PathBuf::from("/etc/kubernetes"),
             log_dir: PathBuf::from("/var/log"),
@@ -76,6 +82,11 @@ pub struct State {
     pub paths: Paths,
     /// The machine: signals go through it.
     pub sys: Arc<dyn Sys>,
+    /// The system bus component (logind for the upstream kubelet), once
+    /// its socket is bound.
+    pub bus: Option<BusHandle>,
+    /// The logind delay inhibitor locks held, as the bus reported them.
+    pub inhibitors: BTreeMap<u64, Inhibitor>,
 }
 
 impl State {
@@ -98,6 +109,8 @@ impl State {
             logs,
             paths,
             sys,
+            bus: None,
+            inhibitors: BTreeMap::new(),
         }
     }
 
@@ -121,7 +134,20 @@ impl State {
                 uptime_ms: now.epoch_ms.saturating_sub(boot_ms),
                 datapart: self.node.datapart.clone(),
                 shutdown: self.shutdown.status().cloned(),
-                graceful_shutdown_armed: self.clients.could_be_kubelet(kubelet_pid) > 0,
+                graceful_shutdown_armed: self.clients.could_be_kubelet(kubelet_pid) > 0
+                    || !self.inhibitors.is_empty(),
+                inhibitors: self
+                    .inhibitors
+                    .values()
+                    .map(|i| InhibitorInfo {
+                        pid: i.pid,
+                        command: i.command.clone(),
+                        who: i.who.clone(),
+                        why: i.why.clone(),
+                        mode: i.mode.clone(),
+                        since_ms: i.since_ms,
+                    })
+                    .collect(),
                 previous_shutdown: self.audit.previous_shutdown(),
             },
             services: self.supervisor.statuses(),
@@ -160,6 +186,49 @@ impl State {
     pub fn shutdown_changed(&mut self) {
         if let Some(status) = self.shutdown.status().cloned() {
             self.clients.emit(&Event::Shutdown(status));
+        }
+    }
+
+    /// What the system bus reported: locks are mirrored here for `status`
+    /// and the drain, watchers get an event, the drain is woken.
+    pub fn bus_event(&mut self, event: BusEvent, now_ms: u64) {
+        let logind = |change, lock: Option<&Inhibitor>| LogindEvent {
+            change,
+            at_ms: now_ms,
+            pid: lock.and_then(|l| l.pid),
+            who: lock.map(|l| l.who.clone()),
+            held_ms: None,
+            start: None,
+            clients: None,
+        };
+        let wire = match event {
+            BusEvent::ClientConnected { .. } | BusEvent::ClientGone { .. } => None,
+            BusEvent::DelayChanged { .. } => None,
+            BusEvent::InhibitorTaken(lock) => {
+                let event = logind(LogindChange::LockTaken, Some(&lock));
+                self.inhibitors.insert(lock.id, lock);
+                Some(event)
+            }
+            BusEvent::InhibitorReleased { inhibitor, held_ms } => {
+                self.inhibitors.remove(&inhibitor.id);
+                Some(LogindEvent {
+                    held_ms: Some(held_ms),
+                    ..logind(LogindChange::LockReleased, Some(&inhibitor))
+                })
+            }
+            BusEvent::SignalSent { start, clients } => {
+                crate::kinfo!(
+                    "shutdown: PrepareForShutdown({start}) sent to {clients} system bus client(s)"
+                );
+                Some(LogindEvent {
+                    start: Some(start),
+                    clients: Some(u32::try_from(clients).unwrap_or(u32::MAX)),
+                    ..logind(LogindChange::SignalSent, None)
+                })
+            }
+        };
+        if let Some(event) = wire {
+            self.clients.emit(&Event::Logind(event));
         }
     }
 

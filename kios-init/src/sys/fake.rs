@@ -30,6 +30,7 @@ pub enum Call {
     WaitDir(String),
     EndWatch,
     ProcessName(String),
+    Pipe,
     Kill(u32, Signal),
     KillAll(Signal),
     Umask(u32),
@@ -347,6 +348,16 @@ impl Sys for FakeSys {
 
     fn set_process_name(&self, name: &str) {
         self.lock().calls.push(Call::ProcessName(name.into()));
+    }
+
+    /// A real pipe (a descriptor cannot be faked), recorded; scripted
+    /// errors with `fail("pipe", "", errno)`.
+    fn pipe(&self) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        let mut s = self.lock();
+        s.calls.push(Call::Pipe);
+        Self::take_error(&mut s, "pipe", Path::new(""))?;
+        drop(s);
+        super::LinuxSys.pipe()
     }
 
     fn kill(&self, pid: u32, signal: Signal) -> io::Result<()> {

@@ -103,6 +103,9 @@ pub trait Sys: Send + Sync {
     fn end_dir_watch(&self);
     /// [`set_process_name`] (best effort).
     fn set_process_name(&self, name: &str);
+    /// pipe2(O_CLOEXEC) with the read end non-blocking: (read, write).
+    /// A logind inhibitor lock is such a pipe (the peer gets the write end).
+    fn pipe(&self) -> io::Result<(OwnedFd, OwnedFd)>;
     /// kill(pid, signal) to one process. Pids that would address a group,
     /// every process or init itself (0, 1, above `i32::MAX`) are refused
     /// with EINVAL.
@@ -403,6 +406,14 @@ impl Sys for LinuxSys {
 
     fn set_process_name(&self, name: &str) {
         set_process_name(name)
+    }
+
+    fn pipe(&self) -> io::Result<(OwnedFd, OwnedFd)> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let flags = OFlag::from_bits_truncate(fcntl(&read, FcntlArg::F_GETFL)?);
+        fcntl(&read, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        Ok((read, write))
     }
 
     fn kill(&self, pid: u32, signal: Signal) -> io::Result<()> {

@@ -18,7 +18,7 @@
 use std::ffi::{CString, NulError};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// The whole environment a service gets: nothing of init's boot parameters.
 pub const SERVICE_ENV: [&str; 2] = ["PATH=/bin", "HOME=/"];
@@ -201,6 +201,43 @@ pub fn async_file(file: File) -> io::Result<tokio::io::unix::AsyncFd<File>> {
     // file description until the File is dropped, which happens only when the
     // AsyncFd (its owner) is dropped; `as_raw_fd` always returns that fd.
     unsafe { tokio::io::unix::AsyncFd::register(file).map_err(io::Error::from) }
+}
+
+/// sendmsg(2) of `bytes` with one descriptor attached (SCM_RIGHTS), without
+/// blocking; returns how many bytes went (the descriptor travels with the
+/// first of them). The caller's copy of `fd` stays its own to close.
+pub fn send_with_fd(socket: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let fds = [fd.as_raw_fd()];
+    let cmsgs = [ControlMessage::ScmRights(&fds)];
+    let iov = [io::IoSlice::new(bytes)];
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    sendmsg::<UnixAddr>(socket.as_raw_fd(), &iov, &cmsgs, flags, None).map_err(io::Error::from)
+}
+
+/// recvmsg(2) into `buf`, blocking, with up to four descriptors received
+/// (SCM_RIGHTS, close-on-exec); the counterpart of [`send_with_fd`], for
+/// tests that play the peer.
+pub fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::FromRawFd;
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<UnixAddr>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process for this message; nothing else owns them.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok((msg.bytes, fds))
 }
 
 /// An inotify instance that can be registered with the reactor.

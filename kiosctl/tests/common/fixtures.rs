@@ -52,6 +52,7 @@ pub fn status_healthy() -> StatusReply {
             shutdown: None,
             graceful_shutdown_armed: true,
             previous_shutdown: Some(audit_entries().remove(1)),
+            inhibitors: vec![],
         },
         services: vec![
             service(
@@ -123,6 +124,7 @@ pub fn status_troubled() -> StatusReply {
             }),
             graceful_shutdown_armed: false,
             previous_shutdown: None,
+            inhibitors: vec![],
         },
         services: vec![
             service(

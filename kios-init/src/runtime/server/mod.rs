@@ -50,14 +50,24 @@ pub enum BindError {
     NotASocket { path: String },
     #[error("cannot bind {path}: {source}")]
     Bind { path: String, source: io::Error },
-    #[error("cannot set the mode of {path} to 0600: {source}")]
-    Chmod { path: String, source: io::Error },
+    #[error("cannot set the mode of {path} to {mode:o}: {source}")]
+    Chmod {
+        path: String,
+        mode: u32,
+        source: io::Error,
+    },
 }
 
 /// Binds the system socket at `path`, mode 0600 from the start (umask), and
 /// removes a stale socket file left by an earlier run. Must be called inside
 /// the tokio runtime.
 pub fn bind(path: &Path, sys: &dyn Sys) -> Result<UnixListener, BindError> {
+    bind_with_mode(path, 0o600, sys)
+}
+
+/// [`bind`] with another mode (the system bus socket is 0666: D-Bus
+/// authentication, not the file mode, refuses non-root peers).
+pub fn bind_with_mode(path: &Path, mode: u32, sys: &dyn Sys) -> Result<UnixListener, BindError> {
     let shown = path.display().to_string();
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -69,16 +79,17 @@ pub fn bind(path: &Path, sys: &dyn Sys) -> Result<UnixListener, BindError> {
         Ok(_) => return Err(BindError::NotASocket { path: shown }),
         Err(_) => {}
     }
-    let old = sys.umask(0o177);
+    let old = sys.umask(!mode & 0o777);
     let bound = UnixListener::bind(path);
     sys.umask(old);
     let listener = bound.map_err(|source| BindError::Bind {
         path: shown.clone(),
         source,
     })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
         BindError::Chmod {
             path: shown,
+            mode,
             source,
         }
     })?;
@@ -110,7 +121,8 @@ pub async fn serve(listener: UnixListener, events: Events, stop: Rc<Notify>) {
     }
 }
 
-fn read_comm(pid: i32) -> Option<String> {
+/// A process's command name (/proc/PID/comm), at most 64 characters.
+pub fn read_comm(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let comm: String = text.trim_end().chars().take(64).collect();
     Some(comm)
