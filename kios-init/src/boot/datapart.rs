@@ -18,14 +18,15 @@
 //! volumes, where containers run programs, get exec (and suid) back.
 
 use crate::boot::gpt;
-use crate::sys::{MountCall, Sys, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
+use crate::boot::mounts::{self, BindWhen, MountStep};
+use crate::sys::{MountCall, Sys, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The flags of what holds no programs: the partition itself, /var/log,
 /// /var/meta (and what a bind inherits unless remounted).
-const NO_PROGRAMS: u64 = MS_NODEV | MS_NOEXEC | MS_NOSUID;
+const NO_PROGRAMS: crate::sys::MountFlags = MS_NODEV | MS_NOEXEC | MS_NOSUID;
 
 /// Where the partition itself is mounted.
 pub const DATAPART_MOUNT: &str = "/run/kios/datapart";
@@ -233,135 +234,98 @@ fn wait_for_device_until(
     }
 }
 
-fn bind(sys: &dyn Sys, source: &Path, target: &Path) -> std::io::Result<()> {
-    let s = source.to_string_lossy();
-    sys.mount(&MountCall {
-        source: Some(&s),
-        target,
-        fstype: None,
-        flags: MS_BIND,
-        data: None,
-    })
-}
-
-fn remount_bind(sys: &dyn Sys, target: &Path, flags: u64) -> std::io::Result<()> {
-    sys.mount(&MountCall {
-        source: None,
-        target,
-        fstype: None,
-        flags: MS_REMOUNT | MS_BIND | flags,
-        data: None,
-    })
-}
-
-/// Mount the layout of a mounted partition at `root`. Failures are logged
-/// and returned; the other mounts still happen.
-pub fn mount_layout(sys: &dyn Sys, root: &Path) -> Vec<String> {
-    let mut warnings = Vec::new();
-    let mut fail = |msg: String| {
-        crate::kerr!("{msg}");
-        warnings.push(msg);
+/// A path on the mounted partition (under [`DATAPART_MOUNT`]), as a
+/// `&'static str` for the mount plans below.
+macro_rules! on_part {
+    ($p:literal) => {
+        concat!("/run/kios/datapart/", $p)
     };
-    for (dir, mode) in [
-        ("meta/etc", 0o755),
-        ("meta/.etc.work", 0o700),
-        ("meta/log", 0o755),
-        ("data/oci", 0o700),
-        ("data/pods", 0o750),
-        ("modules", 0o755),
-    ] {
-        if let Err(e) = sys.create_dir_all(&root.join(dir), mode) {
-            fail(format!("create {}: {e}", root.join(dir).display()));
-        }
-    }
+}
 
-    let upper = root.join("meta/etc");
-    let work = root.join("meta/.etc.work");
-    let opts = format!(
-        "lowerdir=/etc,upperdir={},workdir={}",
-        upper.display(),
-        work.display()
-    );
-    let etc = Path::new("/etc");
-    if let Err(e) = sys.mount(&MountCall {
-        source: Some("overlay"),
-        target: etc,
-        fstype: Some("overlay"),
+/// The layout of a mounted partition over the image, walked by the same
+/// plan runner as the base mounts ([`mounts::run_plan`]): the partition's
+/// directories (created when missing), the /etc overlay, then the binds.
+/// A failed step is logged and reported; the others still happen.
+pub const LAYOUT_PLAN: &[MountStep] = &[
+    MountStep::Mkdir {
+        path: on_part!("meta/etc"),
+        mode: 0o755,
+    },
+    MountStep::Mkdir {
+        path: on_part!("meta/.etc.work"),
+        mode: 0o700,
+    },
+    MountStep::Mkdir {
+        path: on_part!("meta/log"),
+        mode: 0o755,
+    },
+    MountStep::Mkdir {
+        path: on_part!("data/oci"),
+        mode: 0o700,
+    },
+    MountStep::Mkdir {
+        path: on_part!("data/pods"),
+        mode: 0o750,
+    },
+    MountStep::Mkdir {
+        path: on_part!("modules"),
+        mode: 0o755,
+    },
+    MountStep::Mount {
+        source: "overlay",
+        target: "/etc",
+        fstype: "overlay",
         flags: 0,
-        data: Some(&opts),
-    }) {
-        fail(format!("mount overlay on /etc: {e}"));
-    }
-
-    for (src, target, flags) in [
-        ("meta/log", "/var/log", NO_PROGRAMS),
-        ("data/oci", "/var/lib/containers/storage", MS_NODEV),
-        ("data/pods", "/var/lib/kubelet/pods", MS_NODEV),
-    ] {
-        let t = Path::new(target);
-        let r = sys
-            .create_dir_all(t, 0o755)
-            .and_then(|()| bind(sys, &root.join(src), t))
-            .and_then(|()| remount_bind(sys, t, flags));
-        if let Err(e) = r {
-            fail(format!(
-                "bind {} on {target}: {e}",
-                root.join(src).display()
-            ));
-        }
-    }
-
+        data: Some(concat!(
+            "lowerdir=/etc,upperdir=",
+            on_part!("meta/etc"),
+            ",workdir=",
+            on_part!("meta/.etc.work")
+        )),
+    },
+    MountStep::Bind {
+        source: on_part!("meta/log"),
+        target: "/var/log",
+        flags: NO_PROGRAMS,
+        when: BindWhen::Always,
+    },
+    MountStep::Bind {
+        source: on_part!("data/oci"),
+        target: "/var/lib/containers/storage",
+        flags: MS_NODEV,
+        when: BindWhen::Always,
+    },
+    MountStep::Bind {
+        source: on_part!("data/pods"),
+        target: "/var/lib/kubelet/pods",
+        flags: MS_NODEV,
+        when: BindWhen::Always,
+    },
     // The image's own early modules live in /lib/modules too: an empty
     // modules directory on the partition must not hide them.
-    let modules = root.join("modules");
-    match sys.list_dir(&modules) {
-        Ok(entries) if !entries.is_empty() => {
-            let t = Path::new("/lib/modules");
-            let r = sys
-                .create_dir_all(t, 0o755)
-                .and_then(|()| bind(sys, &modules, t))
-                .and_then(|()| remount_bind(sys, t, MS_RDONLY | MS_NOSUID | MS_NODEV));
-            if let Err(e) = r {
-                fail(format!("bind {} on /lib/modules: {e}", modules.display()));
-            }
-        }
-        Ok(_) => crate::kinfo!(
-            "{} is empty: keeping the image's /lib/modules",
-            modules.display()
-        ),
-        Err(e) => fail(format!("list {}: {e}", modules.display())),
-    }
+    MountStep::Bind {
+        source: on_part!("modules"),
+        target: "/lib/modules",
+        flags: MS_RDONLY | MS_NOSUID | MS_NODEV,
+        when: BindWhen::SourceNotEmpty,
+    },
+    MountStep::Bind {
+        source: on_part!("meta"),
+        target: "/var/meta",
+        flags: NO_PROGRAMS,
+        when: BindWhen::Always,
+    },
+];
 
-    let meta = root.join("meta");
-    let t = Path::new("/var/meta");
-    let r = sys
-        .create_dir_all(t, 0o755)
-        .and_then(|()| bind(sys, &meta, t))
-        .and_then(|()| remount_bind(sys, t, NO_PROGRAMS));
-    if let Err(e) = r {
-        fail(format!("bind {} on /var/meta: {e}", meta.display()));
-    }
-    warnings
-}
-
-/// Bind /etc/seccomp (after the /etc overlay) onto /var/lib/kubelet/seccomp,
-/// where the kubelet looks for seccomp profiles.
-pub fn bind_seccomp(sys: &dyn Sys) -> Option<String> {
-    let src = Path::new("/etc/seccomp");
-    if !sys.path_exists(src) {
-        return None;
-    }
-    let t = Path::new("/var/lib/kubelet/seccomp");
-    let r = sys
-        .create_dir_all(t, 0o755)
-        .and_then(|()| bind(sys, src, t))
-        .and_then(|()| remount_bind(sys, t, MS_RDONLY | NO_PROGRAMS));
-    r.err().map(|e| {
-        let msg = format!("bind /etc/seccomp on /var/lib/kubelet/seccomp: {e}");
-        crate::kerr!("{msg}");
-        msg
-    })
-}
+/// With or without a partition (after the /etc overlay): /etc/seccomp
+/// onto /var/lib/kubelet/seccomp, where the kubelet looks for seccomp
+/// profiles; nothing when the image has none.
+pub const SECCOMP_PLAN: &[MountStep] = &[MountStep::Bind {
+    source: "/etc/seccomp",
+    target: "/var/lib/kubelet/seccomp",
+    flags: MS_RDONLY | NO_PROGRAMS,
+    when: BindWhen::SourceExists,
+}];
 
 /// Find, wait for and mount the data partition and its layout, then the
 /// seccomp bind. Returns the status and the problems met (kernel-logged).
@@ -388,9 +352,7 @@ pub fn setup(
             Some(device) => mount_device(sys, &device, &mut warnings),
         },
     };
-    if let Some(w) = bind_seccomp(sys) {
-        warnings.push(w);
-    }
+    warnings.extend(mounts::run_plan(sys, SECCOMP_PLAN).failures);
     (status, warnings)
 }
 
@@ -425,7 +387,7 @@ fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> Data
         Ok(()) => {
             remember_device(device);
             crate::kinfo!("data partition {device} mounted on {DATAPART_MOUNT}");
-            warnings.extend(mount_layout(sys, root));
+            warnings.extend(mounts::run_plan(sys, LAYOUT_PLAN).failures);
             DatapartStatus::Mounted {
                 device: device.to_string(),
             }
@@ -439,6 +401,7 @@ mod tests {
     use crate::boot::gpt::tests::build_image;
     use crate::boot::gpt::DATAPART_TYPE_GUID;
     use crate::sys::fake::{Call, FakeSys};
+    use crate::sys::{MS_BIND, MS_REMOUNT};
 
     const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
 
@@ -693,6 +656,36 @@ mod tests {
         assert_eq!(status, DatapartStatus::Disabled);
         assert!(w.is_empty());
         assert!(sys.calls().is_empty());
+    }
+
+    #[test]
+    fn the_layout_plan_is_under_the_partition_mount() {
+        assert_eq!(on_part!(""), format!("{DATAPART_MOUNT}/"));
+        for step in LAYOUT_PLAN {
+            match step {
+                MountStep::Mkdir { path, .. } => assert!(path.starts_with(DATAPART_MOUNT)),
+                MountStep::Bind { source, .. } => assert!(source.starts_with(DATAPART_MOUNT)),
+                MountStep::Mount { target, .. } => assert_eq!(*target, "/etc"),
+                MountStep::MakeShared { .. } => panic!("the layout shares nothing"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unlistable_modules_dir_is_a_failure_and_the_rest_still_mounts() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.fail("list_dir", "/run/kios/datapart/modules", libc::EIO);
+        let (status, w) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        assert!(matches!(status, DatapartStatus::Mounted { .. }));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("list /run/kios/datapart/modules"), "{w:?}");
+        assert!(!layout_targets(&sys).iter().any(|(t, _)| t == "/lib/modules"));
+        assert!(layout_targets(&sys).iter().any(|(t, _)| t == "/var/meta"));
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! and the plan goes on: a node with one missing pseudo filesystem is more
 //! useful (and debuggable) than a kernel panic.
 
-use crate::sys::{MountCall, MountFlags, Sys, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_SHARED};
+use crate::sys::{
+    MountCall, MountFlags, Sys, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_REC, MS_REMOUNT,
+    MS_SHARED,
+};
 use std::path::Path;
 
 /// One step of a mount plan.
@@ -30,6 +33,28 @@ pub enum MountStep {
     },
     /// mkdir -p with a mode.
     Mkdir { path: &'static str, mode: u32 },
+    /// Bind `source` onto `target` (created first), then remount the bind
+    /// with `flags` (a bind inherits its source's flags unless remounted),
+    /// when `when` holds.
+    Bind {
+        source: &'static str,
+        target: &'static str,
+        flags: MountFlags,
+        when: BindWhen,
+    },
+}
+
+/// When a [`MountStep::Bind`] happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindWhen {
+    /// Always; a failure is a failure of the plan.
+    Always,
+    /// Only when the source exists (an image may not ship it): silently
+    /// skipped otherwise.
+    SourceExists,
+    /// Only when the source directory has entries: an empty directory must
+    /// not hide what the target already holds (noted in the kernel log).
+    SourceNotEmpty,
 }
 
 const NSE: MountFlags = MS_NOSUID | MS_NOEXEC;
@@ -205,6 +230,54 @@ fn run_step(sys: &dyn Sys, step: &MountStep, report: &mut PlanReport) {
             Ok(()) => report.done += 1,
             Err(e) => report.fail(format!("create directory {path}: {e}")),
         },
+        MountStep::Bind {
+            source,
+            target,
+            flags,
+            when,
+        } => {
+            let wanted = match when {
+                BindWhen::Always => true,
+                BindWhen::SourceExists => sys.path_exists(Path::new(source)),
+                BindWhen::SourceNotEmpty => match sys.list_dir(Path::new(source)) {
+                    Ok(entries) if !entries.is_empty() => true,
+                    Ok(_) => {
+                        crate::kinfo!("{source} is empty: keeping what {target} holds");
+                        false
+                    }
+                    Err(e) => {
+                        report.fail(format!("list {source}: {e}"));
+                        false
+                    }
+                },
+            };
+            if !wanted {
+                return;
+            }
+            let t = Path::new(target);
+            let bind = MountCall {
+                source: Some(source),
+                target: t,
+                fstype: None,
+                flags: MS_BIND,
+                data: None,
+            };
+            let remount = MountCall {
+                source: None,
+                target: t,
+                fstype: None,
+                flags: MS_REMOUNT | MS_BIND | flags,
+                data: None,
+            };
+            let r = sys
+                .create_dir_all(t, 0o755)
+                .and_then(|()| sys.mount(&bind))
+                .and_then(|()| sys.mount(&remount));
+            match r {
+                Ok(()) => report.done += 1,
+                Err(e) => report.fail(format!("bind {source} on {target}: {e}")),
+            }
+        }
     }
 }
 

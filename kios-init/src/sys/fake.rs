@@ -109,7 +109,7 @@ impl FakeSys {
 
     /// Make the next call of `op` ("mount", "umount", "finit_module",
     /// "mkdir", "write", "sethostname", "link_up", "cad", "kill" (path: the
-    /// pid), "kill_all" (path ""), "spawn" (path: the program), "remove") on
+    /// pid), "kill_all" (path ""), "spawn" (path: the program), "remove", "list_dir") on
     /// `path` fail
     /// with `errno`. Several errors queue up in order.
     pub fn fail(&self, op: &str, path: &str, errno: i32) -> &Self {
@@ -256,7 +256,8 @@ impl Sys for FakeSys {
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        let s = self.lock();
+        let mut s = self.lock();
+        Self::take_error(&mut s, "list_dir", path)?;
         if !s.dirs.contains(path) {
             return Err(enoent());
         }
