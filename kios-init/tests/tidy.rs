@@ -1,7 +1,8 @@
 //! House rules for the whole workspace, checked inside `cargo test`: every
 //! Rust file opens with a `//!` line saying what it owns; `unsafe` appears
 //! only under `kios-init/src/sys/`; kios-init (PID 1) has no `unwrap` or
-//! `expect` outside its tests.
+//! `expect` outside its tests, and no `RefCell` (state has one owner per
+//! task, never a runtime-checked borrow).
 
 use std::path::{Path, PathBuf};
 
@@ -121,6 +122,27 @@ fn pid_1_never_unwraps_outside_its_tests() {
         }
     }
     assert!(found.is_empty(), "unwrap/expect in kios-init: {found:#?}");
+}
+
+#[test]
+fn pid_1_shares_no_refcell() {
+    let refcell = ["Ref", "Cell"].concat();
+    let mut found = Vec::new();
+    for (path, text) in files() {
+        if !path.starts_with("kios-init/src") {
+            continue;
+        }
+        let code = without_tests(&text);
+        for (n, line) in code_lines(&code) {
+            if line.contains(&refcell) {
+                found.push(format!("{}:{n}: {}", path.display(), line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "{refcell} in kios-init (one owner per state, issue 9): {found:#?}"
+    );
 }
 
 #[test]

@@ -684,7 +684,9 @@ mod tests {
         assert!(matches!(status, DatapartStatus::Mounted { .. }));
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("list /run/kios/datapart/modules"), "{w:?}");
-        assert!(!layout_targets(&sys).iter().any(|(t, _)| t == "/lib/modules"));
+        assert!(!layout_targets(&sys)
+            .iter()
+            .any(|(t, _)| t == "/lib/modules"));
         assert!(layout_targets(&sys).iter().any(|(t, _)| t == "/var/meta"));
     }
 

@@ -1,27 +1,29 @@
 //! The system bus socket (`/var/run/dbus/system_bus_socket`) as a component
-//! of init's event loop: accepting peers (at most [`MAX_BUS_CLIENTS`]), one
-//! task per connection (authentication, framing, [`Bus::handle`], writes
-//! bounded in time), one task per inhibitor lock watching its pipe's read
-//! end for EOF.
+//! of init's event loop. One task owns the bus's state ([`Inner`]: the
+//! [`Bus`], the connected peers, the locks) and is the only one to change
+//! it: it accepts peers (at most [`MAX_BUS_CLIENTS`]) and takes init's
+//! commands and what the other tasks report over one bounded channel. One
+//! task per connection does the authentication, the framing and the
+//! writes (bounded in time) and hands each decoded message to the owner,
+//! waiting for its replies; one task per inhibitor lock watches its pipe's
+//! read end for EOF and reports the release. No state is shared between
+//! tasks: the same one-owner shape as init's runtime.
 //!
 //! Narrow interface: [`start`] returns a [`BusHandle`] that takes
 //! [`BusCommand`]s (emit `PrepareForShutdown`, set the delay, stop) and a
 //! bounded receiver of [`BusEvent`]s (clients, locks taken and released,
-//! signals sent). Nothing here touches init's state; no borrow of the
-//! component's own state lives across an await.
+//! signals sent). Nothing here touches init's state.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 use super::auth::Authenticator;
 use super::bus::{errors, Action, Bus, Client, Inhibitor};
@@ -40,6 +42,9 @@ pub const MAX_BUS_CLIENTS: usize = 16;
 pub const BUS_OUTBOX: usize = 32;
 /// Events queued for init before new ones are dropped (and logged).
 pub const EVENT_QUEUE: usize = 64;
+/// Reports of the connection and lock tasks queued for the owner; a full
+/// queue makes the reporting task wait (its peer waits with it).
+pub const PEER_QUEUE: usize = 64;
 /// Bytes read but not yet a message, per connection.
 pub const MAX_PENDING: usize = wire::MAX_MESSAGE + 4096;
 /// A write that does not finish within this drops the connection.
@@ -117,27 +122,47 @@ struct Outgoing {
     fd: Option<OwnedFd>,
 }
 
+/// What a connection or lock task reports to the owner.
+enum FromPeer {
+    /// The peer finished the authentication.
+    Begun { id: u64, unix_fds: bool },
+    /// A decoded message; the owner answers with what to write back, or
+    /// `None` when the connection must close.
+    Message {
+        id: u64,
+        message: Message,
+        replies: oneshot::Sender<Option<Vec<Outgoing>>>,
+    },
+    /// The connection ended.
+    Gone { id: u64 },
+    /// Every copy of the lock's write end is closed.
+    LockReleased { lock: u64 },
+}
+
+/// A connected peer, as the owner knows it. Dropping the slot closes the
+/// connection: its task's outbox ends.
 struct Slot {
     client: Client,
     ready: bool,
-    tx: mpsc::Sender<Outgoing>,
-    close: Rc<Notify>,
+    /// Signals to this peer (replies go back on the message's oneshot).
+    outbox: mpsc::Sender<Outgoing>,
 }
 
+/// The bus's state, owned by the [`serve`] task alone.
 struct Inner {
     bus: Bus,
     slots: BTreeMap<u64, Slot>,
     next_id: u64,
     events: mpsc::Sender<BusEvent>,
     dropped_events: u64,
+    /// Cloned into every connection and lock task.
+    peers: mpsc::Sender<FromPeer>,
     sys: std::sync::Arc<dyn Sys>,
     config: BusConfig,
     guid: String,
     /// Monotonic start of each lock, for `held_ms`.
     lock_started: BTreeMap<u64, Instant>,
 }
-
-type Shared = Rc<RefCell<Inner>>;
 
 impl Inner {
     fn emit(&mut self, event: BusEvent) {
@@ -162,7 +187,18 @@ impl Inner {
         }
     }
 
-    /// Queues `PrepareForShutdown(start)` for every authenticated peer.
+    /// Forgets a peer (its connection closes), telling init if it had
+    /// authenticated.
+    fn drop_slot(&mut self, id: u64) {
+        if let Some(slot) = self.slots.remove(&id) {
+            if slot.ready {
+                self.emit(BusEvent::ClientGone { id });
+            }
+        }
+    }
+
+    /// Queues `PrepareForShutdown(start)` for every authenticated peer; a
+    /// peer whose outbox is full is dropped.
     fn broadcast_prepare(&mut self, start: bool) -> usize {
         self.bus.preparing = start;
         let signal = self.bus.prepare_for_shutdown(start);
@@ -170,18 +206,178 @@ impl Inner {
             return 0;
         };
         let mut sent = 0;
-        for slot in self.slots.values().filter(|s| s.ready) {
+        let mut stuck = Vec::new();
+        for (id, slot) in self.slots.iter().filter(|(_, s)| s.ready) {
             let out = Outgoing {
                 bytes: bytes.clone(),
                 fd: None,
             };
-            if slot.tx.try_send(out).is_ok() {
+            if slot.outbox.try_send(out).is_ok() {
                 sent += 1;
             } else {
-                slot.close.notify_one();
+                stuck.push(*id);
             }
         }
+        for id in stuck {
+            crate::kwarn!("system bus: peer {id} does not read its signals; closing it");
+            self.drop_slot(id);
+        }
         sent
+    }
+
+    fn accept(&mut self, stream: UnixStream) {
+        if self.slots.len() >= MAX_BUS_CLIENTS {
+            crate::kwarn!("system bus: {MAX_BUS_CLIENTS} connections open; closing a new one");
+            return;
+        }
+        let cred = stream.peer_cred().ok();
+        let pid = cred.as_ref().and_then(|c| c.pid());
+        self.next_id += 1;
+        let id = self.next_id;
+        let client = Client {
+            id,
+            pid,
+            uid: cred.as_ref().map(|c| c.uid()),
+            command: pid
+                .filter(|&p| p > 0)
+                .and_then(crate::runtime::server::read_comm),
+            unix_fds: false,
+            unique: None,
+            matches: Vec::new(),
+        };
+        let (outbox, rx) = mpsc::channel(BUS_OUTBOX);
+        let auth = Authenticator::new(client.uid, &self.guid);
+        let peer = Peer {
+            id,
+            who: describe(&client),
+            to_owner: self.peers.clone(),
+        };
+        self.slots.insert(
+            id,
+            Slot {
+                client,
+                ready: false,
+                outbox,
+            },
+        );
+        tokio::task::spawn_local(connection(peer, stream, auth, rx));
+    }
+
+    fn on_peer(&mut self, report: FromPeer) {
+        match report {
+            FromPeer::Begun { id, unix_fds } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return;
+                };
+                slot.ready = true;
+                slot.client.unix_fds = unix_fds;
+                let event = BusEvent::ClientConnected {
+                    id,
+                    pid: slot.client.pid,
+                    command: slot.client.command.clone(),
+                };
+                self.emit(event);
+            }
+            FromPeer::Message {
+                id,
+                message,
+                replies,
+            } => {
+                let out = self.handle(id, &message);
+                // The connection may be gone meanwhile; nothing to do then.
+                let _ = replies.send(out);
+            }
+            FromPeer::Gone { id } => self.drop_slot(id),
+            FromPeer::LockReleased { lock } => {
+                let started = self.lock_started.remove(&lock);
+                if let Some(inhibitor) = self.bus.inhibitor_released(lock) {
+                    let held_ms = started.map_or(0, |at| at.elapsed().as_millis() as u64);
+                    crate::kinfo!(
+                        "system bus: inhibitor lock of pid {} ({}) released after {held_ms} ms",
+                        inhibitor.pid.map_or("?".into(), |p| p.to_string()),
+                        inhibitor.who
+                    );
+                    self.emit(BusEvent::InhibitorReleased { inhibitor, held_ms });
+                }
+            }
+        }
+    }
+
+    /// Runs one message through the bus: what to write back, or `None`
+    /// when the connection must close.
+    fn handle(&mut self, id: u64, message: &Message) -> Option<Vec<Outgoing>> {
+        let slot = self.slots.get_mut(&id)?;
+        let action = self.bus.handle(&mut slot.client, message);
+        let client = slot.client.clone();
+        let mut replies = Vec::new();
+        let mut push = |m: &Message, fd: Option<OwnedFd>| {
+            if let Some(bytes) = Self::encode(m) {
+                replies.push(Outgoing { bytes, fd });
+            }
+        };
+        match action {
+            Action::Nothing => {}
+            Action::Send(reply) => push(&reply, None),
+            Action::SendThenSignal(reply) => {
+                push(&reply, None);
+                let signal = self.bus.prepare_for_shutdown(true);
+                push(&signal, None);
+            }
+            Action::ReloadDelay => {
+                let usec = delay_usec(&self.config.kubelet_config);
+                self.bus.set_delay(usec);
+                crate::kinfo!(
+                    "system bus: {} reloaded logind: InhibitDelayMaxUSec is {usec}",
+                    describe(&client)
+                );
+                self.emit(BusEvent::DelayChanged { usec });
+                let reply = self.bus.reply(message, vec![]);
+                if message.wants_reply() {
+                    push(&reply, None);
+                }
+            }
+            Action::Inhibit(request) => match self.sys.pipe() {
+                Ok((read_end, write_end)) => {
+                    let now = Now::current();
+                    let (lock, reply) =
+                        self.bus
+                            .inhibitor_taken(&client, message, request, now.epoch_ms);
+                    self.lock_started.insert(lock.id, now.mono);
+                    crate::kinfo!(
+                        "system bus: {} took a {} inhibitor lock on {} ({:?}: {:?})",
+                        describe(&client),
+                        lock.mode,
+                        lock.what,
+                        lock.who,
+                        lock.why
+                    );
+                    match crate::sys::process::async_file(File::from(read_end)) {
+                        Ok(watched) => {
+                            tokio::task::spawn_local(watch_lock(
+                                self.peers.clone(),
+                                lock.id,
+                                watched,
+                            ));
+                        }
+                        Err(e) => crate::kwarn!(
+                            "system bus: cannot watch lock {}: {e}; it is released only with its connection",
+                            lock.id
+                        ),
+                    }
+                    self.emit(BusEvent::InhibitorTaken(lock));
+                    push(&reply, Some(write_end));
+                }
+                Err(e) => {
+                    let reply = self.bus.error(
+                        message,
+                        errors::FAILED,
+                        &format!("cannot create the lock's pipe: {e}"),
+                    );
+                    push(&reply, None);
+                }
+            },
+        }
+        Some(replies)
     }
 }
 
@@ -209,85 +405,62 @@ pub fn start(
     let listener = crate::runtime::server::bind_with_mode(&config.socket, 0o666, &*sys)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let (peer_tx, peer_rx) = mpsc::channel(PEER_QUEUE);
     let delay = delay_usec(&config.kubelet_config);
-    let inner = Rc::new(RefCell::new(Inner {
+    let inner = Inner {
         bus: Bus::new(delay),
         slots: BTreeMap::new(),
         next_id: 0,
         events: event_tx,
         dropped_events: 0,
+        peers: peer_tx,
         sys,
         config,
         guid: server_guid(),
         lock_started: BTreeMap::new(),
-    }));
-    tokio::task::spawn_local(serve(listener, inner, cmd_rx));
+    };
+    tokio::task::spawn_local(serve(listener, inner, cmd_rx, peer_rx));
     Ok((BusHandle { tx: cmd_tx }, event_rx))
 }
 
-async fn serve(listener: UnixListener, inner: Shared, mut commands: mpsc::Receiver<BusCommand>) {
+/// The owner: the only task that changes [`Inner`].
+async fn serve(
+    listener: UnixListener,
+    mut inner: Inner,
+    mut commands: mpsc::Receiver<BusCommand>,
+    mut peers: mpsc::Receiver<FromPeer>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => accept(&inner, stream),
+                Ok((stream, _)) => inner.accept(stream),
                 Err(e) => {
                     crate::kerr!("system bus: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+            // `inner.peers` keeps the channel open: never `None`.
+            Some(report) = peers.recv() => inner.on_peer(report),
             command = commands.recv() => match command {
                 Some(BusCommand::PrepareForShutdown(start)) => {
-                    let mut state = inner.borrow_mut();
-                    let clients = state.broadcast_prepare(start);
-                    state.emit(BusEvent::SignalSent { start, clients });
+                    let clients = inner.broadcast_prepare(start);
+                    inner.emit(BusEvent::SignalSent { start, clients });
                 }
-                Some(BusCommand::SetDelay(usec)) => inner.borrow_mut().bus.set_delay(usec),
-                Some(BusCommand::Stop) | None => {
-                    for slot in inner.borrow().slots.values() {
-                        slot.close.notify_one();
-                    }
-                    return;
-                }
+                Some(BusCommand::SetDelay(usec)) => inner.bus.set_delay(usec),
+                // Dropping the slots (their outboxes) closes every
+                // connection.
+                Some(BusCommand::Stop) | None => return,
             },
         }
     }
 }
 
-fn accept(inner: &Shared, stream: UnixStream) {
-    let mut state = inner.borrow_mut();
-    if state.slots.len() >= MAX_BUS_CLIENTS {
-        crate::kwarn!("system bus: {MAX_BUS_CLIENTS} connections open; closing a new one");
-        return;
-    }
-    let cred = stream.peer_cred().ok();
-    let pid = cred.as_ref().and_then(|c| c.pid());
-    state.next_id += 1;
-    let id = state.next_id;
-    let client = Client {
-        id,
-        pid,
-        uid: cred.as_ref().map(|c| c.uid()),
-        command: pid
-            .filter(|&p| p > 0)
-            .and_then(crate::runtime::server::read_comm),
-        unix_fds: false,
-        unique: None,
-        matches: Vec::new(),
-    };
-    let (tx, rx) = mpsc::channel(BUS_OUTBOX);
-    let close = Rc::new(Notify::new());
-    let auth = Authenticator::new(client.uid, &state.guid);
-    state.slots.insert(
-        id,
-        Slot {
-            client,
-            ready: false,
-            tx,
-            close: close.clone(),
-        },
-    );
-    drop(state);
-    tokio::task::spawn_local(connection(inner.clone(), id, stream, auth, rx, close));
+/// What a connection task knows of itself.
+struct Peer {
+    id: u64,
+    /// `pid N (command)`, for the kernel log.
+    who: String,
+    to_owner: mpsc::Sender<FromPeer>,
 }
 
 /// Writes one message (its descriptor with the first bytes), bounded.
@@ -319,20 +492,17 @@ async fn write_out(stream: &mut UnixStream, out: Outgoing) -> bool {
 }
 
 async fn connection(
-    inner: Shared,
-    id: u64,
+    peer: Peer,
     mut stream: UnixStream,
     mut auth: Authenticator,
-    mut rx: mpsc::Receiver<Outgoing>,
-    close: Rc<Notify>,
+    mut outbox: mpsc::Receiver<Outgoing>,
 ) {
     let mut pending: Vec<u8> = Vec::new();
-    let mut replies: Vec<Outgoing> = Vec::new();
     'conn: loop {
         tokio::select! {
-            _ = close.notified() => break,
-            out = rx.recv() => match out {
+            out = outbox.recv() => match out {
                 Some(out) => if !write_out(&mut stream, out).await { break },
+                // The owner dropped this peer (or stopped).
                 None => break,
             },
             ready = stream.readable() => {
@@ -350,90 +520,79 @@ async fn connection(
                 if pending.len() > MAX_PENDING {
                     break;
                 }
-                let keep = process(&inner, id, &mut auth, &mut pending, &mut replies);
-                for out in replies.drain(..) {
-                    if !write_out(&mut stream, out).await {
-                        break 'conn;
+                if !auth.is_done() {
+                    match authenticate(&peer, &mut auth, &mut pending).await {
+                        Some(reply) if reply.is_empty() => {}
+                        Some(reply) => {
+                            let out = Outgoing { bytes: reply, fd: None };
+                            if !write_out(&mut stream, out).await {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                    if !auth.is_done() {
+                        continue;
                     }
                 }
-                if !keep {
-                    break;
+                loop {
+                    let message = match wire::decode(&pending) {
+                        Ok((message, used)) => {
+                            pending.drain(..used);
+                            message
+                        }
+                        Err(DecodeError::Incomplete { .. }) => break,
+                        Err(DecodeError::Malformed(e)) => {
+                            crate::kwarn!(
+                                "system bus: {} sent a malformed message ({e}); closing its connection",
+                                peer.who
+                            );
+                            break 'conn;
+                        }
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    let report = FromPeer::Message { id: peer.id, message, replies: tx };
+                    if peer.to_owner.send(report).await.is_err() {
+                        break 'conn;
+                    }
+                    let Ok(Some(replies)) = rx.await else {
+                        break 'conn;
+                    };
+                    for out in replies {
+                        if !write_out(&mut stream, out).await {
+                            break 'conn;
+                        }
+                    }
                 }
             }
         }
     }
-    let mut state = inner.borrow_mut();
-    if let Some(slot) = state.slots.remove(&id) {
-        if slot.ready {
-            state.emit(BusEvent::ClientGone { id });
-        }
-    }
+    let _ = peer.to_owner.send(FromPeer::Gone { id: peer.id }).await;
 }
 
-/// Handles what `pending` holds; false when the connection must close.
-fn process(
-    inner: &Shared,
-    id: u64,
+/// Feeds the authentication what `pending` holds: the bytes to answer, or
+/// `None` when the connection must close. Tells the owner once it is done.
+async fn authenticate(
+    peer: &Peer,
     auth: &mut Authenticator,
     pending: &mut Vec<u8>,
-    replies: &mut Vec<Outgoing>,
-) -> bool {
-    if !auth.is_done() {
-        let progress = match auth.feed(pending) {
-            Ok(p) => p,
-            Err(e) => {
-                let state = inner.borrow();
-                let who = state.slots.get(&id).map(|s| describe(&s.client));
-                crate::kwarn!(
-                    "system bus: closing {}: {e}",
-                    who.unwrap_or_else(|| "a connection".into())
-                );
-                return false;
-            }
-        };
-        pending.drain(..progress.consumed);
-        if !progress.reply.is_empty() {
-            replies.push(Outgoing {
-                bytes: progress.reply,
-                fd: None,
-            });
+) -> Option<Vec<u8>> {
+    let progress = match auth.feed(pending) {
+        Ok(p) => p,
+        Err(e) => {
+            crate::kwarn!("system bus: closing {}: {e}", peer.who);
+            return None;
         }
-        if !progress.begun {
-            return true;
-        }
-        let mut state = inner.borrow_mut();
-        let Some(slot) = state.slots.get_mut(&id) else {
-            return false;
+    };
+    pending.drain(..progress.consumed);
+    if progress.begun {
+        let begun = FromPeer::Begun {
+            id: peer.id,
+            unix_fds: auth.unix_fds(),
         };
-        slot.ready = true;
-        slot.client.unix_fds = auth.unix_fds();
-        let event = BusEvent::ClientConnected {
-            id,
-            pid: slot.client.pid,
-            command: slot.client.command.clone(),
-        };
-        state.emit(event);
+        peer.to_owner.send(begun).await.ok()?;
     }
-    loop {
-        match wire::decode(pending) {
-            Ok((message, used)) => {
-                pending.drain(..used);
-                if !handle(inner, id, &message, replies) {
-                    return false;
-                }
-            }
-            Err(DecodeError::Incomplete { .. }) => return true,
-            Err(DecodeError::Malformed(e)) => {
-                let state = inner.borrow();
-                let who = state.slots.get(&id).map(|s| describe(&s.client));
-                crate::kwarn!(
-                    "system bus: {} sent a malformed message ({e}); closing its connection",
-                    who.unwrap_or_else(|| "a peer".into())
-                );
-                return false;
-            }
-        }
-    }
+    Some(progress.reply)
 }
 
 fn describe(client: &Client) -> String {
@@ -441,86 +600,9 @@ fn describe(client: &Client) -> String {
     format!("pid {pid} ({})", client.command.as_deref().unwrap_or("?"))
 }
 
-/// Runs one message through the bus; queues what must be written.
-fn handle(inner: &Shared, id: u64, message: &Message, replies: &mut Vec<Outgoing>) -> bool {
-    let mut state = inner.borrow_mut();
-    let state = &mut *state;
-    let Some(slot) = state.slots.get_mut(&id) else {
-        return false;
-    };
-    let mut client = slot.client.clone();
-    let action = state.bus.handle(&mut client, message);
-    slot.client = client.clone();
-    let mut push = |m: &Message, fd: Option<OwnedFd>| {
-        if let Some(bytes) = Inner::encode(m) {
-            replies.push(Outgoing { bytes, fd });
-        }
-    };
-    match action {
-        Action::Nothing => {}
-        Action::Send(reply) => push(&reply, None),
-        Action::SendThenSignal(reply) => {
-            push(&reply, None);
-            let signal = state.bus.prepare_for_shutdown(true);
-            push(&signal, None);
-        }
-        Action::ReloadDelay => {
-            let usec = delay_usec(&state.config.kubelet_config);
-            state.bus.set_delay(usec);
-            crate::kinfo!(
-                "system bus: {} reloaded logind: InhibitDelayMaxUSec is {usec}",
-                describe(&client)
-            );
-            state.emit(BusEvent::DelayChanged { usec });
-            let reply = state.bus.reply(message, vec![]);
-            if message.wants_reply() {
-                push(&reply, None);
-            }
-        }
-        Action::Inhibit(request) => match state.sys.pipe() {
-            Ok((read_end, write_end)) => {
-                let now = Now::current();
-                let (lock, reply) =
-                    state
-                        .bus
-                        .inhibitor_taken(&client, message, request, now.epoch_ms);
-                state.lock_started.insert(lock.id, now.mono);
-                crate::kinfo!(
-                    "system bus: {} took a {} inhibitor lock on {} ({:?}: {:?})",
-                    describe(&client),
-                    lock.mode,
-                    lock.what,
-                    lock.who,
-                    lock.why
-                );
-                match crate::sys::process::async_file(File::from(read_end)) {
-                    Ok(watched) => {
-                        tokio::task::spawn_local(watch_lock(inner.clone(), lock.id, watched));
-                    }
-                    Err(e) => crate::kwarn!(
-                        "system bus: cannot watch lock {}: {e}; it is released only with its connection",
-                        lock.id
-                    ),
-                }
-                state.emit(BusEvent::InhibitorTaken(lock));
-                push(&reply, Some(write_end));
-            }
-            Err(e) => {
-                let reply = state.bus.error(
-                    message,
-                    errors::FAILED,
-                    &format!("cannot create the lock's pipe: {e}"),
-                );
-                push(&reply, None);
-            }
-        },
-    }
-    true
-}
-
-/// Waits until every copy of the lock's write end is closed, then
-/// releases it.
-async fn watch_lock(inner: Shared, lock: u64, fd: tokio::io::unix::AsyncFd<File>) {
+/// Waits until every copy of the lock's write end is closed, then reports
+/// the release.
+async fn watch_lock(owner: mpsc::Sender<FromPeer>, lock: u64, fd: tokio::io::unix::AsyncFd<File>) {
     loop {
         let Ok(mut guard) = fd.readable().await else {
             break;
@@ -539,17 +621,7 @@ async fn watch_lock(inner: Shared, lock: u64, fd: tokio::io::unix::AsyncFd<File>
             Err(_would_block) => {}
         }
     }
-    let mut state = inner.borrow_mut();
-    let started = state.lock_started.remove(&lock);
-    if let Some(inhibitor) = state.bus.inhibitor_released(lock) {
-        let held_ms = started.map_or(0, |at| at.elapsed().as_millis() as u64);
-        crate::kinfo!(
-            "system bus: inhibitor lock of pid {} ({}) released after {held_ms} ms",
-            inhibitor.pid.map_or("?".into(), |p| p.to_string()),
-            inhibitor.who
-        );
-        state.emit(BusEvent::InhibitorReleased { inhibitor, held_ms });
-    }
+    let _ = owner.send(FromPeer::LockReleased { lock }).await;
 }
 
 #[cfg(test)]
@@ -602,7 +674,8 @@ mod tests {
                 socket: socket.clone(),
                 kubelet_config: dir.join("config.yaml"),
             };
-            let (handle, mut events) = start(config, std::sync::Arc::new(crate::sys::LinuxSys)).expect("start");
+            let (handle, mut events) =
+                start(config, std::sync::Arc::new(crate::sys::LinuxSys)).expect("start");
             let path = socket.clone();
             let client = std::thread::spawn(move || {
                 let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect");
