@@ -101,6 +101,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("pivot_root", "util-linux"),
     ("ps", "procps"),
+    ("python3", "python3-minimal"),
     ("qemu-img", "qemu-utils"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("rm", "coreutils"),

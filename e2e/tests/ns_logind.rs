@@ -1,7 +1,8 @@
 //! Namespace sandbox tests of the upstream kubelet's graceful node shutdown
 //! (issue 10): kios-init answers logind on the system bus. The kubelet
 //! stand-in in `mode=upstream` speaks D-Bus through zbus; python3-dbus
-//! (libdbus) is the independent client; socat sends what no client would.
+//! (libdbus) is the independent client; raw writes and our socket-peer as
+//! uid 65534 send what no client would.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

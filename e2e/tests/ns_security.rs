@@ -150,7 +150,12 @@ fn no_world_writable_path_on_the_node_and_the_socket_is_root_only() -> Result<()
         "world-writable paths on the node:\n{}",
         found.join("\n")
     );
-    for (inside, mode) in [("/run/system.sock", 0o600), ("/run", 0o755)] {
+    for (inside, mode) in [
+        ("/run/system.sock", 0o600),
+        ("/run", 0o755),
+        ("/var/run/dbus/system_bus_socket", 0o600),
+        ("/var/run/dbus", 0o755),
+    ] {
         let meta = std::fs::symlink_metadata(sandbox.path(inside))?;
         ensure!(
             meta.permissions().mode() & 0o7777 == mode && meta.uid() == 0 && meta.gid() == 0,

@@ -391,7 +391,9 @@ fn server_guid() -> String {
     format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 96))
 }
 
-/// Binds the socket (its directory created, mode 0666) and starts the
+/// Binds the socket (its directory created, mode 0600 like the system
+/// socket: only root peers are served, and init creates nothing
+/// world-writable) and starts the
 /// component on the current LocalSet.
 pub fn start(
     config: BusConfig,
@@ -402,7 +404,7 @@ pub fn start(
             crate::kwarn!("system bus: cannot create {}: {e}", dir.display());
         }
     }
-    let listener = crate::runtime::server::bind_with_mode(&config.socket, 0o666, &*sys)?;
+    let listener = crate::runtime::server::bind(&config.socket, &*sys)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let (peer_tx, peer_rx) = mpsc::channel(PEER_QUEUE);

@@ -65,9 +65,8 @@ pub fn bind(path: &Path, sys: &dyn Sys) -> Result<UnixListener, BindError> {
     bind_with_mode(path, 0o600, sys)
 }
 
-/// [`bind`] with another mode (the system bus socket is 0666: D-Bus
-/// authentication, not the file mode, refuses non-root peers).
-pub fn bind_with_mode(path: &Path, mode: u32, sys: &dyn Sys) -> Result<UnixListener, BindError> {
+/// [`bind`] with another mode.
+fn bind_with_mode(path: &Path, mode: u32, sys: &dyn Sys) -> Result<UnixListener, BindError> {
     let shown = path.display().to_string();
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
