@@ -66,6 +66,7 @@ fn fixture_paths() -> Paths {
     });
     Paths {
         socket: dir.join("system.sock"),
+        bus_socket: dir.join("system_bus_socket"),
         crio_socket: dir.join("crio.sock"),
         etc_kubernetes: dir.join("kubernetes"),
         log_dir: dir.join("log"),
