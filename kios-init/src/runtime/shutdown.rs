@@ -734,7 +734,10 @@ mod tests {
         };
         let mut s = start(&facts);
         let later = t0 + Duration::from_secs(5);
-        assert!(run(&mut s, &facts, later).is_empty(), "the lock holds the drain");
+        assert!(
+            run(&mut s, &facts, later).is_empty(),
+            "the lock holds the drain"
+        );
         assert_eq!(s.phase(), Some(ShutdownPhase::Draining));
         facts.held.set(0);
         assert_eq!(run(&mut s, &facts, later), stopping);

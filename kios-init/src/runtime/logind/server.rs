@@ -602,7 +602,8 @@ mod tests {
                 socket: socket.clone(),
                 kubelet_config: dir.join("config.yaml"),
             };
-            let (handle, mut events) = start(config, std::sync::Arc::new(crate::sys::LinuxSys)).expect("start");
+            let (handle, mut events) =
+                start(config, std::sync::Arc::new(crate::sys::LinuxSys)).expect("start");
             let path = socket.clone();
             let client = std::thread::spawn(move || {
                 let mut s = std::os::unix::net::UnixStream::connect(&path).expect("connect");
