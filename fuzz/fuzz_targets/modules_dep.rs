@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
     let plan = index.plan(&wanted);
     let mut seen = BTreeSet::new();
     for step in &plan.steps {
-        assert!(seen.insert(step.name.clone()), "{} twice: {plan:?}", step.name);
+        assert!(
+            seen.insert(step.name.clone()),
+            "{} twice: {plan:?}",
+            step.name
+        );
         assert!(
             !plan.builtin.contains(&step.name),
             "{} both loaded and built in",

@@ -15,6 +15,11 @@
 //!   `auto` (default) writes unless the root filesystem is the namespace
 //!   harness's overlay (mount source `kios-e2e-sandbox`), whose /dev/console
 //!   would be the host's.
+//! - `kmsg=true`: also write progress lines to /dev/kmsg, as
+//!   `kios-e2e: <text>` (default false). In a VM they then share the kernel
+//!   log's one order and timestamps with kios-init's own lines, which the
+//!   console's separate tty output does not guarantee (a printk can
+//!   overtake tty output still in the serial driver's buffer).
 
 pub mod crio;
 pub mod debugpod;
@@ -157,6 +162,7 @@ fn read_limited(path: &Path, limit: u64) -> Option<String> {
 struct Sinks {
     events: Option<File>,
     console: Option<File>,
+    kmsg: Option<File>,
 }
 
 static SINKS: OnceLock<std::sync::Mutex<Sinks>> = OnceLock::new();
@@ -172,7 +178,16 @@ fn sinks() -> &'static std::sync::Mutex<Sinks> {
             _ if root_is_sandbox() => None,
             _ => open_console(),
         };
-        std::sync::Mutex::new(Sinks { events, console })
+        let kmsg = if common.bool_or("kmsg", false) {
+            OpenOptions::new().write(true).open("/dev/kmsg").ok()
+        } else {
+            None
+        };
+        std::sync::Mutex::new(Sinks {
+            events,
+            console,
+            kmsg,
+        })
     })
 }
 
@@ -235,6 +250,11 @@ pub fn emit_raw(line: &str) {
         }
         if let Some(console) = sinks.console.as_mut() {
             let _ = console.write_all(line.as_bytes());
+        }
+        if let Some(kmsg) = sinks.kmsg.as_mut() {
+            // One write is one record; notice level (5) reaches the console.
+            let text = line.strip_prefix(PREFIX).unwrap_or(line).trim();
+            let _ = kmsg.write_all(format!("<5>kios-e2e: {text}\n").as_bytes());
         }
     }
 }

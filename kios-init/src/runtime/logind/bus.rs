@@ -150,7 +150,18 @@ impl Bus {
         self.reply_from(LOGIND_UNIQUE, call, body)
     }
 
+    /// An error reply. Its text often names what the caller sent (a path,
+    /// a member); it is cut to [`MAX_TEXT`] bytes so that the reply to the
+    /// largest call still fits in one message.
     pub fn error(&mut self, call: &Message, name: &str, text: &str) -> Message {
+        let mut text = text;
+        if text.len() > MAX_TEXT {
+            let mut end = MAX_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text = &text[..end];
+        }
         let serial = self.next_serial();
         let sender = if call.destination.as_deref() == Some(BUS_NAME) {
             BUS_NAME
@@ -847,5 +858,70 @@ mod tests {
         let signal = bus.prepare_for_shutdown(true);
         assert_eq!(signal.kind, Kind::Signal);
         assert_eq!(signal.body, vec![Value::Bool(true)]);
+    }
+
+    /// Error texts echo what the caller sent (a path, a member, a unit
+    /// name); a caller's largest message must still get an error reply
+    /// that fits in one message, or the server drops it and the caller
+    /// waits for ever.
+    #[test]
+    fn error_replies_to_the_largest_calls_still_encode() {
+        use crate::runtime::logind::wire::{decode, encode, MAX_MESSAGE};
+        let mut bus = Bus::new(1);
+        let mut c = client();
+        let shapes: [&dyn Fn(&str) -> Message; 11] = [
+            &|l| call("/nope", LOGIND_NAME, MANAGER, "Inhibit", vec![]).with_sender(l),
+            &|l| call(&format!("/{l}"), LOGIND_NAME, MANAGER, "Inhibit", vec![]),
+            &|l| call(LOGIND_PATH, LOGIND_NAME, MANAGER, l, vec![]),
+            &|l| call(LOGIND_PATH, LOGIND_NAME, l, "Get", vec![]),
+            &|l| call(BUS_PATH, BUS_NAME, BUS_NAME, l, vec![]),
+            &|l| call("/x", LOGIND_NAME, PEER, l, vec![]),
+            &|l| {
+                let body = vec![s(l), s("all"), Value::Int32(1)];
+                call(
+                    SYSTEMD_PATH,
+                    SYSTEMD_NAME,
+                    SYSTEMD_MANAGER,
+                    "KillUnit",
+                    body,
+                )
+            },
+            &|l| {
+                call(
+                    LOGIND_PATH,
+                    LOGIND_NAME,
+                    PROPERTIES,
+                    "Get",
+                    vec![s(MANAGER), s(l)],
+                )
+            },
+            &|l| {
+                call(
+                    LOGIND_PATH,
+                    LOGIND_NAME,
+                    PROPERTIES,
+                    "Get",
+                    vec![s(l), s("x")],
+                )
+            },
+            &|l| call(BUS_PATH, BUS_NAME, BUS_NAME, "RemoveMatch", vec![s(l)]),
+            &|l| call(BUS_PATH, BUS_NAME, BUS_NAME, "GetNameOwner", vec![s(l)]),
+        ];
+        // Each shape at the longest text whose call still fits.
+        let calls = shapes.map(|shape| {
+            (0..MAX_MESSAGE)
+                .rev()
+                .step_by(4)
+                .map(|n| shape(&"a".repeat(n)))
+                .find(|m| encode(m).is_ok())
+                .expect("some length fits")
+        });
+        for call in calls {
+            assert!(encode(&call).is_ok(), "the call itself fits");
+            let reply = sent(bus.handle(&mut c, &call));
+            assert_eq!(reply.kind, Kind::Error);
+            let bytes = encode(&reply).unwrap_or_else(|e| panic!("{e}: {:?}", reply.error_name));
+            assert!(bytes.len() <= MAX_MESSAGE && decode(&bytes).is_ok());
+        }
     }
 }

@@ -17,6 +17,8 @@ pub const MAX_HEADER_FIELDS: usize = 16;
 pub const MAX_FDS: u32 = 4;
 /// Deepest nesting of containers (arrays, structs, variants) in a value.
 pub const MAX_DEPTH: usize = 16;
+/// Longest bus name (the spec's limit).
+pub const MAX_BUS_NAME: usize = 255;
 /// Longest signature (the spec's limit).
 pub const MAX_SIGNATURE: usize = 255;
 
@@ -903,7 +905,7 @@ impl Message {
     pub fn method_return(serial: u32, call: &Message, body: Vec<Value>) -> Message {
         Message {
             reply_serial: Some(call.serial),
-            destination: call.sender.clone(),
+            destination: call.reply_destination(),
             body,
             ..Message::new(Kind::MethodReturn, serial)
         }
@@ -913,7 +915,7 @@ impl Message {
     pub fn error(serial: u32, call: &Message, name: &str, text: &str) -> Message {
         Message {
             reply_serial: Some(call.serial),
-            destination: call.sender.clone(),
+            destination: call.reply_destination(),
             error_name: Some(name.into()),
             body: vec![Value::Str(text.into())],
             ..Message::new(Kind::Error, serial)
@@ -935,6 +937,13 @@ impl Message {
             body,
             ..Message::new(Kind::Signal, serial)
         }
+    }
+
+    /// Where a reply to this message goes: its sender, if that can be a
+    /// bus name at all (at most [`MAX_BUS_NAME`] bytes). A longer one is
+    /// not echoed, so a reply is never larger than the call made it.
+    fn reply_destination(&self) -> Option<String> {
+        self.sender.clone().filter(|s| s.len() <= MAX_BUS_NAME)
     }
 
     pub fn with_sender(mut self, sender: &str) -> Message {
