@@ -68,7 +68,6 @@ fn fixture_paths() -> Paths {
         socket: dir.join("system.sock"),
         bus_socket: dir.join("system_bus_socket"),
         crio_socket: dir.join("crio.sock"),
-        bus_socket: dir.join("system_bus_socket"),
         etc_kubernetes: dir.join("kubernetes"),
         log_dir: dir.join("log"),
         inventory: dir.join("inventory"),
