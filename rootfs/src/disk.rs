@@ -472,6 +472,41 @@ mod tests {
     }
 
     #[test]
+    fn the_qcow2_holds_the_same_disk_and_is_reproducible() {
+        let dir = scratch("qcow2");
+        let efi = dir.join("kios.efi");
+        std::fs::write(&efi, b"MZ not really an executable").unwrap();
+        let build = |name: &str| {
+            let mut opts = DiskOptions::new(&efi, dir.join(format!("{name}.img")));
+            opts.size_mib = 96;
+            opts.epoch = 1_700_000_000;
+            opts.qcow2 = Some(dir.join(format!("{name}.qcow2")));
+            build_disk(&opts).unwrap();
+            std::fs::read(dir.join(format!("{name}.qcow2"))).unwrap()
+        };
+        let a = build("a");
+        let b = build("b");
+        assert!(a == b, "two qcow2 of the same disk differ");
+        let info = tool_output(
+            Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(dir.join("a.qcow2")),
+        );
+        assert!(info.contains("\"format\": \"qcow2\""), "{info}");
+        assert!(
+            info.contains(&format!("\"virtual-size\": {}", 96 * MIB)),
+            "{info}"
+        );
+        // Guest-visible contents identical to the raw image.
+        tool_output(
+            Command::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", "qcow2"])
+                .arg(dir.join("a.img"))
+                .arg(dir.join("a.qcow2")),
+        );
+    }
+
+    #[test]
     fn without_data_partition_and_too_small() {
         let dir = scratch("small");
         let efi = dir.join("kios.efi");
