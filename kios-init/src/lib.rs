@@ -12,7 +12,6 @@
 //! - `kmsg`: the kernel log, written by both halves.
 
 pub mod boot;
-pub mod kernlog;
 pub mod kmsg;
 pub mod kmsgread;
 pub mod runtime;

@@ -373,7 +373,9 @@ fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> Data
             // The errno alone hides the cause (ENOENT for a missing crc32c
             // driver); the kernel logged it.
             let messages = sys.kernel_messages();
-            if let Some(cause) = crate::kernlog::mount_failure_cause(&messages, "ext4", device) {
+            if let Some(cause) =
+                crate::boot::kernlog::mount_failure_cause(&messages, "ext4", device)
+            {
                 reason = format!("{reason}: {cause}");
             }
             crate::kerr!(

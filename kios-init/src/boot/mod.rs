@@ -9,6 +9,7 @@ pub mod argv;
 pub mod datapart;
 pub mod gpt;
 pub mod grace;
+pub mod kernlog;
 pub mod milestones;
 pub mod modules;
 pub mod mounts;

@@ -122,10 +122,7 @@ impl State {
     pub fn status(&self, now: Now) -> StatusReply {
         let kubelet_pid = self.kubelet_pid();
         let boot_ms = self.milestones.start_epoch_ms();
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default();
+        let hostname = self.sys.hostname().unwrap_or_default();
         StatusReply {
             node: NodeStatus {
                 hostname,
@@ -351,5 +348,19 @@ pub mod testing {
             sys.clone(),
         );
         TestState { state, sys }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::test_state;
+    use crate::sys::Sys;
+
+    #[test]
+    fn status_names_the_node_as_the_machine_does() {
+        let t = test_state();
+        t.sys.sethostname("worker-7").unwrap();
+        let now = crate::runtime::supervisor::Now::current();
+        assert_eq!(t.state.status(now).node.hostname, "worker-7");
     }
 }

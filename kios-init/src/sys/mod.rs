@@ -88,7 +88,7 @@ pub trait Sys: Send + Sync {
     /// uname -r.
     fn kernel_release(&self) -> io::Result<String>;
     /// The kernel's recent log messages, oldest first (see
-    /// [`crate::kernlog`]); empty when they cannot be read.
+    /// [`crate::boot::kernlog`]); empty when they cannot be read.
     fn kernel_messages(&self) -> Vec<String>;
     /// Set IFF_UP on a network interface.
     fn set_link_up(&self, ifname: &str) -> io::Result<()>;
@@ -352,7 +352,7 @@ impl Sys for LinuxSys {
     }
 
     fn kernel_messages(&self) -> Vec<String> {
-        crate::kernlog::recent_kernel_messages()
+        crate::boot::kernlog::recent_kernel_messages()
     }
 
     fn set_link_up(&self, ifname: &str) -> io::Result<()> {
