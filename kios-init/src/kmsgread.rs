@@ -144,8 +144,8 @@ impl Source for Device {
 
 fn uptime_usec() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some((secs * 1e6) as u64)
+    let us = crate::decimal::scaled(text.split_whitespace().next()?, 1_000_000)?;
+    u64::try_from(us).ok()
 }
 
 /// Init's own lines kept in memory (`kios.log=stderr`), numbered and

@@ -12,6 +12,7 @@
 //! - `kmsg`: the kernel log, written by both halves.
 
 pub mod boot;
+pub mod decimal;
 pub mod kmsg;
 pub mod kmsgread;
 pub mod runtime;

@@ -342,7 +342,11 @@ pub fn setup(
         }
         _ => match wait_for_device(sys, spec, timeout, &mut warnings) {
             None => {
-                let reason = format!("not found within {}s", timeout.as_secs_f64());
+                let reason = if timeout.subsec_millis() == 0 {
+                    format!("not found within {}s", timeout.as_secs())
+                } else {
+                    format!("not found within {}ms", timeout.as_millis())
+                };
                 crate::kerr!("DATA PARTITION MISSING: {} {reason}; continuing without it (node state is ephemeral)", spec.describe());
                 DatapartStatus::Missing {
                     wanted: spec.describe(),

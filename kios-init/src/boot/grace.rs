@@ -45,7 +45,8 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
     if rest.is_empty() {
         return Err(invalid());
     }
-    let mut total_ns: f64 = 0.0;
+    let out_of_range = || DurationError::OutOfRange(s.to_string());
+    let mut total_ns: u128 = 0;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -54,31 +55,33 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
             return Err(invalid());
         }
-        let value: f64 = num.parse().map_err(|_| invalid())?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        let scale = match unit {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+        let unit_ns: u64 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(invalid()),
         };
-        total_ns += value * scale;
+        // Digits and one dot at most: only an overflow fails here.
+        let ns = crate::decimal::scaled(num, unit_ns).ok_or_else(out_of_range)?;
+        total_ns = total_ns.checked_add(ns).ok_or_else(out_of_range)?;
     }
-    if neg && total_ns > 0.0 {
+    if neg && total_ns > 0 {
         return Err(DurationError::Negative(s.to_string()));
     }
-    if !total_ns.is_finite() || total_ns > MAX_GRACE.as_nanos() as f64 {
-        return Err(DurationError::OutOfRange(s.to_string()));
+    if total_ns > MAX_GRACE.as_nanos() {
+        return Err(out_of_range());
     }
-    Ok(Duration::from_nanos(total_ns.round() as u64))
+    // At most MAX_GRACE: fits in u64 nanoseconds.
+    Ok(Duration::from_nanos(total_ns as u64))
 }
 
 fn unquote(v: &str) -> &str {

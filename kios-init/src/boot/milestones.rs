@@ -12,8 +12,8 @@ pub struct Milestone {
     pub name: String,
     /// Wall clock, milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// Milliseconds since [`Milestones::new`] (monotonic clock).
-    pub offset_ms: f64,
+    /// Microseconds since [`Milestones::new`] (monotonic clock).
+    pub offset_us: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -45,11 +45,11 @@ impl Milestones {
         if self.list.len() >= MILESTONE_LIMIT {
             return;
         }
-        let offset_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let offset_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.list.push(Milestone {
             name: name.to_string(),
             at_ms: epoch_ms(),
-            offset_ms,
+            offset_us,
         });
     }
 
@@ -89,8 +89,7 @@ mod tests {
         assert!(m
             .list()
             .windows(2)
-            .all(|w| w[0].offset_ms <= w[1].offset_ms));
-        assert!(m.list()[0].offset_ms >= 0.0);
+            .all(|w| w[0].offset_us <= w[1].offset_us));
         assert!(m.list()[0].at_ms >= m.start_epoch_ms());
     }
 

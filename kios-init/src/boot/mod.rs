@@ -105,17 +105,16 @@ pub fn cmdline_params(cmdline: &str) -> Vec<(String, String)> {
 }
 
 fn parse_timeout(v: &str) -> Result<Duration, String> {
-    let secs: f64 = v
-        .trim()
-        .parse()
-        .map_err(|_| format!("kios.datapart_timeout={v:?}: not a number of seconds"))?;
-    if !secs.is_finite() || secs < 0.0 || secs > MAX_DATAPART_TIMEOUT.as_secs_f64() {
+    let nanos = crate::decimal::scaled(v.trim(), 1_000_000_000)
+        .ok_or_else(|| format!("kios.datapart_timeout={v:?}: not a number of seconds"))?;
+    if nanos > MAX_DATAPART_TIMEOUT.as_nanos() {
         return Err(format!(
             "kios.datapart_timeout={v:?}: out of range 0..={}",
             MAX_DATAPART_TIMEOUT.as_secs()
         ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // At most MAX_DATAPART_TIMEOUT: fits in u64 nanoseconds.
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
 fn parse_power_button(v: &str) -> Result<bool, String> {
@@ -257,7 +256,11 @@ fn mark(ms: &mut Milestones, name: &str) {
     if let Some(m) = ms.list().last() {
         crate::kmsg::log(
             kmsg::Level::Debug,
-            format_args!("milestone {} at {:.2} ms", m.name, m.offset_ms),
+            format_args!(
+                "milestone {} at {} ms",
+                m.name,
+                crate::decimal::Millis::new(m.offset_us, 2)
+            ),
         );
     }
 }
@@ -328,8 +331,8 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
     mark(ms, "network");
 
     crate::kinfo!(
-        "boot done in {:.1} ms: hostname {}, data partition {}",
-        ms.list().last().map(|m| m.offset_ms).unwrap_or(0.0),
+        "boot done in {} ms: hostname {}, data partition {}",
+        crate::decimal::Millis::new(ms.list().last().map_or(0, |m| m.offset_us), 1),
         net.hostname,
         match &datapart {
             DatapartStatus::Disabled => "disabled".to_string(),

@@ -158,8 +158,11 @@ pub fn run_plan(sys: &dyn Sys, plan: &[MountStep]) -> PlanReport {
             crate::kmsg::log(
                 crate::kmsg::Level::Debug,
                 format_args!(
-                    "slow mount step {step:?}: {:.2} ms",
-                    took.as_secs_f64() * 1000.0
+                    "slow mount step {step:?}: {} ms",
+                    crate::decimal::Millis::new(
+                        u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                        2
+                    )
                 ),
             );
         }

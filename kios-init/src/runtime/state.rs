@@ -301,7 +301,7 @@ fn to_wire_milestone(m: &crate::boot::milestones::Milestone) -> kios_protocol::M
     kios_protocol::Milestone {
         name: m.name.clone(),
         at_ms: m.at_ms,
-        offset_ms: m.offset_ms,
+        offset_ms: m.offset_us as f64 / 1000.0,
     }
 }
 
