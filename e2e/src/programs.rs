@@ -95,6 +95,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("ls", "coreutils"),
     ("mkdir", "coreutils"),
     ("mkfs.ext4", "e2fsprogs"),
+    ("mkfs.vfat", "dosfstools"),
     ("mktemp", "coreutils"),
     ("mount", "mount"),
     ("mv", "coreutils"),

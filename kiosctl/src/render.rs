@@ -260,6 +260,14 @@ pub fn status(reply: &StatusReply, view: View) -> String {
     let node = &reply.node;
     let datapart = match &node.datapart {
         None => "none (datapart=none: nothing persists)".to_string(),
+        Some(d) if d.mounted && d.read_only => view.painter.paint(
+            &format!(
+                "{} (mounted READ-ONLY): {}",
+                d.device.as_deref().unwrap_or("?"),
+                d.problem.as_deref().unwrap_or("the device refuses writes")
+            ),
+            Color::Yellow,
+        ),
         Some(d) if d.mounted => format!("{} (mounted)", d.device.as_deref().unwrap_or("?")),
         Some(d) => {
             let problem = d.problem.as_deref().unwrap_or("not mounted");

@@ -75,6 +75,30 @@ fn status_no_headers_is_the_service_rows() {
 }
 
 #[test]
+fn status_shows_a_read_only_data_partition() {
+    let mut reply = fx::status_healthy();
+    if let Some(d) = reply.node.datapart.as_mut() {
+        d.read_only = true;
+        d.problem = Some(
+            "/dev/vda1 is write-protected (Permission denied (os error 13)); mounted read-only"
+                .into(),
+        );
+    }
+    let (dir, _node) = node("status-ro", vec![("status", one(fx::status_line(&reply)))]);
+    let r = run(&dir.path, &["status"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.lines().any(|l| l
+            == "datapart   /dev/vda1 (mounted READ-ONLY): /dev/vda1 is write-protected (Permission denied (os error 13)); mounted read-only"),
+        "{}",
+        r.stdout
+    );
+    let json = run(&dir.path, &["status", "-o", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("one JSON document");
+    assert_eq!(value["node"]["datapart"]["read_only"], true);
+}
+
+#[test]
 fn status_of_a_troubled_node() {
     let (dir, _node) = node(
         "status-t",

@@ -119,9 +119,14 @@ pub struct DatapartStatus {
     /// What `datapart=` asked for: `auto` or a device path.
     #[serde(default)]
     pub wanted: String,
-    /// Why it is not mounted, when it is not.
+    /// Why it is not mounted, when it is not; why it is read-only, when
+    /// it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Mounted read-only: the device refused writes, nothing the node
+    /// writes persists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// Phases of a shutdown, in order.

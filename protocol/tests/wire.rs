@@ -399,6 +399,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
                 mounted: true,
                 wanted: "auto".into(),
                 problem: None,
+                read_only: false,
             }),
             shutdown: Some(ShutdownStatus {
                 phase: ShutdownPhase::Draining,

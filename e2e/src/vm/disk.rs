@@ -36,11 +36,25 @@ pub const LAYOUT_DIRS: &[&str] = &[
     "modules",
 ];
 
+/// The file system a disk's partition is formatted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionFormat {
+    /// ext4 with the kiOS layout (`mkfs.ext4 -d`).
+    Ext4,
+    /// FAT (`mkfs.vfat`), empty: a partition that is not ext4.
+    Vfat,
+}
+
 /// What goes on a fresh data partition.
 #[derive(Debug, Clone)]
 pub struct DiskLayout {
     /// Size of the ext4 partition in MiB.
     pub size_mib: u64,
+    /// The partition's GPT type GUID ([`DATA_PARTITION_TYPE`] unless a test
+    /// wants a disk without a kiOS data partition).
+    pub partition_type: String,
+    /// Its file system (ext4 unless a test wants another).
+    pub format: PartitionFormat,
     /// Files of the /etc overlay: path relative to /etc (e.g.
     /// `kubernetes/node-labels`) and content; they land in `meta/etc/`.
     pub etc: Vec<(String, Vec<u8>)>,
@@ -52,6 +66,8 @@ impl Default for DiskLayout {
     fn default() -> DiskLayout {
         DiskLayout {
             size_mib: 64,
+            partition_type: DATA_PARTITION_TYPE.to_owned(),
+            format: PartitionFormat::Ext4,
             etc: Vec::new(),
             log: Vec::new(),
         }
@@ -137,14 +153,23 @@ impl DataDisk {
         let partition_bytes = layout.size_mib.max(16) * MIB;
         let part = dir.join("datapart.ext4");
         let _ = fs::remove_file(&part);
-        run_tool(
-            Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-L", "kios-data", "-E", "root_owner=0:0", "-d"])
-                .arg(&staging)
-                .arg(&part)
-                .arg(format!("{}k", partition_bytes / 1024)),
-            "mkfs.ext4",
-        )?;
+        match layout.format {
+            PartitionFormat::Ext4 => run_tool(
+                Command::new("mkfs.ext4")
+                    .args(["-q", "-F", "-L", "kios-data", "-E", "root_owner=0:0", "-d"])
+                    .arg(&staging)
+                    .arg(&part)
+                    .arg(format!("{}k", partition_bytes / 1024)),
+                "mkfs.ext4",
+            )?,
+            PartitionFormat::Vfat => run_tool(
+                Command::new("mkfs.vfat")
+                    .args(["-n", "KIOS-DATA", "-C"])
+                    .arg(&part)
+                    .arg(format!("{}", partition_bytes / 1024)),
+                "mkfs.vfat",
+            )?,
+        };
 
         // GPT: 1 MiB before the partition, 1 MiB after it for the backup table.
         let image = dir.join("disk.img");
@@ -159,7 +184,7 @@ impl DataDisk {
             Command::new("sgdisk")
                 .arg("--clear")
                 .arg(format!("--new=1:{PARTITION_START_SECTOR}:{end_sector}"))
-                .arg(format!("--typecode=1:{DATA_PARTITION_TYPE}"))
+                .arg(format!("--typecode=1:{}", layout.partition_type))
                 .arg("--change-name=1:kios-data")
                 .arg(&image),
             "sgdisk",
@@ -181,6 +206,32 @@ impl DataDisk {
 
     fn offset(&self) -> u64 {
         self.partition_offset
+    }
+
+    /// Where the partition starts in the disk image, in bytes.
+    pub fn partition_offset(&self) -> u64 {
+        self.partition_offset
+    }
+
+    /// Overwrites bytes of the partition at `offset` from its start (VM
+    /// stopped), e.g. to damage its superblock.
+    pub fn patch_partition(&self, offset: u64, bytes: &[u8]) -> Result<(), VmError> {
+        if offset + bytes.len() as u64 > self.partition_bytes {
+            return Err(VmError::Disk(format!(
+                "patch at {offset} (+{}) is outside the {}-byte partition",
+                bytes.len(),
+                self.partition_bytes
+            )));
+        }
+        let mut disk = OpenOptions::new()
+            .write(true)
+            .open(&self.image)
+            .map_err(|e| VmError::io("open", &self.image, e))?;
+        disk.seek(SeekFrom::Start(self.offset() + offset))
+            .map_err(|e| VmError::io("seek", &self.image, e))?;
+        disk.write_all(bytes)
+            .map_err(|e| VmError::io("write", &self.image, e))?;
+        Ok(())
     }
 
     /// Copies the partition out of the disk into `<dir>/<name>`.

@@ -34,7 +34,7 @@ use std::process::Command;
 use thiserror::Error;
 
 pub use console::{starts, AdminCommand, Console, Started};
-pub use disk::{DataDisk, DiskLayout};
+pub use disk::{DataDisk, DiskLayout, PartitionFormat};
 pub use firmware::Firmware;
 pub use image::{build_image, ImageConfig};
 pub use kernel::{kernel, Kernel};
@@ -115,6 +115,7 @@ fn package_of(tool: &str) -> &'static str {
         "qemu-system-x86_64" => "apt-get install qemu-system-x86",
         "sgdisk" => "apt-get install gdisk",
         "mkfs.ext4" | "e2fsck" | "debugfs" | "dumpe2fs" => "apt-get install e2fsprogs",
+        "mkfs.vfat" => "apt-get install dosfstools",
         "depmod" => "apt-get install kmod",
         "dpkg-deb" => "apt-get install dpkg-dev",
         "apt-get" | "apt-cache" => "a Debian system with apt",

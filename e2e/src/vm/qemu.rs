@@ -37,6 +37,9 @@ pub struct VmConfig {
     pub initramfs: PathBuf,
     /// The raw data disk (virtio-blk), if any.
     pub disk: Option<PathBuf>,
+    /// Attach the disk read-only (`readonly=on`): the guest sees a
+    /// write-protected device.
+    pub disk_readonly: bool,
     pub memory_mib: u32,
     /// Kernel command line words after the harness's own
     /// (`console=ttyS0 panic=-1`); e.g. `datapart=auto`.
@@ -59,6 +62,7 @@ impl VmConfig {
             kernel: kernel.clone(),
             initramfs: initramfs.to_owned(),
             disk: None,
+            disk_readonly: false,
             memory_mib: 512,
             cmdline: vec!["datapart=auto".into()],
             allow_reboot: false,
@@ -117,8 +121,13 @@ impl VmConfig {
         if let Some(disk) = &self.disk {
             args.push("-drive".into());
             args.push(format!(
-                "file={},format=raw,if=virtio,cache=writeback",
-                disk.display()
+                "file={},format=raw,if=virtio,cache=writeback{}",
+                disk.display(),
+                if self.disk_readonly {
+                    ",readonly=on"
+                } else {
+                    ""
+                }
             ));
         }
         if !self.allow_reboot {
@@ -390,6 +399,13 @@ mod tests {
         assert!(joined.contains("-kernel /k/vmlinux"));
         let append = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(args[append + 1], "console=ttyS0 panic=-1 datapart=auto");
+        assert!(!joined.contains("readonly=on"), "{joined}");
+        config.disk_readonly = true;
+        assert!(config
+            .qemu_args()
+            .join(" ")
+            .contains("-drive file=/t/disk.img,format=raw,if=virtio,cache=writeback,readonly=on"));
+        config.disk_readonly = false;
         config.allow_reboot = true;
         assert!(!config.qemu_args().contains(&"-no-reboot".to_owned()));
 

@@ -16,6 +16,14 @@
 //! on the partition are created. The partition itself is mounted at
 //! [`DATAPART_MOUNT`] nodev,noexec,nosuid: only container storage and pod
 //! volumes, where containers run programs, get exec (and suid) back.
+//!
+//! A write-protected device (the kernel refuses a read-write mount with
+//! EACCES or EROFS) is mounted read-only instead ([`DatapartStatus::ReadOnly`])
+//! with [`READ_ONLY_LAYOUT_PLAN`]: its /etc is the overlay's lower layer
+//! under an upper layer on /run (the node's configuration is used, what is
+//! written there is lost at shutdown), its modules are bound as usual, and
+//! /var/log, container storage, pod volumes and /var/meta stay on the image
+//! (ephemeral), so nothing that writes fails for want of a writable disk.
 
 use crate::boot::gpt;
 use crate::boot::mounts::{self, BindWhen, MountStep};
@@ -94,6 +102,12 @@ pub enum DatapartStatus {
     Disabled,
     Mounted {
         device: String,
+    },
+    /// Mounted read-only (the device refused writes): its /etc is used,
+    /// nothing the node writes persists.
+    ReadOnly {
+        device: String,
+        reason: String,
     },
     /// Wanted but not mounted; the node runs without it.
     Missing {
@@ -317,6 +331,43 @@ pub const LAYOUT_PLAN: &[MountStep] = &[
     },
 ];
 
+/// Where the /etc overlay's upper and work directories live when the
+/// partition is read-only (on /run's tmpfs: one file system, as overlay
+/// wants).
+pub const READ_ONLY_ETC_UPPER: &str = "/run/kios/etc-upper";
+pub const READ_ONLY_ETC_WORK: &str = "/run/kios/etc-work";
+
+/// The layout of a read-only partition: the partition's /etc over the
+/// image's, both read-only lower layers under an ephemeral upper layer on
+/// /run, and its modules. Nothing that the node writes goes to it.
+pub const READ_ONLY_LAYOUT_PLAN: &[MountStep] = &[
+    MountStep::Mkdir {
+        path: READ_ONLY_ETC_UPPER,
+        mode: 0o755,
+    },
+    MountStep::Mkdir {
+        path: READ_ONLY_ETC_WORK,
+        mode: 0o700,
+    },
+    MountStep::Mount {
+        source: "overlay",
+        target: "/etc",
+        fstype: "overlay",
+        flags: 0,
+        data: Some(concat!(
+            "lowerdir=",
+            on_part!("meta/etc"),
+            ":/etc,upperdir=/run/kios/etc-upper,workdir=/run/kios/etc-work"
+        )),
+    },
+    MountStep::Bind {
+        source: on_part!("modules"),
+        target: "/lib/modules",
+        flags: MS_RDONLY | MS_NOSUID | MS_NODEV,
+        when: BindWhen::SourceNotEmpty,
+    },
+];
+
 /// With or without a partition (after the /etc overlay): /etc/seccomp
 /// onto /var/lib/kubelet/seccomp, where the kubelet looks for seccomp
 /// profiles; nothing when the image has none.
@@ -360,36 +411,51 @@ pub fn setup(
     (status, warnings)
 }
 
+/// Whether a mount error means the device refuses writes: the block
+/// layer answers a read-write open of a read-only device with EACCES, some
+/// drivers and file systems with EROFS.
+fn is_write_protected(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EROFS))
+}
+
+fn mount_ext4(sys: &dyn Sys, device: &str, flags: crate::sys::MountFlags) -> std::io::Result<()> {
+    sys.mount(&MountCall {
+        source: Some(device),
+        target: Path::new(DATAPART_MOUNT),
+        fstype: Some("ext4"),
+        flags,
+        data: None,
+    })
+}
+
+/// The reason of a failed mount: the error, and what the kernel logged
+/// about it (the errno alone hides the cause: ENOENT for a missing crc32c
+/// driver, EINVAL for "not ext4", EBADMSG for a bad checksum).
+fn mount_failure(sys: &dyn Sys, device: &str, what: &str, e: &std::io::Error) -> String {
+    let mut reason = format!("mount {what} {device} on {DATAPART_MOUNT}: {e}");
+    let messages = sys.kernel_messages();
+    if let Some(cause) = crate::boot::kernlog::mount_failure_cause(&messages, "ext4", device) {
+        reason = format!("{reason}: {cause}");
+    }
+    reason
+}
+
+fn missing(device: &str, reason: String) -> DatapartStatus {
+    crate::kerr!(
+        "DATA PARTITION MISSING: {reason}; continuing without it (node state is ephemeral)"
+    );
+    DatapartStatus::Missing {
+        wanted: device.to_string(),
+        reason,
+    }
+}
+
 fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> DatapartStatus {
     let root = Path::new(DATAPART_MOUNT);
-    let r = sys.create_dir_all(root, 0o700).and_then(|()| {
-        sys.mount(&MountCall {
-            source: Some(device),
-            target: root,
-            fstype: Some("ext4"),
-            flags: NO_PROGRAMS,
-            data: None,
-        })
-    });
-    match r {
-        Err(e) => {
-            let mut reason = format!("mount ext4 {device} on {DATAPART_MOUNT}: {e}");
-            // The errno alone hides the cause (ENOENT for a missing crc32c
-            // driver); the kernel logged it.
-            let messages = sys.kernel_messages();
-            if let Some(cause) =
-                crate::boot::kernlog::mount_failure_cause(&messages, "ext4", device)
-            {
-                reason = format!("{reason}: {cause}");
-            }
-            crate::kerr!(
-                "DATA PARTITION MISSING: {reason}; continuing without it (node state is ephemeral)"
-            );
-            DatapartStatus::Missing {
-                wanted: device.to_string(),
-                reason,
-            }
-        }
+    if let Err(e) = sys.create_dir_all(root, 0o700) {
+        return missing(device, format!("create {DATAPART_MOUNT}: {e}"));
+    }
+    match mount_ext4(sys, device, NO_PROGRAMS) {
         Ok(()) => {
             remember_device(device);
             crate::kinfo!("data partition {device} mounted on {DATAPART_MOUNT}");
@@ -398,6 +464,33 @@ fn mount_device(sys: &dyn Sys, device: &str, warnings: &mut Vec<String>) -> Data
                 device: device.to_string(),
             }
         }
+        Err(e) if is_write_protected(&e) => {
+            let rw = mount_failure(sys, device, "ext4", &e);
+            match mount_ext4(sys, device, NO_PROGRAMS | MS_RDONLY) {
+                Err(ro) => missing(
+                    device,
+                    format!(
+                        "{rw}; {}",
+                        mount_failure(sys, device, "ext4 read-only", &ro)
+                    ),
+                ),
+                Ok(()) => {
+                    remember_device(device);
+                    let reason = format!(
+                        "{device} is write-protected ({e}); mounted read-only: its /etc is used, \
+                         /var/log, container storage and pod volumes are ephemeral"
+                    );
+                    crate::kerr!("DATA PARTITION READ-ONLY: {reason}");
+                    warnings.push(format!("data partition read-only: {reason}"));
+                    warnings.extend(mounts::run_plan(sys, READ_ONLY_LAYOUT_PLAN).failures);
+                    DatapartStatus::ReadOnly {
+                        device: device.to_string(),
+                        reason,
+                    }
+                }
+            }
+        }
+        Err(e) => missing(device, mount_failure(sys, device, "ext4", &e)),
     }
 }
 
@@ -651,6 +744,124 @@ mod tests {
                 "{reason}"
             ),
             other => panic!("expected Missing, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_write_protected_device_is_mounted_read_only_with_its_etc() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.add_file("/run/kios/datapart/modules/6.1.0/modules.dep", "");
+        // The block layer refuses a read-write open of a read-only device.
+        sys.fail("mount", "/run/kios/datapart", libc::EACCES);
+        let (status, w) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        match &status {
+            DatapartStatus::ReadOnly { device, reason } => {
+                assert_eq!(device, "/dev/vda1");
+                assert!(
+                    reason.starts_with("/dev/vda1 is write-protected (Permission denied (os error 13)); mounted read-only"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected ReadOnly, got {other:?}"),
+        }
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("data partition read-only: "), "{w:?}");
+        let m = layout_targets(&sys);
+        let want: Vec<(String, u64)> = vec![
+            ("/run/kios/datapart".into(), NO_PROGRAMS),
+            ("/run/kios/datapart".into(), NO_PROGRAMS | MS_RDONLY),
+            ("/etc".into(), 0),
+            ("/lib/modules".into(), MS_BIND),
+            (
+                "/lib/modules".into(),
+                MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV,
+            ),
+        ];
+        assert_eq!(m, want, "nothing that is written lands on the partition");
+        assert!(sys.calls().iter().any(|c| matches!(c, Call::Mount { fstype: Some(f), data: Some(d), .. }
+            if f == "overlay" && d == "lowerdir=/run/kios/datapart/meta/etc:/etc,upperdir=/run/kios/etc-upper,workdir=/run/kios/etc-work")));
+        assert!(
+            !sys.calls()
+                .iter()
+                .any(|c| matches!(c, Call::Mkdir(d, _) if d.starts_with(DATAPART_MOUNT))),
+            "no directory is created on a read-only partition"
+        );
+    }
+
+    #[test]
+    fn erofs_is_write_protection_too_and_a_failing_read_only_mount_is_missing() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.fail("mount", "/run/kios/datapart", libc::EROFS);
+        sys.fail("mount", "/run/kios/datapart", libc::EINVAL);
+        let (status, _) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        match status {
+            DatapartStatus::Missing { wanted, reason } => {
+                assert_eq!(wanted, "/dev/vda1");
+                assert!(reason.starts_with("mount ext4 /dev/vda1 on /run/kios/datapart: Read-only file system (os error 30); mount ext4 read-only /dev/vda1 on /run/kios/datapart: Invalid argument (os error 22)"), "{reason}");
+            }
+            other => panic!("expected Missing, got {other:?}"),
+        }
+        assert_eq!(
+            sys.mounts().len(),
+            2,
+            "a read-write and a read-only attempt, nothing of a layout"
+        );
+    }
+
+    #[test]
+    fn a_read_write_refusal_for_another_cause_is_not_retried_read_only() {
+        let sys = FakeSys::new();
+        sys.add_file("/dev/vda1", "");
+        sys.add_file(
+            "/dev/kmsg",
+            "EXT4-fs (vda1): VFS: Found ext4 filesystem with invalid superblock checksum.  Run e2fsck?\n",
+        );
+        sys.fail("mount", "/run/kios/datapart", libc::EBADMSG);
+        let (status, _) = setup(
+            &sys,
+            &DatapartSpec::Device("/dev/vda1".into()),
+            Duration::ZERO,
+        );
+        match status {
+            DatapartStatus::Missing { reason, .. } => assert!(
+                reason.ends_with("the kernel said: EXT4-fs (vda1): VFS: Found ext4 filesystem with invalid superblock checksum.  Run e2fsck?"),
+                "{reason}"
+            ),
+            other => panic!("expected Missing, got {other:?}"),
+        }
+        let mounts = sys
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Mount { .. }))
+            .count();
+        assert_eq!(mounts, 1, "one attempt only");
+    }
+
+    #[test]
+    fn the_read_only_layout_writes_nothing_to_the_partition() {
+        for step in READ_ONLY_LAYOUT_PLAN {
+            match step {
+                MountStep::Mkdir { path, .. } => assert!(path.starts_with("/run/kios/etc-")),
+                MountStep::Bind { flags, .. } => assert!(flags & MS_RDONLY != 0),
+                MountStep::Mount { target, data, .. } => {
+                    assert_eq!(*target, "/etc");
+                    let upper = data
+                        .and_then(|d| d.split(',').find_map(|o| o.strip_prefix("upperdir=")))
+                        .unwrap();
+                    assert_eq!(upper, READ_ONLY_ETC_UPPER);
+                }
+                MountStep::MakeShared { .. } => panic!("the layout shares nothing"),
+            }
         }
     }
 

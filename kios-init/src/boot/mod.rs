@@ -337,6 +337,7 @@ pub fn early_boot(sys: &dyn Sys, cfg: &BootConfig, ms: &mut Milestones) -> BootR
         match &datapart {
             DatapartStatus::Disabled => "disabled".to_string(),
             DatapartStatus::Mounted { device } => format!("mounted from {device}"),
+            DatapartStatus::ReadOnly { device, .. } => format!("READ-ONLY from {device}"),
             DatapartStatus::Missing { wanted, .. } => format!("MISSING ({wanted})"),
         }
     );

@@ -246,12 +246,21 @@ pub fn node_info(report: &crate::boot::BootReport) -> NodeInfo {
             mounted: true,
             wanted: wanted_text,
             problem: None,
+            read_only: false,
+        }),
+        Boot::ReadOnly { device, reason } => Some(kios_protocol::DatapartStatus {
+            device: Some(device.clone()),
+            mounted: true,
+            wanted: wanted_text,
+            problem: Some(reason.clone()),
+            read_only: true,
         }),
         Boot::Missing { wanted, reason } => Some(kios_protocol::DatapartStatus {
             device: None,
             mounted: false,
             wanted: wanted.clone(),
             problem: Some(reason.clone()),
+            read_only: false,
         }),
     };
     let kernel = nix::sys::utsname::uname()

@@ -48,6 +48,7 @@ pub fn status_healthy() -> StatusReply {
                 mounted: true,
                 wanted: "auto".into(),
                 problem: None,
+                read_only: false,
             }),
             shutdown: None,
             graceful_shutdown_armed: true,
@@ -113,6 +114,7 @@ pub fn status_troubled() -> StatusReply {
                 mounted: false,
                 wanted: "auto".into(),
                 problem: Some("no partition with the kiOS type GUID appeared within 30s".into()),
+                read_only: false,
             }),
             shutdown: Some(ShutdownStatus {
                 phase: ShutdownPhase::Draining,
