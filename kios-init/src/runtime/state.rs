@@ -256,6 +256,15 @@ impl State {
             RestartAction::AlreadyStopping { pid } => Some(pid),
             RestartAction::StartWhenReady => None,
             RestartAction::ShuttingDown => return Err(shutting_down()),
+            RestartAction::Busy => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "{} restarts of {name} are already waiting; try again later",
+                        crate::runtime::supervisor::MAX_PENDING_RESTARTS
+                    ),
+                ))
+            }
         };
         self.service_changed(name);
         Ok(RestartReply {
