@@ -146,6 +146,7 @@ impl State {
                     })
                     .collect(),
                 previous_shutdown: self.audit.previous_shutdown(),
+                log_lines_dropped: self.logs.lines_dropped(),
             },
             services: self.supervisor.statuses(),
             clients: self.clients.infos(kubelet_pid),
