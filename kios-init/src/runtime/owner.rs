@@ -88,6 +88,10 @@ pub struct Owner {
     stop_serving: Rc<Notify>,
     /// Blocking steps that ended inline, not yet told to the shutdown.
     pending: Vec<Job>,
+    /// Service output went to `logs -f` followers: let their tasks write it
+    /// before the next event, so a burst of output does not fill the
+    /// queue of a follower that reads (and cut it off).
+    followers_fed: bool,
 }
 
 /// The facts the shutdown machine asks about, read from the state.
@@ -135,6 +139,7 @@ impl Owner {
             power_button,
             stop_serving,
             pending: Vec::new(),
+            followers_fed: false,
         }
     }
 
@@ -166,13 +171,16 @@ impl Owner {
         .min()
     }
 
-    /// Whether the shutdown waits for client tasks to run once.
+    /// Whether client tasks must run once before the next event: the
+    /// shutdown waits for them to write what is queued, or log lines were
+    /// just queued for followers.
     pub fn wants_turn(&self) -> bool {
-        self.state.shutdown.wants_turn()
+        self.followers_fed || self.state.shutdown.wants_turn()
     }
 
     /// The event loop turned once (see [`Owner::wants_turn`]).
     pub fn turn_passed(&mut self) {
+        self.followers_fed = false;
         self.state.shutdown.turn_passed();
     }
 
@@ -193,7 +201,9 @@ impl Owner {
             Event::InotifyFailed => self.inotify = None,
             Event::Output { service, lines } => {
                 for line in lines {
-                    self.state.log_line(service, line, now.epoch_ms);
+                    if self.state.log_line(service, line, now.epoch_ms) > 0 {
+                        self.followers_fed = true;
+                    }
                 }
             }
             Event::PowerButton { device } => {

@@ -231,9 +231,11 @@ impl State {
     }
 
     /// One line of a service's output.
-    pub fn log_line(&mut self, service: ServiceName, line: String, now_ms: u64) {
-        self.clients.emit_log(service, now_ms, &line);
+    /// Returns how many followers it was queued for.
+    pub fn log_line(&mut self, service: ServiceName, line: String, now_ms: u64) -> usize {
+        let followers = self.clients.emit_log(service, now_ms, &line);
         self.logs.line(service, line);
+        followers
     }
 
     /// `restart <service>` (and the legacy 0x03/0x04, and the kubelet
