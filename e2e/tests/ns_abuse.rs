@@ -409,7 +409,7 @@ fn a_hundred_concurrent_restarts_never_run_two_kubelets() -> Result<()> {
         .wait_service("kubelet", Duration::from_secs(120), |s| {
             s["state"] == "running" && s["restarts"].as_u64().unwrap_or(0) >= want
         })
-        .with_context(|| format!("{}", sandbox.diagnostics()))?;
+        .with_context(|| sandbox.diagnostics())?;
     // A kubelet stopped at once for the next queued restart may end before
     // it prints or connects; the last one connects.
     sandbox.wait_for("the last kubelet connected", DEFAULT_WAIT, || {
