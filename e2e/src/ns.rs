@@ -68,6 +68,7 @@ pub struct SandboxConfig {
     files: Vec<(String, Vec<u8>, u32)>,
     removed: Vec<String>,
     env: Vec<(String, String)>,
+    setup: Vec<String>,
     pristine: bool,
 }
 
@@ -88,8 +89,18 @@ impl SandboxConfig {
             files: Vec::new(),
             removed: Vec::new(),
             env: Vec::new(),
+            setup: Vec::new(),
             pristine: false,
         }
+    }
+
+    /// A shell command run inside the sandbox's mount namespace before init
+    /// starts, in the sandbox root (the working directory; paths relative,
+    /// e.g. `mount -t tmpfs -o size=64k kios-e2e-varlog var/log`). What it
+    /// mounts is the sandbox's alone, never the host's.
+    pub fn setup(mut self, command: &str) -> SandboxConfig {
+        self.setup.push(command.to_string());
+        self
     }
 
     /// Adds (or replaces) a file in the sandbox root, mode 0644.
@@ -245,10 +256,12 @@ impl Sandbox {
             "kios.power_button=off".to_string(),
         ];
         env.extend(config.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let setup: String = config.setup.iter().map(|c| format!("{c}\n")).collect();
         let script = format!(
             "set -e\n\
              mount -t overlay -o \"lowerdir=$1,upperdir=$2,workdir=$3\" {SANDBOX_ROOT_SOURCE} \"$4\"\n\
              cd \"$4\"\n\
+             {setup}\
              shift 4\n\
              chroot=$(command -v chroot)\n\
              exec env -i \"$@\" \"$chroot\" . /init\n"

@@ -1,13 +1,15 @@
 //! Namespace sandbox faults (issue 11): a cri-o that never creates its
-//! socket, a cri-o that dies before it is ready, and /etc/kubernetes files
-//! that are malformed, huge, binary or not files at all. Each time the
+//! socket, a cri-o that dies before it is ready, /etc/kubernetes files
+//! that are malformed, huge, binary or not files at all, and a full
+//! /var/log under a log flood. Each time the
 //! kernel log says what is wrong, `status` shows it, and the node keeps
 //! doing everything else, shutdown included.
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use kios_e2e::ns::{Sandbox, SandboxConfig, DEFAULT_WAIT};
+use nix::sys::signal::Signal;
 
 /// A sandbox whose kubelet evicts its pods in 100 ms at shutdown.
 fn fault(name: &str) -> SandboxConfig {
@@ -114,5 +116,92 @@ fn bad_etc_kubernetes_files_are_logged_and_the_kubelet_starts_without_them() -> 
         );
     }
     ensure!(sandbox.status()?["ok"] == true);
+    shuts_down(&sandbox)
+}
+
+/// `log_lines_dropped` of a status reply.
+fn lines_dropped(sandbox: &Sandbox) -> Result<u64> {
+    let status = sandbox.status()?;
+    status["node"]["log_lines_dropped"]
+        .as_u64()
+        .with_context(|| format!("no log_lines_dropped in {status}"))
+}
+
+#[test]
+fn a_full_var_log_drops_lines_with_a_count_and_blocks_nothing() -> Result<()> {
+    const FLOOD_LINES: u64 = 5_000;
+    // /var/log a 64 KiB tmpfs of the sandbox's own mount namespace: full
+    // after the first floods' few hundred lines.
+    let sandbox = Sandbox::boot_ready(
+        SandboxConfig::new("var-log-full")
+            .kubelet_conf(&format!(
+                "grace_ms=100\nflood_lines={FLOOD_LINES}\nflood_line_bytes=200\n"
+            ))
+            .setup("mount -t tmpfs -o size=64k,mode=0755 kios-e2e-varlog var/log"),
+    )?;
+    let full = sandbox
+        .mounts()?
+        .into_iter()
+        .any(|m| m.mount_point == "/var/log" && m.fstype == "tmpfs");
+    ensure!(
+        full,
+        "/var/log is not the small tmpfs: {:?}",
+        sandbox.mounts()?
+    );
+    ensure!(
+        lines_dropped(&sandbox)? == 0,
+        "lines dropped before the flood"
+    );
+
+    let kubelet = Sandbox::service(&sandbox.status()?, "kubelet")?["pid"]
+        .as_i64()
+        .context("kubelet pid")? as i32;
+    sandbox.kill_ns_pid(kubelet, Signal::SIGUSR1)?;
+    sandbox.wait_event("kubelet flood-done", Duration::from_secs(60))?;
+    let first = sandbox.wait_for("lines dropped", DEFAULT_WAIT, || {
+        lines_dropped(&sandbox).ok().filter(|n| *n > 0)
+    })?;
+    // A second flood: the count grows, the node goes on.
+    sandbox.kill_ns_pid(kubelet, Signal::SIGUSR1)?;
+    sandbox.wait_events("kubelet flood-done", 2, Duration::from_secs(60))?;
+    // With the disk full, every line of it is dropped and counted.
+    let second = sandbox
+        .wait_for("the whole second flood counted", DEFAULT_WAIT, || {
+            lines_dropped(&sandbox)
+                .ok()
+                .filter(|n| *n >= first + FLOOD_LINES)
+        })
+        .with_context(|| format!("dropped: {:?}", lines_dropped(&sandbox)))?;
+    // Every line still reached the in-memory tail.
+    let reply = sandbox.request("logs kubelet 5")?;
+    let last = format!("kubelet flood line {} ", FLOOD_LINES - 1);
+    ensure!(
+        reply["lines"].as_array().is_some_and(|lines| lines
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.starts_with(&last)))),
+        "the tail does not end with the flood: {reply}"
+    );
+    // Said once in the kernel log, not per line.
+    let log = sandbox.init_log();
+    let notices = log
+        .lines()
+        .filter(|l| l.contains("cannot write /var/log/kubelet.log"))
+        .count();
+    ensure!(
+        notices == 1,
+        "{notices} kernel-log notices of the full /var/log (want one)\n{}",
+        sandbox.diagnostics()
+    );
+    // Everything else still works: kiosctl shows the count, a restart,
+    // and the shutdown completes.
+    let shown = sandbox.kiosctl(&["status"])?;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    ensure!(
+        text.contains("lines of service output dropped"),
+        "kiosctl status does not show the drops:\n{text}"
+    );
+    ensure!(sandbox.request("restart kubelet")?["ok"] == true);
+    sandbox.wait_events("kubelet connected", 2, DEFAULT_WAIT)?;
+    eprintln!("/var/log full: {first} then {second} lines dropped, {notices} notice");
     shuts_down(&sandbox)
 }

@@ -1,5 +1,6 @@
 //! A bounded chaos run of one sandboxed node (issue 11): random service
-//! kills, restarts over the socket, connection floods, log reads and
+//! kills, restarts over the socket, connection floods, log floods (the
+//! kubelet stand-in writes a burst of output on SIGUSR1), log reads and
 //! verify runs, for `KIOS_SOAK_SECONDS` (default 120, the CI figure),
 //! with the invariants checked all along: at most one kubelet and one
 //! cri-o alive, no zombie older than a second, `status` answering, and
@@ -18,7 +19,10 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let sandbox = Sandbox::boot_ready(SandboxConfig::new("soak"))?;
+    // Each log flood: 1,000 lines of 200 bytes through init's pipe.
+    let sandbox = Sandbox::boot_ready(
+        SandboxConfig::new("soak").kubelet_conf("flood_lines=1000\nflood_line_bytes=200\n"),
+    )?;
     sandbox.status()?;
     let fds_before = sandbox.settled_fd_count()?;
     let rss_before = sandbox.init_rss_kib()?;
@@ -44,7 +48,7 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
         if anon_warm.is_none() && started.elapsed() >= Duration::from_secs(seconds / 3) {
             anon_warm = Some(sandbox.init_anon_kib()?);
         }
-        let action = match next() % 10 {
+        let action = match next() % 11 {
             0 => {
                 let status = sandbox.status()?;
                 if let Some(pid) = Sandbox::service(&status, "kubelet")?["pid"].as_i64() {
@@ -79,6 +83,16 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
                 let reply = sandbox.request("verify")?;
                 ensure!(reply.get("ok").is_some(), "verify: {reply}");
                 "verify"
+            }
+            7 => {
+                let status = sandbox.status()?;
+                match Sandbox::service(&status, "kubelet")?["pid"].as_i64() {
+                    // A kubelet that dies at once takes its flood with it.
+                    Some(pid) if sandbox.kill_ns_pid(pid as i32, Signal::SIGUSR1).is_ok() => {
+                        "log flood (1,000 lines)"
+                    }
+                    _ => "log flood, no kubelet",
+                }
             }
             _ => {
                 let t = Instant::now();
@@ -132,6 +146,15 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
         .with_context(|| format!("fds now: {:#?}", sandbox.init_fds()))?;
     let rss_after = sandbox.init_rss_kib()?;
     let anon_after = sandbox.init_anon_kib()?;
+    let flooded: u64 = sandbox
+        .events()
+        .iter()
+        .filter_map(|e| e.split("kubelet flood-done lines=").nth(1))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum();
+    let dropped = sandbox.status()?["node"]["log_lines_dropped"]
+        .as_u64()
+        .unwrap_or(0);
     let anon_before = anon_warm.unwrap_or(anon_at_boot);
     latencies.sort();
     let p99 = latencies
@@ -139,7 +162,8 @@ fn soak_with_random_chaos_keeps_every_invariant() -> Result<()> {
         .copied()
         .unwrap_or_default();
     eprintln!(
-        "soak: {seconds} s, actions {counts:?}, status p99 {p99:?} of {} \
+        "soak: {seconds} s, actions {counts:?}, {flooded} flood lines written whole \
+         ({dropped} lines dropped from the log files), status p99 {p99:?} of {} \
          (max {:?}), rss {rss_before} -> {rss_after} KiB, private (RssAnon) \
          {anon_at_boot} at boot, {anon_before} warm -> {anon_after} KiB, fds {fds_before} -> baseline",
         latencies.len(),

@@ -326,6 +326,19 @@ pub fn status(reply: &StatusReply, view: View) -> String {
         vec!["graceful".to_string(), graceful],
     ];
     let mut facts = facts;
+    if node.log_lines_dropped > 0 {
+        facts.push(vec![
+            "logs".to_string(),
+            view.painter.paint(
+                &format!(
+                    "{} lines of service output dropped (/var/log full or unwritable, or a \
+                     flood; see the kernel log)",
+                    node.log_lines_dropped
+                ),
+                Color::Yellow,
+            ),
+        ]);
+    }
     if let Some(previous) = &node.previous_shutdown {
         facts.push(vec![
             "previous".to_string(),

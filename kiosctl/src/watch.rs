@@ -272,6 +272,7 @@ mod tests {
                 graceful_shutdown_armed: true,
                 previous_shutdown: None,
                 inhibitors: vec![],
+                log_lines_dropped: 0,
             },
             services: vec![
                 service(

@@ -94,6 +94,11 @@ pub struct NodeStatus {
     /// kubelet's); a shutdown waits until they are released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inhibitors: Vec<InhibitorInfo>,
+    /// Lines of service output dropped since boot instead of reaching
+    /// their file under /var/log (the disk full or unwritable, or the log
+    /// writer behind a flood); 0 from servers older than the field.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 /// A logind inhibitor lock held through the system bus.

@@ -412,6 +412,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
             graceful_shutdown_armed: true,
             previous_shutdown: Some(sample_audit()),
             inhibitors: vec![],
+            log_lines_dropped: 3,
         },
         services: vec![
             sample_service(ServiceName::Crio),
@@ -648,6 +649,22 @@ fn every_reply_round_trips() {
         assert!(!line.contains('\n'));
         let back = decode_response(&request, &line).expect("decodes");
         assert_eq!(back, Ok(reply), "{line}");
+    }
+}
+
+#[test]
+fn a_status_without_log_lines_dropped_still_decodes() {
+    let (request, reply) = sample_replies().remove(2);
+    let mut value: serde_json::Value = serde_json::from_str(&encode_ok(&reply)).unwrap();
+    assert_eq!(value["node"]["log_lines_dropped"], 3);
+    value["node"]
+        .as_object_mut()
+        .unwrap()
+        .remove("log_lines_dropped");
+    let line = value.to_string();
+    match decode_response(&request, &line) {
+        Ok(Ok(Reply::Status(status))) => assert_eq!(status.node.log_lines_dropped, 0),
+        other => panic!("{other:?}"),
     }
 }
 

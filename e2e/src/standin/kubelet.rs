@@ -29,6 +29,8 @@
 //!   D-Bus instead (logind's inhibitor locks; see [`super::upstream`]);
 //! - `connect_timeout_ms=N`: give up connecting after N ms (default 10000;
 //!   exit 1);
+//! - `flood_lines=N`, `flood_line_bytes=B`: what SIGUSR1 writes to stdout
+//!   (see [`super::flood`]);
 //! - `script=PATH` (+ `debug_cgroup=NAME`): once per boot, run an admin
 //!   script in a child that looks like a `kubectl debug node` pod (see
 //!   [`super::debugpod`]).

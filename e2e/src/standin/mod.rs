@@ -377,9 +377,13 @@ pub fn monotonic_ms() -> u64 {
 /// With `ignore_sigterm=true` in `/etc/kios-e2e/<name>.conf` (read when the
 /// signal arrives) it prints `KIOS-E2E <name> sigterm-ignored` instead and
 /// lives on, like a service that does not stop: only SIGKILL ends it.
+///
+/// The same thread takes SIGUSR1: a log flood (see [`flood`]) on a thread
+/// of its own, so a TERM during a flood still ends the process.
 pub fn watch_sigterm(name: &'static str, on_term: impl FnOnce() + Send + 'static) {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
+    set.add(Signal::SIGUSR1);
     if let Err(e) = set.thread_block() {
         eprintln!("{PREFIX} warning: cannot block SIGTERM: {e}");
         return;
@@ -389,7 +393,17 @@ pub fn watch_sigterm(name: &'static str, on_term: impl FnOnce() + Send + 'static
         .spawn(move || {
             let mut on_term = Some(on_term);
             loop {
-                if let Ok(Signal::SIGTERM) = set.wait() {
+                let signal = set.wait();
+                if let Ok(Signal::SIGUSR1) = signal {
+                    let spawned = std::thread::Builder::new()
+                        .name("flood".into())
+                        .spawn(move || flood(name));
+                    if let Err(e) = spawned {
+                        emit(&format!("{name} error cannot start a flood: {e}"));
+                    }
+                    continue;
+                }
+                if let Ok(Signal::SIGTERM) = signal {
                     if Config::load(name).bool_or("ignore_sigterm", false) {
                         emit(&format!("{name} sigterm-ignored"));
                         continue;
@@ -404,6 +418,35 @@ pub fn watch_sigterm(name: &'static str, on_term: impl FnOnce() + Send + 'static
     if let Err(e) = spawned {
         eprintln!("{PREFIX} warning: cannot start the SIGTERM thread: {e}");
     }
+}
+
+/// A log flood, on SIGUSR1: `flood_lines` lines (default 20000) of
+/// `flood_line_bytes` bytes each (default 200, at most 65536) written to
+/// stdout (the service's output pipe to init) as fast as init takes them,
+/// then `KIOS-E2E <name> flood-done lines=N` (also to the events file).
+/// Keys of `/etc/kios-e2e/<name>.conf`, read when the signal arrives. The
+/// lines go to stdout only, never to the events file.
+pub fn flood(name: &str) {
+    let config = Config::load(name);
+    let lines = config.u64_or("flood_lines", 20_000);
+    let bytes = config.u64_or("flood_line_bytes", 200).clamp(32, 65_536) as usize;
+    let mut written = 0u64;
+    {
+        let mut stdout = std::io::stdout().lock();
+        let mut line = Vec::with_capacity(bytes + 1);
+        for n in 0..lines {
+            line.clear();
+            line.extend_from_slice(format!("{name} flood line {n} ").as_bytes());
+            line.resize(bytes, b'x');
+            line.push(b'\n');
+            if stdout.write_all(&line).is_err() {
+                break;
+            }
+            written += 1;
+        }
+        let _ = stdout.flush();
+    }
+    emit(&format!("{name} flood-done lines={written}"));
 }
 
 /// Waits until the process is killed or SIGTERM ends it.

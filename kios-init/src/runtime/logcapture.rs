@@ -5,7 +5,13 @@
 //!
 //! The event loop never waits for the disk: lines go to the writer through a
 //! bounded channel, and when it is full they are dropped and counted; the
-//! count is written into the file as a note once the writer catches up. The
+//! count is written into the file as a note once the writer catches up.
+//! Lines the writer cannot write (`/var/log` full, read-only or gone) are
+//! dropped and counted too: the first one of a run of failures says so in
+//! the kernel log, once, and the file gets a note with the count when it
+//! can be written again. Every dropped line, for either reason, adds to one
+//! counter since boot ([`LogHub::lines_dropped`], `log_lines_dropped` in
+//! `status`). The
 //! writer rotates a file at [`ROTATE_BYTES`] (one old copy, `.1`) and reopens
 //! its files when `/var/log` became a different filesystem (the data
 //! partition was mounted after it first opened them). Fan-out to `logs -f`
@@ -16,7 +22,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +40,9 @@ pub const WRITER_QUEUE: usize = 128;
 pub const ROTATE_BYTES: u64 = 10 * 1024 * 1024;
 /// How often the writer checks whether `/var/log` changed under it.
 const REOPEN_CHECK: Duration = Duration::from_secs(1);
+/// At most one kernel-log notice per service this often that the writer's
+/// queue is full (a flood); the count is in `status` and in the file.
+const BEHIND_NOTICE_EVERY: Duration = Duration::from_secs(60);
 
 /// Cuts a byte stream into lines of at most `max` bytes (without the
 /// newline). Invalid UTF-8 is replaced, a trailing `\r` dropped.
@@ -153,6 +164,9 @@ enum WriterMsg {
 pub struct LogWriter {
     tx: SyncSender<WriterMsg>,
     dropped: [u64; 2],
+    /// Every line dropped since boot, by this side or the thread.
+    lost: Arc<AtomicU64>,
+    behind_notice: [Option<Instant>; 2],
     thread: Option<JoinHandle<()>>,
 }
 
@@ -167,15 +181,39 @@ impl LogWriter {
     /// Starts the writer thread for files in `dir` (normally `/var/log`).
     pub fn start(dir: PathBuf) -> io::Result<LogWriter> {
         let (tx, rx) = mpsc::sync_channel(WRITER_QUEUE);
+        let lost = Arc::new(AtomicU64::new(0));
+        let thread_lost = lost.clone();
         let thread = std::thread::Builder::new()
             .name("kios-logwriter".into())
             .stack_size(128 * 1024)
-            .spawn(move || writer_thread(dir, rx))?;
+            .spawn(move || writer_thread(dir, rx, thread_lost))?;
         Ok(LogWriter {
             tx,
             dropped: [0; 2],
+            lost,
+            behind_notice: [None, None],
             thread: Some(thread),
         })
+    }
+
+    /// The count of lines dropped since boot, shared with the thread.
+    pub fn lost(&self) -> Arc<AtomicU64> {
+        self.lost.clone()
+    }
+
+    fn drop_line(&mut self, i: usize, service: ServiceName) {
+        if self.dropped[i] == 0 {
+            let due = self.behind_notice[i].is_none_or(|at| at.elapsed() >= BEHIND_NOTICE_EVERY);
+            if due {
+                self.behind_notice[i] = Some(Instant::now());
+                crate::kwarn!(
+                    "{service} output: the log writer is behind; lines are dropped and counted \
+                     (status: log_lines_dropped)"
+                );
+            }
+        }
+        self.dropped[i] += 1;
+        self.lost.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Queues a line; never blocks. When the queue is full the line is
@@ -189,14 +227,16 @@ impl LogWriter {
             {
                 Ok(()) => self.dropped[i] = 0,
                 Err(_) => {
-                    self.dropped[i] += 1;
+                    self.drop_line(i, service);
                     return;
                 }
             }
         }
         match self.tx.try_send(WriterMsg::Line(service, line.to_string())) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped[i] += 1,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.drop_line(i, service)
+            }
         }
     }
 
@@ -226,6 +266,14 @@ struct WriterState {
     dir_dev: Option<u64>,
     last_check: Instant,
     last_open_failure: [Option<Instant>; 2],
+    /// Why the last open failed, for the notice.
+    open_error: [Option<String>; 2],
+    /// Lines of output in a file's buffer since its last successful flush
+    /// (lost with the buffer when the flush fails).
+    unflushed: [u64; 2],
+    /// While writing fails: lines dropped since it began.
+    failing: [Option<u64>; 2],
+    lost: Arc<AtomicU64>,
 }
 
 fn file_name(service: ServiceName) -> &'static str {
@@ -240,7 +288,7 @@ fn dir_device(dir: &Path) -> Option<u64> {
 }
 
 impl WriterState {
-    fn new(dir: PathBuf) -> WriterState {
+    fn new(dir: PathBuf, lost: Arc<AtomicU64>) -> WriterState {
         let dir_dev = dir_device(&dir);
         WriterState {
             dir,
@@ -248,6 +296,76 @@ impl WriterState {
             dir_dev,
             last_check: Instant::now(),
             last_open_failure: [None, None],
+            open_error: [None, None],
+            unflushed: [0; 2],
+            failing: [None, None],
+            lost,
+        }
+    }
+
+    /// `count` lines of `service` could not be written: counted, and the
+    /// first of a run of failures is said in the kernel log.
+    fn lose(&mut self, service: ServiceName, count: u64, why: &str) {
+        let i = index(service);
+        self.lost.fetch_add(count, Ordering::Relaxed);
+        match self.failing[i].as_mut() {
+            Some(dropped) => *dropped += count,
+            None => {
+                self.failing[i] = Some(count);
+                crate::kwarn!(
+                    "cannot write {}: {why}; dropping {service} output until it can be \
+                     written again (counted in status: log_lines_dropped)",
+                    self.dir.join(file_name(service)).display()
+                );
+            }
+        }
+    }
+
+    /// Closes a file whose write failed, without writing its buffer again.
+    fn discard(&mut self, i: usize) {
+        if let Some(open) = self.files[i].take() {
+            let (_file, _lost_buffer) = open.file.into_parts();
+        }
+        self.unflushed[i] = 0;
+        self.last_open_failure[i] = Some(Instant::now());
+    }
+
+    /// Flushes one file. After a run of failures, a successful flush ends
+    /// it: a note with the count goes into the file and the kernel log.
+    fn flush_one(&mut self, service: ServiceName) {
+        let i = index(service);
+        let Some(open) = self.files[i].as_mut() else {
+            return;
+        };
+        match open.file.flush() {
+            Ok(()) => {
+                self.unflushed[i] = 0;
+                if let Some(dropped) = self.failing[i].take() {
+                    let path = self.dir.join(file_name(service));
+                    crate::kinfo!(
+                        "{} is written again; {dropped} lines of {service} output were dropped",
+                        path.display()
+                    );
+                    let note = format!(
+                        "kios-init: {dropped} lines of output dropped ({} could not be written)",
+                        path.display()
+                    );
+                    let noted = open
+                        .file
+                        .write_all(note.as_bytes())
+                        .and_then(|()| open.file.write_all(b"\n"))
+                        .and_then(|()| open.file.flush());
+                    match noted {
+                        Ok(()) => open.size += note.len() as u64 + 1,
+                        Err(_) => self.discard(i),
+                    }
+                }
+            }
+            Err(e) => {
+                let count = self.unflushed[i];
+                self.discard(i);
+                self.lose(service, count, &e.to_string());
+            }
         }
     }
 
@@ -284,9 +402,11 @@ impl WriterState {
                         size,
                     });
                     self.last_open_failure[i] = None;
+                    self.unflushed[i] = 0;
                 }
-                Err(_) => {
+                Err(e) => {
                     self.last_open_failure[i] = Some(Instant::now());
+                    self.open_error[i] = Some(e.to_string());
                     return None;
                 }
             }
@@ -296,6 +416,7 @@ impl WriterState {
 
     fn rotate(&mut self, service: ServiceName) {
         let i = index(service);
+        self.flush_one(service);
         if let Some(mut open) = self.files[i].take() {
             let _ = open.file.flush();
         }
@@ -304,52 +425,63 @@ impl WriterState {
         let _ = std::fs::rename(&path, &old);
     }
 
-    fn write_line(&mut self, service: ServiceName, line: &str) {
-        let needs_rotation = match self.file(service) {
-            None => return,
-            Some(open) => {
-                let ok = open
-                    .file
-                    .write_all(line.as_bytes())
-                    .and_then(|()| open.file.write_all(b"\n"));
-                match ok {
-                    Ok(()) => {
-                        open.size += line.len() as u64 + 1;
-                        open.size >= ROTATE_BYTES
-                    }
-                    Err(_) => {
-                        // Disk full or gone: close, try again later.
-                        self.files[index(service)] = None;
-                        self.last_open_failure[index(service)] = Some(Instant::now());
-                        false
-                    }
+    /// Writes one line of output (`output`) or one of init's notes about
+    /// it; only output lines are counted when they cannot be written.
+    fn write_line(&mut self, service: ServiceName, line: &str, output: bool) {
+        let i = index(service);
+        let counted = u64::from(output);
+        let written = self.file(service).map(|open| {
+            open.file
+                .write_all(line.as_bytes())
+                .and_then(|()| open.file.write_all(b"\n"))
+                .map(|()| {
+                    open.size += line.len() as u64 + 1;
+                    open.size >= ROTATE_BYTES
+                })
+        });
+        match written {
+            None => {
+                let why = self.open_error[i]
+                    .clone()
+                    .unwrap_or_else(|| "it cannot be opened".to_string());
+                self.lose(service, counted, &why);
+            }
+            Some(Ok(needs_rotation)) => {
+                self.unflushed[i] += counted;
+                if needs_rotation {
+                    self.rotate(service);
                 }
             }
-        };
-        if needs_rotation {
-            self.rotate(service);
+            Some(Err(e)) => {
+                // Disk full or gone: the buffer is lost with this line;
+                // close, try again later.
+                let count = self.unflushed[i] + counted;
+                self.discard(i);
+                self.lose(service, count, &e.to_string());
+            }
         }
     }
 
     fn flush(&mut self) {
-        for open in self.files.iter_mut().flatten() {
-            let _ = open.file.flush();
+        for service in ServiceName::ALL {
+            self.flush_one(service);
         }
     }
 }
 
-fn writer_thread(dir: PathBuf, rx: Receiver<WriterMsg>) {
-    let mut state = WriterState::new(dir);
+fn writer_thread(dir: PathBuf, rx: Receiver<WriterMsg>, lost: Arc<AtomicU64>) {
+    let mut state = WriterState::new(dir, lost);
     while let Ok(first) = rx.recv() {
         state.check_reopen();
         let mut next = Some(first);
         // Write what is queued, then flush once.
         while let Some(msg) = next {
             match msg {
-                WriterMsg::Line(service, line) => state.write_line(service, &line),
+                WriterMsg::Line(service, line) => state.write_line(service, &line, true),
                 WriterMsg::Dropped(service, count) => state.write_line(
                     service,
                     &format!("kios-init: {count} lines of output dropped (log writer too slow)"),
+                    false,
                 ),
                 WriterMsg::Close => {
                     state.flush();
@@ -368,14 +500,25 @@ fn writer_thread(dir: PathBuf, rx: Receiver<WriterMsg>) {
 pub struct LogHub {
     tails: [Tail; 2],
     writer: Option<LogWriter>,
+    lost: Arc<AtomicU64>,
 }
 
 impl LogHub {
     pub fn new(writer: Option<LogWriter>) -> LogHub {
+        let lost = writer
+            .as_ref()
+            .map_or_else(|| Arc::new(AtomicU64::new(0)), LogWriter::lost);
         LogHub {
             tails: [Tail::new(TAIL_BYTES), Tail::new(TAIL_BYTES)],
             writer,
+            lost,
         }
+    }
+
+    /// Lines of service output that never reached their log file since
+    /// boot (the writer behind, or the file not writable).
+    pub fn lines_dropped(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Records one line of `service`'s output.
@@ -497,17 +640,22 @@ mod tests {
         let dir = tempdir("drops");
         // A writer whose thread is not draining: build the channel by hand.
         let (tx, rx) = mpsc::sync_channel(2);
+        let lost = Arc::new(AtomicU64::new(0));
         let mut writer = LogWriter {
             tx,
             dropped: [0; 2],
+            lost: lost.clone(),
+            behind_notice: [None, None],
             thread: None,
         };
         for i in 0..5 {
             writer.write(ServiceName::Kubelet, &format!("line {i}"));
         }
         assert_eq!(writer.dropped(ServiceName::Kubelet), 3);
+        assert_eq!(lost.load(Ordering::Relaxed), 3);
         let thread_dir = dir.clone();
-        let thread = std::thread::spawn(move || writer_thread(thread_dir, rx));
+        let thread_lost = lost.clone();
+        let thread = std::thread::spawn(move || writer_thread(thread_dir, rx, thread_lost));
         // Once there is room again, the note goes first, then the line.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -528,12 +676,12 @@ mod tests {
     #[test]
     fn rotation_keeps_one_old_file() {
         let dir = tempdir("rotate");
-        let mut state = WriterState::new(dir.clone());
+        let mut state = WriterState::new(dir.clone(), Arc::default());
         let big = "x".repeat(1024 * 1024);
         for _ in 0..11 {
-            state.write_line(ServiceName::Crio, &big);
+            state.write_line(ServiceName::Crio, &big, true);
         }
-        state.write_line(ServiceName::Crio, "fresh");
+        state.write_line(ServiceName::Crio, "fresh", true);
         state.flush();
         let old = std::fs::metadata(dir.join("crio.log.1")).unwrap().len();
         assert!(old >= ROTATE_BYTES, "{old}");
@@ -549,9 +697,56 @@ mod tests {
             "kios-logcapture-{}-missing/none",
             std::process::id()
         ));
-        let mut state = WriterState::new(dir.clone());
-        state.write_line(ServiceName::Crio, "lost");
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut state = WriterState::new(dir.clone(), lost.clone());
+        state.write_line(ServiceName::Crio, "lost", true);
+        state.write_line(ServiceName::Crio, "lost too", true);
         state.flush();
         assert!(!dir.join("crio.log").exists());
+        assert_eq!(lost.load(Ordering::Relaxed), 2, "every line counted");
+        assert_eq!(state.failing[0], Some(2));
+    }
+
+    #[test]
+    fn a_full_disk_drops_and_counts_lines_then_notes_them_when_writable_again() {
+        // /dev/full: every write fails with ENOSPC, as a full /var/log does.
+        let dir = tempdir("full");
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut state = WriterState::new(dir.clone(), lost.clone());
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .unwrap();
+        state.files[1] = Some(OpenLog {
+            file: io::BufWriter::with_capacity(4 * 1024, full),
+            size: 0,
+        });
+        // Buffered lines, then the flush fails: all of them are counted.
+        for n in 0..10 {
+            state.write_line(ServiceName::Kubelet, &format!("line {n}"), true);
+        }
+        state.flush();
+        assert_eq!(lost.load(Ordering::Relaxed), 10);
+        assert!(state.files[1].is_none(), "the failing file is closed");
+        // Lines while it stays closed are counted too; notes are not.
+        state.write_line(ServiceName::Kubelet, "while closed", true);
+        state.write_line(ServiceName::Kubelet, "a note", false);
+        assert_eq!(lost.load(Ordering::Relaxed), 11);
+        assert_eq!(state.failing[1], Some(11));
+        // Writable again (the retry time has passed): the note first.
+        state.last_open_failure[1] = None;
+        state.write_line(ServiceName::Kubelet, "back", true);
+        state.flush();
+        assert_eq!(state.failing[1], None);
+        let text = std::fs::read_to_string(dir.join("kubelet.log")).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "back\nkios-init: 11 lines of output dropped ({} could not be written)\n",
+                dir.join("kubelet.log").display()
+            )
+        );
+        assert_eq!(lost.load(Ordering::Relaxed), 11);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -88,6 +88,10 @@ pub struct Owner {
     stop_serving: Rc<Notify>,
     /// Blocking steps that ended inline, not yet told to the shutdown.
     pending: Vec<Job>,
+    /// Service output went to `logs -f` followers: let their tasks write it
+    /// before the next event, so a burst of output does not fill the
+    /// queue of a follower that reads (and cut it off).
+    followers_fed: bool,
 }
 
 /// The facts the shutdown machine asks about, read from the state.
@@ -135,6 +139,7 @@ impl Owner {
             power_button,
             stop_serving,
             pending: Vec::new(),
+            followers_fed: false,
         }
     }
 
@@ -166,13 +171,16 @@ impl Owner {
         .min()
     }
 
-    /// Whether the shutdown waits for client tasks to run once.
+    /// Whether client tasks must run once before the next event: the
+    /// shutdown waits for them to write what is queued, or log lines were
+    /// just queued for followers.
     pub fn wants_turn(&self) -> bool {
-        self.state.shutdown.wants_turn()
+        self.followers_fed || self.state.shutdown.wants_turn()
     }
 
     /// The event loop turned once (see [`Owner::wants_turn`]).
     pub fn turn_passed(&mut self) {
+        self.followers_fed = false;
         self.state.shutdown.turn_passed();
     }
 
@@ -193,7 +201,9 @@ impl Owner {
             Event::InotifyFailed => self.inotify = None,
             Event::Output { service, lines } => {
                 for line in lines {
-                    self.state.log_line(service, line, now.epoch_ms);
+                    if self.state.log_line(service, line, now.epoch_ms) > 0 {
+                        self.followers_fed = true;
+                    }
                 }
             }
             Event::PowerButton { device } => {
@@ -438,6 +448,24 @@ impl Owner {
             self.recheck_crio_socket();
             for name in self.state.supervisor.due(Now::current()) {
                 self.start(name);
+            }
+        }
+        // Accepted restarts still owed a start: stop the service again now
+        // that its last start happened (one at a time, never two at once).
+        // Not once a shutdown began: the kubelet drains, nothing restarts.
+        if !self.state.shutdown.is_active() {
+            for pid in self.state.supervisor.queued_restarts(now) {
+                let Some(name) = self.state.supervisor.service_of_pid(pid) else {
+                    continue;
+                };
+                let left = self.state.supervisor.service(name).pending_restarts;
+                crate::kinfo!(
+                    "restart {name}: stopping pid {pid} ({left} requested restarts to go)"
+                );
+                if let Err(e) = self.state.sys.kill(pid, Signal::SIGTERM) {
+                    crate::kwarn!("restart {name}: cannot send SIGTERM to pid {pid}: {e}");
+                }
+                self.state.service_changed(name);
             }
         }
     }
@@ -1164,6 +1192,78 @@ mod tests {
         );
         n.at(3 + SOCKET_CLOSE_WAIT.as_millis() as u64, None);
         assert!(n.owner.ended());
+    }
+
+    #[test]
+    fn each_accepted_restart_is_one_start_and_the_queue_is_bounded() {
+        use crate::runtime::supervisor::MAX_PENDING_RESTARTS;
+        let mut n = node("restart-queue", Box::new(INLINE_SPAWNER));
+        let (admin, _reg) = n.connect(1, 4000);
+        let mut accepted = 0;
+        let mut busy = 0;
+        for _ in 0..=MAX_PENDING_RESTARTS {
+            let restart = Request::Restart {
+                service: ServiceName::Crio,
+            };
+            match n.request(2, &admin, restart) {
+                Ok(Reply::Restart(_)) => accepted += 1,
+                Err(e) if e.code == ErrorCode::Busy => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((accepted, busy), (MAX_PENDING_RESTARTS, 1));
+        let spawns = |n: &Node| {
+            n.sys
+                .calls()
+                .into_iter()
+                .filter(|c| matches!(c, Call::Spawn(_)))
+                .count()
+        };
+        let terms = |n: &Node| {
+            n.sys
+                .calls()
+                .into_iter()
+                .filter(|c| matches!(c, Call::Kill(_, Signal::SIGTERM)))
+                .count()
+        };
+        assert_eq!(
+            (spawns(&n), terms(&n)),
+            (1, 1),
+            "one TERM, nothing started yet"
+        );
+        let mut t = 3;
+        while let Some(pid) = n.owner.state.supervisor.crio.pid {
+            if n.owner.state.supervisor.crio.state != ServiceState::Stopping {
+                break;
+            }
+            let reaped = Event::Reaped {
+                reaped: vec![Reaped {
+                    pid,
+                    exit: crate::runtime::reaper::Exit::Code(0),
+                }],
+                error: None,
+            };
+            n.at(t, Some(reaped));
+            t += 1;
+            // Every TERM so far went to a process that was started before it.
+            assert!(terms(&n) <= spawns(&n), "a stop before its start");
+            assert!(t < 1000, "restarts never end");
+        }
+        assert_eq!(
+            spawns(&n),
+            1 + MAX_PENDING_RESTARTS as usize,
+            "one start per accepted request"
+        );
+        assert_eq!(terms(&n), MAX_PENDING_RESTARTS as usize);
+        assert_eq!(n.owner.state.supervisor.crio.restarts, MAX_PENDING_RESTARTS);
+        // Free again: the next request is accepted.
+        let restart = Request::Restart {
+            service: ServiceName::Crio,
+        };
+        assert!(matches!(
+            n.request(t, &admin, restart),
+            Ok(Reply::Restart(_))
+        ));
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl State {
                     })
                     .collect(),
                 previous_shutdown: self.audit.previous_shutdown(),
+                log_lines_dropped: self.logs.lines_dropped(),
             },
             services: self.supervisor.statuses(),
             clients: self.clients.infos(kubelet_pid),
@@ -230,9 +231,11 @@ impl State {
     }
 
     /// One line of a service's output.
-    pub fn log_line(&mut self, service: ServiceName, line: String, now_ms: u64) {
-        self.clients.emit_log(service, now_ms, &line);
+    /// Returns how many followers it was queued for.
+    pub fn log_line(&mut self, service: ServiceName, line: String, now_ms: u64) -> usize {
+        let followers = self.clients.emit_log(service, now_ms, &line);
         self.logs.line(service, line);
+        followers
     }
 
     /// `restart <service>` (and the legacy 0x03/0x04, and the kubelet
@@ -256,6 +259,15 @@ impl State {
             RestartAction::AlreadyStopping { pid } => Some(pid),
             RestartAction::StartWhenReady => None,
             RestartAction::ShuttingDown => return Err(shutting_down()),
+            RestartAction::Busy => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "{} restarts of {name} are already waiting; try again later",
+                        crate::runtime::supervisor::MAX_PENDING_RESTARTS
+                    ),
+                ))
+            }
         };
         self.service_changed(name);
         Ok(RestartReply {

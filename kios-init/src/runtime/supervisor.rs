@@ -16,6 +16,12 @@
 //! - An administrator's `restart` (or the kubelet config appearing) sends
 //!   TERM, KILL after [`STOP_TIMEOUT`], and starts the service again at once
 //!   when it is gone; that is not a crash and does not grow the back-off.
+//! - One start per accepted `restart`: every administrator's request that
+//!   is accepted is owed one start of the service, and the starts happen
+//!   one after the other (a request while the service is stopping queues a
+//!   further stop-and-start after the one under way). At most
+//!   [`MAX_PENDING_RESTARTS`] requests per service wait for their start;
+//!   the next one is refused ([`RestartAction::Busy`]).
 //! - After [`Supervisor::stop_all`] (shutdown) nothing starts again.
 
 use std::time::{Duration, Instant};
@@ -26,6 +32,10 @@ use crate::runtime::reaper::Exit;
 
 /// How long a service gets between TERM and KILL on `restart`.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted `restart` requests of one service still waiting for their
+/// start; one more is refused with `busy`.
+pub const MAX_PENDING_RESTARTS: u32 = 128;
 
 /// A point in time on both clocks: monotonic for scheduling, epoch
 /// milliseconds for what clients see.
@@ -132,6 +142,8 @@ pub struct Service {
     pub kill_at: Option<Instant>,
     /// The argv the running process was started with.
     pub argv: Vec<String>,
+    /// Accepted administrator restarts not yet served by a start.
+    pub pending_restarts: u32,
     starts: u32,
 }
 
@@ -151,6 +163,7 @@ impl Service {
             stop_reason: None,
             kill_at: None,
             argv: Vec::new(),
+            pending_restarts: 0,
             starts: 0,
         }
     }
@@ -187,6 +200,9 @@ pub enum RestartAction {
     StartWhenReady,
     /// The node is shutting down.
     ShuttingDown,
+    /// [`MAX_PENDING_RESTARTS`] requests already wait for their start:
+    /// refused, nothing changes.
+    Busy,
 }
 
 /// What the runtime must do after a child exit.
@@ -289,6 +305,7 @@ impl Supervisor {
             service.restarts = service.restarts.saturating_add(1);
         }
         service.starts = service.starts.saturating_add(1);
+        service.pending_restarts = service.pending_restarts.saturating_sub(1);
         service.pid = Some(pid);
         service.argv = argv;
         service.started_at = Some(now.mono);
@@ -310,6 +327,8 @@ impl Supervisor {
     pub fn start_failed(&mut self, name: ServiceName, now: Now) -> ExitOutcome {
         let service = self.service_mut(name);
         service.starts = service.starts.saturating_add(1);
+        // A start was attempted: that serves a request as a start would.
+        service.pending_restarts = service.pending_restarts.saturating_sub(1);
         if service.starts > 1 {
             service.restarts = service.restarts.saturating_add(1);
         }
@@ -390,6 +409,12 @@ impl Supervisor {
     }
 
     /// An administrator (or a config change) asks to restart `name`.
+    ///
+    /// An administrator's request ([`StopReason::AdminRestart`]) that is
+    /// accepted is owed one start: the next start serves the oldest
+    /// request, and while requests remain owed after a start the service
+    /// is stopped again ([`Supervisor::queued_restarts`]). A config change
+    /// joins whatever stop is under way and owes nothing of its own.
     pub fn request_restart(
         &mut self,
         name: ServiceName,
@@ -400,6 +425,13 @@ impl Supervisor {
             return RestartAction::ShuttingDown;
         }
         let service = self.service_mut(name);
+        let admin = reason == StopReason::AdminRestart;
+        if admin && service.pending_restarts >= MAX_PENDING_RESTARTS {
+            return RestartAction::Busy;
+        }
+        if admin {
+            service.pending_restarts += 1;
+        }
         match (service.state, service.pid) {
             (ServiceState::Stopping, Some(pid)) => {
                 if service.stop_reason != Some(StopReason::Shutdown) {
@@ -424,6 +456,31 @@ impl Supervisor {
         }
     }
 
+    /// The services whose accepted restarts are not all served yet and
+    /// whose current process is running (not already being stopped): each
+    /// is moved to `stopping` for its next restart; send TERM to the pids
+    /// returned. Called after starts, so the restarts run one by one.
+    pub fn queued_restarts(&mut self, now: Now) -> Vec<u32> {
+        let mut pids = Vec::new();
+        if self.stopping_all {
+            return pids;
+        }
+        for name in ServiceName::ALL {
+            let service = self.service_mut(name);
+            let running = matches!(
+                service.state,
+                ServiceState::Starting | ServiceState::Running
+            );
+            if let (true, true, Some(pid)) = (service.pending_restarts > 0, running, service.pid) {
+                service.stop_reason = Some(StopReason::AdminRestart);
+                service.kill_at = Some(now.mono + STOP_TIMEOUT);
+                service.set_state(ServiceState::Stopping, now);
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     /// Shutdown: nothing starts again. Returns the pids still running (the
     /// shutdown signals every process itself).
     pub fn stop_all(&mut self, now: Now) -> Vec<u32> {
@@ -433,6 +490,7 @@ impl Supervisor {
             let service = self.service_mut(name);
             service.next_start = None;
             service.next_start_ms = None;
+            service.pending_restarts = 0;
             match service.pid {
                 Some(pid) => {
                     service.stop_reason = Some(StopReason::Shutdown);
@@ -665,6 +723,91 @@ mod tests {
         assert_eq!(outcome.restart_in, Some(Duration::ZERO));
         assert_eq!(sup.kubelet.consecutive_crashes, crashes);
         assert_eq!(sup.due(later), vec![ServiceName::Kubelet]);
+    }
+
+    #[test]
+    fn every_accepted_restart_gets_one_start_and_the_129th_is_busy() {
+        let mut clock = Clock::new();
+        let mut sup = Supervisor::new(BackoffPolicy::default(), clock.now);
+        let (_, mut kubelet) = boot(&mut sup, clock.now);
+        let now = clock.advance(Duration::from_millis(1));
+        let first = sup.request_restart(ServiceName::Kubelet, StopReason::AdminRestart, now);
+        assert_eq!(first, RestartAction::Terminate { pid: kubelet });
+        for _ in 1..MAX_PENDING_RESTARTS {
+            assert_eq!(
+                sup.request_restart(ServiceName::Kubelet, StopReason::AdminRestart, now),
+                RestartAction::AlreadyStopping { pid: kubelet }
+            );
+        }
+        assert_eq!(sup.kubelet.pending_restarts, MAX_PENDING_RESTARTS);
+        assert_eq!(
+            sup.request_restart(ServiceName::Kubelet, StopReason::AdminRestart, now),
+            RestartAction::Busy
+        );
+        assert_eq!(sup.kubelet.pending_restarts, MAX_PENDING_RESTARTS);
+        // A config change joins the stop under way and owes nothing.
+        assert_eq!(
+            sup.request_restart(ServiceName::Kubelet, StopReason::ConfigChanged, now),
+            RestartAction::AlreadyStopping { pid: kubelet }
+        );
+        assert_eq!(sup.kubelet.pending_restarts, MAX_PENDING_RESTARTS);
+        // Nothing else is stopped while the current one stops.
+        assert!(sup.queued_restarts(now).is_empty());
+
+        let mut starts = 0;
+        loop {
+            let now = clock.advance(Duration::from_millis(1));
+            let outcome = sup.exited(kubelet, Exit::Code(0), now).unwrap();
+            assert!(!outcome.crashed);
+            assert_eq!(sup.due(now), vec![ServiceName::Kubelet]);
+            kubelet += 1;
+            sup.started(ServiceName::Kubelet, kubelet, vec![], now);
+            starts += 1;
+            assert!(sup.due(now).is_empty(), "one kubelet at a time");
+            match sup.queued_restarts(now).as_slice() {
+                [] => break,
+                [pid] => {
+                    assert_eq!(*pid, kubelet);
+                    assert_eq!(sup.kubelet.state, ServiceState::Stopping);
+                    assert!(sup.queued_restarts(now).is_empty(), "TERM once");
+                }
+                more => panic!("two stops at once: {more:?}"),
+            }
+            assert!(starts <= MAX_PENDING_RESTARTS, "more starts than requests");
+        }
+        assert_eq!(starts, MAX_PENDING_RESTARTS);
+        assert_eq!(sup.kubelet.restarts, MAX_PENDING_RESTARTS);
+        assert_eq!(sup.kubelet.state, ServiceState::Running);
+        assert_eq!(sup.kubelet.pending_restarts, 0);
+        // The queue is free again.
+        let now = clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            sup.request_restart(ServiceName::Kubelet, StopReason::AdminRestart, now),
+            RestartAction::Terminate { pid: kubelet }
+        );
+    }
+
+    #[test]
+    fn restarts_asked_without_a_process_are_each_served_and_shutdown_drops_them() {
+        let mut clock = Clock::new();
+        let mut sup = Supervisor::new(BackoffPolicy::default(), clock.now);
+        let (crio, _) = boot(&mut sup, clock.now);
+        let now = clock.advance(Duration::from_millis(1));
+        sup.exited(crio, Exit::Code(1), now).unwrap();
+        // In back-off with no process: two requests, two starts.
+        for _ in 0..2 {
+            assert_eq!(
+                sup.request_restart(ServiceName::Crio, StopReason::AdminRestart, now),
+                RestartAction::StartWhenReady
+            );
+        }
+        assert_eq!(sup.due(now), vec![ServiceName::Crio]);
+        sup.started(ServiceName::Crio, 101, vec![], now);
+        assert_eq!(sup.queued_restarts(now), vec![101]);
+        // The shutdown owes nothing.
+        sup.stop_all(now);
+        assert_eq!(sup.crio.pending_restarts, 0);
+        assert!(sup.queued_restarts(now).is_empty());
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub fn status_healthy() -> StatusReply {
             graceful_shutdown_armed: true,
             previous_shutdown: Some(audit_entries().remove(1)),
             inhibitors: vec![],
+            log_lines_dropped: 0,
         },
         services: vec![
             service(
@@ -127,6 +128,7 @@ pub fn status_troubled() -> StatusReply {
             graceful_shutdown_armed: false,
             previous_shutdown: None,
             inhibitors: vec![],
+            log_lines_dropped: 1523,
         },
         services: vec![
             service(

@@ -136,6 +136,12 @@ impl Clients {
             match slot.tx.try_send(bytes.clone()) {
                 Ok(()) => sent += 1,
                 Err(_) => {
+                    // Once per client: it is gone from the registry now.
+                    crate::kwarn!(
+                        "socket client {} cut off: {OUTBOX_CAPACITY} messages wait for it \
+                         unread",
+                        slot.peer.describe()
+                    );
                     slot.close.notify_one();
                     dead.push(*id);
                 }
