@@ -480,7 +480,12 @@ fn every_shutdown_signal_to_init_is_audited_and_in_the_kernel_log() -> Result<()
     // Init is PID 1 of the sandbox: the harness knows its host pid.
     sandbox.signal_init(Signal::SIGTERM)?;
     sandbox.wait_event("kubelet shutdown-event", DEFAULT_WAIT)?;
+    // One at a time: init's signal streams do not order signals pending
+    // together.
     sandbox.signal_init(Signal::SIGPWR)?;
+    sandbox.wait_for("SIGPWR in the audit", DEFAULT_WAIT, || {
+        (audit_entries(&sandbox).ok()?.len() >= 2).then_some(())
+    })?;
     sandbox.signal_init(Signal::SIGINT)?;
     let wanted = vec![
         (
