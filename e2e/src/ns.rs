@@ -196,6 +196,14 @@ pub struct Proc {
     pub comm: String,
 }
 
+/// Who a socket peer started by the harness is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerUser {
+    Root,
+    /// uid and gid 65534.
+    Nobody,
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A running sandbox. See the module docs.
@@ -623,6 +631,13 @@ impl Sandbox {
             .with_context(|| format!("cannot start {program} in the sandbox with nsenter"))
     }
 
+    /// `nsenter -t <init> -a -r -w -- PROGRAM ARGS` with `PATH=/bin` only,
+    /// for a test that wires its standard streams itself (e.g. reads a
+    /// follower's output as it comes); the process is the test's to end.
+    pub fn command_inside(&self, program: &str, args: &[&str]) -> Command {
+        self.inside(program, args)
+    }
+
     /// `nsenter -t <init> -a -r -w -- PROGRAM ARGS` with `PATH=/bin` only.
     fn inside(&self, program: &str, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
@@ -661,6 +676,31 @@ impl Sandbox {
             ])
             .arg(peer)
             .arg(self.path(socket));
+        Ok(command)
+    }
+
+    /// The e2e crate's `socket-peer` connected to `socket` (a path inside
+    /// the sandbox, reached through /proc/<init>/root) from inside init's
+    /// PID namespace only (`nsenter -t <init> --pid`, which forks): init
+    /// sees its real pid and reads its command name (`socket-peer`), unlike
+    /// a peer on the host, whose pid init sees as 0. As [`PeerUser::Nobody`]
+    /// it runs through `setpriv` like [`Sandbox::peer_as_nobody`].
+    pub fn peer_in_pid_namespace(&self, socket: &str, user: PeerUser) -> Result<Command> {
+        let peer = artifacts::artifacts()?.binary("socket-peer");
+        let mut command = Command::new("nsenter");
+        command.args(["-t", &self.init_pid.to_string(), "--pid", "--"]);
+        if user == PeerUser::Nobody {
+            command.args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=+dac_override,+sys_ptrace",
+                "--ambient-caps=+dac_override,+sys_ptrace",
+                "--",
+            ]);
+        }
+        command.arg(peer).arg(self.path(socket));
         Ok(command)
     }
 

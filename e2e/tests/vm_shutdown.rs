@@ -7,9 +7,10 @@
 //!
 //! Each time: the kubelet stand-in got the shutdown event and finished its
 //! grace, qemu exits by itself (the guest powered off), the data partition
-//! is fsck-clean, and a file written under /var/log before the shutdown is
+//! is fsck-clean, a file written under /var/log before the shutdown is
 //! on the partition and seen by the next boot (a fourth boot checks the
-//! third file).
+//! third file), and /var/log/kios-audit.log on it names what ended the boot
+//! (kiosctl's pid, the power button's device, SIGTERM).
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,18 @@ fn ready(vm: &mut Vm, n: u32, status_n: u32) {
         status["node"]["graceful_shutdown_armed"], true,
         "the kubelet is connected: {status}"
     );
+}
+
+/// The audit entry that ended the last boot, from
+/// /var/log/kios-audit.log on the data partition.
+fn last_shutdown(node: &Node) -> serde_json::Value {
+    let text = node.disk().read_file("/meta/log/kios-audit.log").must();
+    let text = String::from_utf8_lossy(text.as_deref().unwrap_or_default()).into_owned();
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["shutdown"] == true)
+        .unwrap_or_else(|| panic!("no shutdown in the audit file:\n{text}"))
 }
 
 /// After a shutdown was requested: the kubelet's grace ran, qemu powered
@@ -121,6 +134,16 @@ fn graceful_shutdown_three_ways_keeps_the_data_partition_clean() {
         "the kubelet's output reached /var/log/kubelet.log on the data partition:\n{log}"
     );
     timings.push(("kiosctl shutdown", took));
+    let ended = last_shutdown(&node);
+    assert!(
+        ended["action"] == "shutdown poweroff"
+            && ended["command"] == "kiosctl"
+            && ended["uid"] == 0
+            && ended["by"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("socket pid ") && b.ends_with(" uid 0 (kiosctl)")),
+        "the audit names kiosctl: {ended}"
+    );
     drop(vm);
 
     // 2. The ACPI power button.
@@ -133,6 +156,16 @@ fn graceful_shutdown_three_ways_keeps_the_data_partition_clean() {
         "power button",
         powered_off(&node, &mut vm, 2, "power button"),
     ));
+    let ended = last_shutdown(&node);
+    assert!(
+        ended["action"] == "shutdown poweroff"
+            && ended["outcome"] == "started"
+            && ended["pid"].is_null()
+            && ended["by"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("power button (/dev/input/event")),
+        "the audit names the power button: {ended}"
+    );
     drop(vm);
 
     // 3. SIGTERM to PID 1 from the debug session.
@@ -151,6 +184,13 @@ fn graceful_shutdown_three_ways_keeps_the_data_partition_clean() {
             .iter()
             .any(|l| l.contains("KIOS-E2E signal TERM 1 ok")),
         "the debug session sent SIGTERM to PID 1"
+    );
+    let ended = last_shutdown(&node);
+    assert!(
+        ended["action"] == "shutdown poweroff"
+            && ended["by"] == "SIGTERM"
+            && ended["outcome"] == "started",
+        "the audit names SIGTERM: {ended}"
     );
     drop(vm);
 

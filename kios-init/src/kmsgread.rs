@@ -200,6 +200,16 @@ impl MemoryLog {
         self.grew.notify_all();
     }
 
+    /// The messages kept, oldest first (for tests to find a line).
+    #[cfg(test)]
+    pub fn messages(&self) -> Vec<String> {
+        self.lock()
+            .records
+            .iter()
+            .map(|r| r.message.clone())
+            .collect()
+    }
+
     /// Epoch ms of the ring's time zero (init's first line).
     fn zero_epoch_ms(&self) -> u64 {
         let elapsed = self

@@ -15,21 +15,26 @@ use crate::output::Color;
 use crate::render::{self, table, View};
 use crate::session::Session;
 
-/// Control characters as visible escapes (`\n`, `\u{1b}`): a command line
-/// cannot move the cursor or fake a table row.
+/// Text from the node as shown in a table: the escaped form of
+/// `kios_protocol::path` word by word (`\xNN` for control, white-space
+/// other than the separating space, zero-width and direction-changing
+/// characters, `\\` for a backslash), so a command line cannot move the
+/// cursor, fake a table row or disguise its name; `kios_protocol::path::
+/// unescape` gives the text back.
 pub fn escape(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_string();
+    kios_protocol::path::escape_words(text)
+}
+
+/// A kernel log message: /dev/kmsg already sends printable ASCII with its
+/// own `\xNN` escapes (a backslash is `\x5c`), which `unescape` reads
+/// too, so such a message is shown as sent; anything else (init's
+/// in-memory lines in the sandbox, a message from elsewhere) is escaped.
+pub fn escape_message(text: &str) -> String {
+    if text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        text.to_string()
+    } else {
+        escape(text)
     }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn user(uid: u32) -> String {
@@ -92,11 +97,32 @@ pub fn tree(processes: &[ProcessInfo]) -> Vec<(usize, &ProcessInfo)> {
 
 const COMMAND_WIDTH: usize = 90;
 
+/// `text` (in the escaped form) cut to `max` characters with `...`, never
+/// inside an escape (`\\` or `\xNN`).
 fn cut(text: String, max: usize) -> String {
     if text.chars().count() <= max {
         return text;
     }
-    let mut cut: String = text.chars().take(max.saturating_sub(3)).collect();
+    let keep = max.saturating_sub(3);
+    let mut end = 0;
+    let mut kept = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        let len = match (c, chars.peek().map(|&(_, n)| n)) {
+            ('\\', Some('\\')) => 2,
+            ('\\', Some('x')) => 4,
+            _ => 1,
+        };
+        if kept + len > keep {
+            break;
+        }
+        for _ in 1..len {
+            chars.next();
+        }
+        kept += len;
+        end = chars.peek().map_or(text.len(), |&(j, _)| j);
+    }
+    let mut cut = text[..end].to_string();
     cut.push_str("...");
     cut
 }
@@ -124,9 +150,9 @@ pub fn ps_table(reply: &PsReply, view: View) -> String {
             p.role.clone()
         };
         let pod = match (&p.pod, &p.container) {
-            (Some(pod), Some(c)) => format!("{pod}/{c}"),
-            (Some(pod), None) => pod.clone(),
-            (None, Some(c)) => c.clone(),
+            (Some(pod), Some(c)) => format!("{}/{}", escape(pod), escape(c)),
+            (Some(pod), None) => escape(pod),
+            (None, Some(c)) => escape(c),
             (None, None) => "-".to_string(),
         };
         let indent = if depth == 0 {
@@ -142,7 +168,7 @@ pub fn ps_table(reply: &PsReply, view: View) -> String {
             cpu(p.cpu_ms),
             kib(p.rss_kib),
             role,
-            escape(&pod),
+            pod,
             if view.wide {
                 command
             } else {
@@ -152,8 +178,10 @@ pub fn ps_table(reply: &PsReply, view: View) -> String {
         if view.wide {
             row.extend([
                 p.ppid.to_string(),
-                escape(&p.cgroup),
-                escape(p.exe.as_deref().unwrap_or("-")),
+                kios_protocol::path::escape_str(&p.cgroup),
+                p.exe
+                    .as_deref()
+                    .map_or("-".to_string(), kios_protocol::path::escape_str),
                 p.why.clone(),
             ]);
         }
@@ -219,7 +247,7 @@ pub fn record_line(r: &KmsgRecord, boot_ms: u64, view: View) -> String {
         "[{:>5}.{:06}] {level} {}",
         r.usec / 1_000_000,
         r.usec % 1_000_000,
-        escape(&r.message)
+        escape_message(&r.message)
     );
     if view.wide {
         line = format!("{}  {line}", render::timestamp(boot_ms + r.usec / 1000));
@@ -370,8 +398,62 @@ mod tests {
     }
 
     #[test]
-    fn escape_shows_control_characters() {
-        assert_eq!(escape("sh -c 'a\nb'\u{1b}[2J"), "sh -c 'a\\nb'\\u{1b}[2J");
-        assert_eq!(escape("plain"), "plain");
+    fn escape_shows_controls_bidi_and_zero_width_characters_reversibly() {
+        for (text, shown) in [
+            ("sh -c 'a\nb'\u{1b}[2J", "sh -c 'a\\x0ab'\\x1b[2J"),
+            ("plain words", "plain words"),
+            // A right-to-left override that would show "sleep 300" as "003 peels".
+            ("\u{202e}sleep 300", "\\xe2\\x80\\xaesleep 300"),
+            (
+                "sleep\u{2066} 300\u{2069}",
+                "sleep\\xe2\\x81\\xa6 300\\xe2\\x81\\xa9",
+            ),
+            ("a\u{200f}b", "a\\xe2\\x80\\x8fb"),
+            // A zero-width space inside a name that then reads "kubelet".
+            ("/bin/kube\u{200b}let", "/bin/kube\\xe2\\x80\\x8blet"),
+            (
+                "x\u{feff}\u{2060}\u{200d}",
+                "x\\xef\\xbb\\xbf\\xe2\\x81\\xa0\\xe2\\x80\\x8d",
+            ),
+            ("C:\\dir", "C:\\\\dir"),
+        ] {
+            assert_eq!(escape(text), shown, "{text:?}");
+            assert_eq!(
+                kios_protocol::path::unescape(shown).unwrap(),
+                text.as_bytes(),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_command_never_ends_inside_an_escape() {
+        let shown = escape("abcdef\u{202e}gh");
+        assert_eq!(shown, "abcdef\\xe2\\x80\\xaegh");
+        for max in 4..shown.len() {
+            let cut = cut(shown.clone(), max);
+            assert!(cut.chars().count() <= max, "{max}: {cut}");
+            let body = cut.strip_suffix("...").unwrap();
+            assert!(kios_protocol::path::unescape(body).is_ok(), "{max}: {cut}");
+        }
+        assert_eq!(cut("a\\\\bcdef".to_string(), 6), "a\\\\...");
+        assert_eq!(cut("a\\\\bcdef".to_string(), 5), "a...");
+        assert_eq!(cut("short".to_string(), 5), "short");
+    }
+
+    #[test]
+    fn kernel_messages_keep_the_kernels_escapes_and_escape_the_rest() {
+        // As /dev/kmsg sends it: printable ASCII, a backslash as \x5c.
+        let kernel = "usb 1-1: name \\x5cx41\\x0a";
+        assert_eq!(escape_message(kernel), kernel);
+        assert_eq!(
+            escape_message("kiOS: request 'restart kubelet'"),
+            "kiOS: request 'restart kubelet'"
+        );
+        assert_eq!(
+            escape_message("kiOS: a\u{202e}b c\\d"),
+            "kiOS: a\\xe2\\x80\\xaeb c\\\\d"
+        );
+        assert_eq!(escape_message("kiOS: \u{1b}[2J"), "kiOS: \\x1b[2J");
     }
 }

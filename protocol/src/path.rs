@@ -12,6 +12,11 @@
 //!
 //! [`escape`] is injective and [`unescape`] is its inverse: the same form
 //! goes in tables, in JSON and back into `files PATH`.
+//!
+//! A command line (`ps`: its arguments joined by single spaces) is shown
+//! with [`escape_words`]: each space-separated word in that form, the
+//! spaces between them kept, so words stay readable and a word cannot
+//! hide, reorder or fake its neighbours. [`unescape`] inverts it too.
 
 use thiserror::Error;
 
@@ -22,10 +27,20 @@ pub enum UnescapeError {
     BadEscape { text: String, at: usize },
 }
 
-/// Format characters that change how the text around them is shown
-/// (zero-width, bidirectional overrides and isolates, byte-order mark).
+/// Format characters that change how the text around them is shown:
+/// zero-width (U+200B-U+200D, the word joiner U+2060 and the invisible
+/// operators after it, the byte-order mark U+FEFF), and bidirectional
+/// controls (the marks U+200E, U+200F and U+061C, the embeddings and
+/// overrides U+202A-U+202E, the isolates U+2066-U+2069).
 fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 fn keeps_itself(c: char) -> bool {
@@ -64,6 +79,15 @@ pub fn escape(bytes: &[u8]) -> String {
 /// The escaped form of a path that is already text.
 pub fn escape_str(text: &str) -> String {
     escape(text.as_bytes())
+}
+
+/// The escaped form of text whose words are separated by single spaces (a
+/// command line): every word in the form of [`escape`], the separating
+/// spaces themselves. Still injective (the form of a word has no space),
+/// and [`unescape`] gives the text back.
+pub fn escape_words(text: &str) -> String {
+    let words: Vec<String> = text.split(' ').map(escape_str).collect();
+    words.join(" ")
 }
 
 /// True when `text` needs no escape: its escaped form is itself.
@@ -154,6 +178,79 @@ mod tests {
         // Every byte value round-trips.
         let all: Vec<u8> = (0..=255u8).collect();
         assert_eq!(unescape(&escape(&all)).unwrap(), all);
+    }
+
+    #[test]
+    fn bidi_controls_are_escaped() {
+        // Embeddings and overrides, isolates, and the implicit marks.
+        let bidi = [
+            ('\u{202a}', "\\xe2\\x80\\xaa"),
+            ('\u{202b}', "\\xe2\\x80\\xab"),
+            ('\u{202c}', "\\xe2\\x80\\xac"),
+            ('\u{202d}', "\\xe2\\x80\\xad"),
+            ('\u{202e}', "\\xe2\\x80\\xae"),
+            ('\u{2066}', "\\xe2\\x81\\xa6"),
+            ('\u{2067}', "\\xe2\\x81\\xa7"),
+            ('\u{2068}', "\\xe2\\x81\\xa8"),
+            ('\u{2069}', "\\xe2\\x81\\xa9"),
+            ('\u{200e}', "\\xe2\\x80\\x8e"),
+            ('\u{200f}', "\\xe2\\x80\\x8f"),
+            ('\u{061c}', "\\xd8\\x9c"),
+        ];
+        for (c, form) in bidi {
+            let text = format!("sleep{c}300");
+            assert_eq!(escape_str(&text), format!("sleep{form}300"), "{c:?}");
+            assert_eq!(escape_words(&text), format!("sleep{form}300"), "{c:?}");
+            assert!(!is_plain(&text), "{c:?}");
+            assert_eq!(unescape(&escape_words(&text)).unwrap(), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn zero_width_characters_are_escaped() {
+        let zero_width = [
+            ('\u{200b}', "\\xe2\\x80\\x8b"),
+            ('\u{200c}', "\\xe2\\x80\\x8c"),
+            ('\u{200d}', "\\xe2\\x80\\x8d"),
+            ('\u{2060}', "\\xe2\\x81\\xa0"),
+            ('\u{feff}', "\\xef\\xbb\\xbf"),
+        ];
+        for (c, form) in zero_width {
+            let text = format!("kube{c}let");
+            assert_eq!(escape_str(&text), format!("kube{form}let"), "{c:?}");
+            assert_eq!(escape_words(&text), format!("kube{form}let"), "{c:?}");
+            assert!(!is_plain(&text), "{c:?}");
+            assert_eq!(unescape(&escape_words(&text)).unwrap(), text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn command_lines_keep_their_spaces_and_escape_the_rest() {
+        // Controls (a fake row), other white space (tab, no-break space)
+        // and backslashes inside words; the separating spaces stay.
+        let line = "sh -c 'a\nb'\u{1b}[2J\ttab\u{a0}nbsp C:\\x41";
+        let shown = escape_words(line);
+        assert_eq!(
+            shown,
+            "sh -c 'a\\x0ab'\\x1b[2J\\x09tab\\xc2\\xa0nbsp C:\\\\x41"
+        );
+        assert_eq!(unescape(&shown).unwrap(), line.as_bytes());
+        // Empty words (doubled, leading, trailing spaces) survive too.
+        for line in ["", " ", "a  b", " a", "a ", "/bin/kubelet --config /etc/x"] {
+            let shown = escape_words(line);
+            assert_eq!(unescape(&shown).unwrap(), line.as_bytes(), "{line:?}");
+        }
+        assert_eq!(
+            escape_words("/bin/crio --log-level info"),
+            "/bin/crio --log-level info"
+        );
+        // Injective: a space in the text and an escaped one differ.
+        assert_ne!(escape_words("a b"), escape_words("a\\x20b"));
+        // Upper-case digits are accepted back.
+        assert_eq!(
+            unescape("sleep\\xE2\\x80\\xAE300").unwrap(),
+            "sleep\u{202e}300".as_bytes()
+        );
     }
 
     #[test]

@@ -1288,4 +1288,176 @@ mod tests {
             .count();
         assert_eq!(spawns, 2);
     }
+
+    /// (action, by, outcome, shutdown, pid, uid, command) of every entry.
+    type Seen = (
+        String,
+        String,
+        String,
+        bool,
+        Option<i32>,
+        Option<u32>,
+        Option<String>,
+    );
+
+    fn audited(n: &Node) -> Vec<Seen> {
+        n.owner
+            .state
+            .audit
+            .entries(usize::MAX)
+            .into_iter()
+            .map(|e| {
+                (
+                    e.action, e.by, e.outcome, e.shutdown, e.pid, e.uid, e.command,
+                )
+            })
+            .collect()
+    }
+
+    fn trigger(action: &str, by: &str, outcome: &str, shutdown: bool) -> Seen {
+        (
+            action.to_string(),
+            by.to_string(),
+            outcome.to_string(),
+            shutdown,
+            None,
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn every_shutdown_trigger_is_audited_with_its_origin_and_mode() {
+        let device = PathBuf::from("/dev/input/event-audit-unit-test");
+        let cases = [
+            (
+                Event::Signal(ShutdownSignal::Term),
+                PowerMode::Poweroff,
+                "SIGTERM".to_string(),
+            ),
+            (
+                Event::Signal(ShutdownSignal::Pwr),
+                PowerMode::Poweroff,
+                "SIGPWR".to_string(),
+            ),
+            (
+                Event::Signal(ShutdownSignal::Int),
+                PowerMode::Reboot,
+                "ctrl-alt-del (SIGINT)".to_string(),
+            ),
+            (
+                Event::PowerButton {
+                    device: device.clone(),
+                },
+                PowerMode::Poweroff,
+                format!("power button ({})", device.display()),
+            ),
+        ];
+        for (i, (event, mode, by)) in cases.into_iter().enumerate() {
+            let mut n = node(&format!("audit-trigger-{i}"), Box::new(INLINE_SPAWNER));
+            n.at(10, Some(event));
+            assert_eq!(n.owner.state.shutdown.mode(), Some(mode), "{by}");
+            let action = format!("shutdown {mode}");
+            assert_eq!(
+                audited(&n),
+                vec![trigger(&action, &by, "started", true)],
+                "{by}"
+            );
+            let entry = &n.owner.state.audit.entries(1)[0];
+            assert_eq!(entry.at_ms, n.now(10).epoch_ms, "{by}");
+            // A second trigger while the first runs changes nothing and is
+            // audited as such; it does not end the boot.
+            n.at(20, Some(Event::Signal(ShutdownSignal::Term)));
+            assert_eq!(n.owner.state.shutdown.mode(), Some(mode), "{by}");
+            assert_eq!(
+                audited(&n)[1],
+                trigger("shutdown poweroff", "SIGTERM", "already-in-progress", false),
+                "{by}"
+            );
+        }
+        // The power button's kernel log line names the device.
+        let lines = crate::kmsgread::MEMORY.messages();
+        let wanted = format!(
+            "shutdown (poweroff) requested by power button ({})",
+            device.display()
+        );
+        assert!(
+            lines.iter().any(|l| l.ends_with(&wanted)),
+            "no '{wanted}' in {lines:#?}"
+        );
+        let again = format!(
+            "requested by power button ({}): one is already in progress",
+            device.display()
+        );
+        assert!(
+            !lines.iter().any(|l| l.ends_with(&again)),
+            "the button was pressed once"
+        );
+    }
+
+    #[test]
+    fn a_trigger_during_a_shutdown_is_in_the_kernel_log_too() {
+        let device = PathBuf::from("/dev/input/event-audit-unit-test-again");
+        let mut n = node("audit-again", Box::new(INLINE_SPAWNER));
+        n.at(10, Some(Event::Signal(ShutdownSignal::Int)));
+        n.at(
+            20,
+            Some(Event::PowerButton {
+                device: device.clone(),
+            }),
+        );
+        let by = format!("power button ({})", device.display());
+        assert_eq!(
+            audited(&n),
+            vec![
+                trigger("shutdown reboot", "ctrl-alt-del (SIGINT)", "started", true),
+                trigger("shutdown poweroff", &by, "already-in-progress", false),
+            ]
+        );
+        // The reboot asked first stands.
+        assert_eq!(n.owner.state.shutdown.mode(), Some(PowerMode::Reboot));
+        let wanted = format!("shutdown (poweroff) requested by {by}: one is already in progress");
+        let lines = crate::kmsgread::MEMORY.messages();
+        assert!(
+            lines.iter().any(|l| l.ends_with(&wanted)),
+            "no '{wanted}' in {lines:#?}"
+        );
+    }
+
+    #[test]
+    fn legacy_bytes_are_audited_with_the_peer_through_the_owner() {
+        let mut n = node("audit-legacy", Box::new(INLINE_SPAWNER));
+        let (kubelet, _reg) = n.connect(1, 31_001);
+        let legacy = |peer: &Peer, command| {
+            Some(Event::Client(ClientEvent::Legacy {
+                peer: peer.clone(),
+                command,
+            }))
+        };
+        n.at(2, legacy(&kubelet, LegacyCommand::RestartKubelet));
+        n.at(3, legacy(&kubelet, LegacyCommand::RestartCrio));
+        n.at(4, legacy(&kubelet, LegacyCommand::SoftShutdown));
+        n.at(5, legacy(&kubelet, LegacyCommand::ContinueShutdown));
+        let by = |byte: u8| format!("socket pid 31001 uid 0 (test) (legacy 0x0{byte})");
+        let peer = |action: &str, byte: u8, outcome: &str, shutdown: bool| -> Seen {
+            (
+                action.to_string(),
+                by(byte),
+                outcome.to_string(),
+                shutdown,
+                Some(31_001),
+                Some(0),
+                Some("test".to_string()),
+            )
+        };
+        assert_eq!(
+            audited(&n),
+            vec![
+                peer("restart kubelet", 3, "ok", false),
+                peer("restart crio", 4, "ok", false),
+                peer("shutdown poweroff", 1, "started", true),
+                peer("continue-shutdown", 2, "ok", false),
+            ]
+        );
+    }
 }

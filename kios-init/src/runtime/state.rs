@@ -299,7 +299,13 @@ impl State {
                 crate::kinfo!("shutdown forced by {requested_by}: skipping the remaining waits");
                 self.shutdown_changed();
             }
-            Requested::AlreadyInProgress => {}
+            Requested::AlreadyInProgress => {
+                // Still in the kernel log: every trigger is, with its origin.
+                crate::kinfo!(
+                    "shutdown ({mode}{}) requested by {requested_by}: one is already in progress",
+                    if force { ", force" } else { "" }
+                );
+            }
         }
         requested
     }

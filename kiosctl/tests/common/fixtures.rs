@@ -442,7 +442,7 @@ pub fn ps_reply() -> PsReply {
             )),
             in_pod(process(301, 300, "container", "nginx: master process nginx")),
             in_pod(process(302, 301, "container", "nginx: worker process")),
-            process(666, 1, "unexpected", "/tmp/miner --evil\u{1b}[2J"),
+            process(666, 1, "unexpected", "/tmp/miner --evil\u{1b}[2J \u{202e}nim.sh"),
         ],
         kernel_threads: 38,
         unexpected: 1,

@@ -188,12 +188,10 @@ fn audit_request(
 }
 
 /// Handles one legacy byte. The legacy dialect has no responses; refused
-/// and meaningless commands are logged (or, for a 0x02 outside a shutdown,
-/// silently ignored: the kubelet sends it when refreshing its lock).
+/// commands are logged and audited like line requests (a non-root 0x02
+/// too); a root 0x02 outside a shutdown is silently ignored (the kubelet
+/// sends it when refreshing its lock).
 pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now: Now) {
-    if command == LegacyCommand::ContinueShutdown && !state.shutdown.is_active() {
-        return;
-    }
     if !peer.is_root() {
         crate::kwarn!(
             "refused legacy command 0x{:02x} from {}: not uid 0",
@@ -201,6 +199,9 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
             peer.describe()
         );
         audit_legacy(state, peer, command, "not-permitted", false, now);
+        return;
+    }
+    if command == LegacyCommand::ContinueShutdown && !state.shutdown.is_active() {
         return;
     }
     crate::kinfo!(
@@ -212,9 +213,6 @@ pub fn handle_legacy(state: &mut State, peer: &Peer, command: LegacyCommand, now
         LegacyCommand::SoftShutdown => {
             let by = format!("socket {} (legacy 0x01)", peer.describe());
             let requested = state.request_shutdown(PowerMode::Poweroff, false, &by, now);
-            if requested == Requested::AlreadyInProgress {
-                crate::kinfo!("a shutdown is already in progress");
-            }
             let outcome = crate::runtime::audit::requested_outcome(requested);
             audit_legacy(
                 state,
@@ -365,6 +363,189 @@ mod tests {
         );
         assert_eq!(entries[2].by, "socket pid 4242 uid 0 (kiosctl)");
         assert_eq!(entries[2].command.as_deref(), Some("kiosctl"));
+    }
+
+    /// (action, by, outcome, pid, uid, command) of one entry.
+    type Seen = (
+        String,
+        String,
+        String,
+        Option<i32>,
+        Option<u32>,
+        Option<String>,
+    );
+
+    /// Every entry, as [`Seen`].
+    fn audited(state: &State) -> Vec<Seen> {
+        state
+            .audit
+            .entries(usize::MAX)
+            .into_iter()
+            .map(|e| (e.action, e.by, e.outcome, e.pid, e.uid, e.command))
+            .collect()
+    }
+
+    #[test]
+    fn every_refused_verb_and_legacy_byte_is_audited_and_logged_with_the_peer() {
+        let mut t = test_state();
+        let now = Now::current();
+        // A pid no other test uses, to find this test's kernel log lines.
+        let stranger = Peer {
+            id: t.state.clients.next_id(),
+            pid: Some(51_723),
+            uid: Some(1000),
+            command: Some("intruder".into()),
+        };
+        let requests = [
+            Request::Restart {
+                service: ServiceName::Kubelet,
+            },
+            Request::Restart {
+                service: ServiceName::Crio,
+            },
+            Request::Shutdown {
+                mode: PowerMode::Poweroff,
+                force: false,
+            },
+            Request::Shutdown {
+                mode: PowerMode::Reboot,
+                force: true,
+            },
+            Request::ContinueShutdown,
+        ];
+        let lines: Vec<String> = requests.iter().map(Request::to_line).collect();
+        for request in requests {
+            assert_eq!(
+                code(handle(&mut t.state, &stranger, request, now)),
+                ErrorCode::NotPermitted
+            );
+        }
+        // Every byte, 0x02 outside a shutdown included.
+        for command in [
+            LegacyCommand::SoftShutdown,
+            LegacyCommand::ContinueShutdown,
+            LegacyCommand::RestartKubelet,
+            LegacyCommand::RestartCrio,
+        ] {
+            handle_legacy(&mut t.state, &stranger, command, now);
+        }
+        assert!(!t.state.shutdown.is_active());
+        assert!(t.signals().is_empty());
+        let who = "pid 51723 uid 1000 (intruder)";
+        let mut expected: Vec<_> = lines
+            .iter()
+            .map(|line| {
+                (
+                    line.clone(),
+                    format!("socket {who}"),
+                    "not-permitted".to_string(),
+                    Some(51_723),
+                    Some(1000),
+                    Some("intruder".to_string()),
+                )
+            })
+            .collect();
+        for (action, byte) in [
+            ("shutdown poweroff", 1),
+            ("continue-shutdown", 2),
+            ("restart kubelet", 3),
+            ("restart crio", 4),
+        ] {
+            expected.push((
+                action.to_string(),
+                format!("socket {who} (legacy 0x0{byte})"),
+                "not-permitted".to_string(),
+                Some(51_723),
+                Some(1000),
+                Some("intruder".to_string()),
+            ));
+        }
+        assert_eq!(audited(&t.state), expected);
+        assert!(t
+            .state
+            .audit
+            .entries(usize::MAX)
+            .iter()
+            .all(|e| !e.shutdown));
+        // The kernel log has each refusal with the peer.
+        let logged = crate::kmsgread::MEMORY.messages();
+        for line in &lines {
+            let wanted = format!("refused '{line}' from {who}: not uid 0");
+            assert!(logged.iter().any(|l| l.ends_with(&wanted)), "no '{wanted}'");
+        }
+        for byte in 1..=4 {
+            let wanted = format!("refused legacy command 0x0{byte} from {who}: not uid 0");
+            assert!(logged.iter().any(|l| l.ends_with(&wanted)), "no '{wanted}'");
+        }
+    }
+
+    #[test]
+    fn legacy_bytes_from_root_are_audited_and_logged_with_the_peer() {
+        let mut t = test_state();
+        let now = Now::current();
+        let kubelet = Peer {
+            id: t.state.clients.next_id(),
+            pid: Some(51_724),
+            uid: Some(0),
+            command: Some("kubelet".into()),
+        };
+        // Outside a shutdown a root 0x02 is the kubelet refreshing: nothing.
+        handle_legacy(&mut t.state, &kubelet, LegacyCommand::ContinueShutdown, now);
+        assert!(audited(&t.state).is_empty());
+        for command in [
+            LegacyCommand::RestartKubelet,
+            LegacyCommand::RestartCrio,
+            LegacyCommand::SoftShutdown,
+            LegacyCommand::SoftShutdown,
+            LegacyCommand::ContinueShutdown,
+        ] {
+            handle_legacy(&mut t.state, &kubelet, command, now);
+        }
+        let who = "pid 51724 uid 0 (kubelet)";
+        let seen: Vec<(String, String, String, bool)> = t
+            .state
+            .audit
+            .entries(usize::MAX)
+            .into_iter()
+            .map(|e| {
+                assert_eq!(
+                    (e.pid, e.uid, e.command.as_deref()),
+                    (Some(51_724), Some(0), Some("kubelet"))
+                );
+                (e.action, e.by, e.outcome, e.shutdown)
+            })
+            .collect();
+        let by = |byte: u8| format!("socket {who} (legacy 0x0{byte})");
+        assert_eq!(
+            seen,
+            vec![
+                ("restart kubelet".into(), by(3), "ok".into(), false),
+                ("restart crio".into(), by(4), "ok".into(), false),
+                ("shutdown poweroff".into(), by(1), "started".into(), true),
+                (
+                    "shutdown poweroff".into(),
+                    by(1),
+                    "already-in-progress".into(),
+                    false
+                ),
+                ("continue-shutdown".into(), by(2), "ok".into(), false),
+            ]
+        );
+        assert!(t.state.shutdown.continued());
+        let logged = crate::kmsgread::MEMORY.messages();
+        for wanted in [
+            format!("legacy command 0x03 from {who}"),
+            format!("legacy command 0x04 from {who}"),
+            format!("legacy command 0x01 from {who}"),
+            format!("legacy command 0x02 from {who}"),
+            format!("shutdown (poweroff) requested by {}", by(1)),
+            format!(
+                "shutdown (poweroff) requested by {}: one is already in progress",
+                by(1)
+            ),
+        ] {
+            assert!(logged.iter().any(|l| l.ends_with(&wanted)), "no '{wanted}'");
+        }
     }
 
     #[test]
