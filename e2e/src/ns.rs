@@ -69,6 +69,7 @@ pub struct SandboxConfig {
     removed: Vec<String>,
     env: Vec<(String, String)>,
     pristine: bool,
+    cgroup: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -89,6 +90,7 @@ impl SandboxConfig {
             removed: Vec::new(),
             env: Vec::new(),
             pristine: false,
+            cgroup: None,
         }
     }
 
@@ -127,6 +129,15 @@ impl SandboxConfig {
     /// A boot parameter (init's environment), e.g. `kios.datapart_timeout`.
     pub fn env(mut self, key: &str, value: &str) -> SandboxConfig {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs the sandbox in this cgroup (a directory of a cgroup hierarchy
+    /// the test created, e.g. [`crate::cgroup::PidsCgroup`]): the shell
+    /// joins it before `unshare`, so init and everything it starts are in
+    /// it, and it is the root of the sandbox's cgroup namespace.
+    pub fn cgroup(mut self, dir: &Path) -> SandboxConfig {
+        self.cgroup = Some(dir.to_path_buf());
         self
     }
 
@@ -253,7 +264,17 @@ impl Sandbox {
              chroot=$(command -v chroot)\n\
              exec env -i \"$@\" \"$chroot\" . /init\n"
         );
-        let mut command = Command::new("unshare");
+        let mut command = match &config.cgroup {
+            None => Command::new("unshare"),
+            Some(dir) => {
+                // Join the cgroup, then become unshare.
+                let mut join = Command::new("sh");
+                join.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(dir.join("cgroup.procs"))
+                    .arg("unshare");
+                join
+            }
+        };
         command
             .args([
                 "--pid",
