@@ -6,7 +6,8 @@
 //!   in test images); std and nix only.
 //! - `artifacts` (feature `harness`): builds the static binaries once and the
 //!   image tree with the rootfs builder.
-//! - `ns` (feature `harness`): the namespace sandbox.
+//! - `ns` (feature `harness`): the namespace sandbox; `cgroup`: a pids
+//!   cgroup of a test's own for one.
 //! - `programs` (feature `harness`): which programs the workspace runs and
 //!   whether a fresh Debian machine has them after scripts/deps.
 
@@ -14,6 +15,8 @@ pub mod standin;
 
 #[cfg(feature = "harness")]
 pub mod artifacts;
+#[cfg(feature = "harness")]
+pub mod cgroup;
 #[cfg(feature = "harness")]
 pub mod ns;
 #[cfg(feature = "harness")]

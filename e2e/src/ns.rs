@@ -70,6 +70,7 @@ pub struct SandboxConfig {
     env: Vec<(String, String)>,
     setup: Vec<String>,
     pristine: bool,
+    cgroup: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -91,6 +92,7 @@ impl SandboxConfig {
             env: Vec::new(),
             setup: Vec::new(),
             pristine: false,
+            cgroup: None,
         }
     }
 
@@ -138,6 +140,15 @@ impl SandboxConfig {
     /// A boot parameter (init's environment), e.g. `kios.datapart_timeout`.
     pub fn env(mut self, key: &str, value: &str) -> SandboxConfig {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs the sandbox in this cgroup (a directory of a cgroup hierarchy
+    /// the test created, e.g. [`crate::cgroup::PidsCgroup`]): the shell
+    /// joins it before `unshare`, so init and everything it starts are in
+    /// it, and it is the root of the sandbox's cgroup namespace.
+    pub fn cgroup(mut self, dir: &Path) -> SandboxConfig {
+        self.cgroup = Some(dir.to_path_buf());
         self
     }
 
@@ -274,7 +285,17 @@ impl Sandbox {
              chroot=$(command -v chroot)\n\
              exec env -i \"$@\" \"$chroot\" . /init\n"
         );
-        let mut command = Command::new("unshare");
+        let mut command = match &config.cgroup {
+            None => Command::new("unshare"),
+            Some(dir) => {
+                // Join the cgroup, then become unshare.
+                let mut join = Command::new("sh");
+                join.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(dir.join("cgroup.procs"))
+                    .arg("unshare");
+                join
+            }
+        };
         command
             .args([
                 "--pid",

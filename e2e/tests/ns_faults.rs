@@ -1,13 +1,15 @@
 //! Namespace sandbox faults (issue 11): a cri-o that never creates its
 //! socket, a cri-o that dies before it is ready, /etc/kubernetes files
-//! that are malformed, huge, binary or not files at all, and a full
-//! /var/log under a log flood. Each time the
-//! kernel log says what is wrong, `status` shows it, and the node keeps
-//! doing everything else, shutdown included.
+//! that are malformed, huge, binary or not files at all, a full /var/log
+//! under a log flood, a process tree that ignores SIGTERM and grows back,
+//! and a pid limit that makes every spawn fail. Each time the kernel log
+//! says what is wrong, `status` shows it, and the node keeps doing
+//! everything else, shutdown included.
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
+use kios_e2e::cgroup::PidsCgroup;
 use kios_e2e::ns::{Sandbox, SandboxConfig, DEFAULT_WAIT};
 use nix::sys::signal::Signal;
 
@@ -203,5 +205,149 @@ fn a_full_var_log_drops_lines_with_a_count_and_blocks_nothing() -> Result<()> {
     ensure!(sandbox.request("restart kubelet")?["ok"] == true);
     sandbox.wait_events("kubelet connected", 2, DEFAULT_WAIT)?;
     eprintln!("/var/log full: {first} then {second} lines dropped, {notices} notice");
+    shuts_down(&sandbox)
+}
+
+/// The `pid=N` of a stand-in event line.
+fn pid_of(event: &str) -> Result<i32> {
+    event
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.trim_end_matches(':').parse().ok())
+        .ok_or_else(|| anyhow!("no pid in {event:?}"))
+}
+
+#[test]
+fn a_tree_that_ignores_sigterm_and_grows_back_is_killed_and_shutdown_completes() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(
+        SandboxConfig::new("regrowing-tree").kubelet_conf("grace_ms=100\nregrow=true\n"),
+    )?;
+    // The first process of the tree and its child.
+    let started = sandbox.wait_events("regrow started", 2, DEFAULT_WAIT)?;
+    // Killing one grows the tree back.
+    let victim = pid_of(&started[1])?;
+    sandbox.kill_ns_pid(victim, Signal::SIGKILL)?;
+    sandbox.wait_events("regrow started", 3, DEFAULT_WAIT)?;
+    ensure!(
+        sandbox.count_events("regrow child-died") >= 1,
+        "the killed process was not noticed\n{}",
+        sandbox.diagnostics()
+    );
+    // The node answers and supervises as before.
+    let status = sandbox.status()?;
+    ensure!(
+        Sandbox::service(&status, "kubelet")?["state"] == "running",
+        "{status}"
+    );
+
+    let reply = sandbox.request("shutdown poweroff")?;
+    ensure!(reply["ok"] == true, "shutdown: {reply}");
+    // SIGTERM to every process: the tree ignores it and grows.
+    let before_term = sandbox.count_events("regrow started");
+    sandbox.wait_event("regrow sigterm-ignored", DEFAULT_WAIT)?;
+    sandbox.wait_events("regrow started", before_term + 1, DEFAULT_WAIT)?;
+    // Init still answers while it waits out the TERM grace.
+    let status = sandbox.status()?;
+    ensure!(
+        status["node"]["shutdown"]["phase"] == "stopping",
+        "status during the TERM grace: {status}\n{}",
+        sandbox.diagnostics()
+    );
+    // SIGKILL to every process at once ends the tree; the shutdown goes on.
+    let ended = sandbox.wait_end(Duration::from_secs(30))?;
+    ensure!(
+        ended.is_poweroff(),
+        "ended {ended:?}\n{}",
+        sandbox.diagnostics()
+    );
+    let log = sandbox.init_log();
+    ensure!(
+        log.contains(
+            "processes still run 5 s after SIGTERM; sending SIGKILL to every process left"
+        ),
+        "no kernel-log line for the KILL\n{}",
+        sandbox.diagnostics()
+    );
+    ensure!(
+        !log.contains("processes are left after SIGKILL"),
+        "the tree survived SIGKILL\n{}",
+        sandbox.diagnostics()
+    );
+    ensure!(
+        log.contains("shutdown: powering off"),
+        "{}",
+        sandbox.diagnostics()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_pid_limit_fails_the_kubelet_start_visibly_and_lifting_it_lets_the_kubelet_start() -> Result<()>
+{
+    // Declared first, dropped last: the sandbox's processes leave it first.
+    let cgroup = PidsCgroup::create("pid-limit")?;
+    let sandbox = Sandbox::boot_ready(fault("pid-limit").cgroup(cgroup.dir()))?;
+    ensure!(
+        cgroup.procs().contains(&sandbox.init_pid()),
+        "init is not in {}: {:?}",
+        cgroup.dir().display(),
+        cgroup.procs()
+    );
+    let kubelet = Sandbox::service(&sandbox.status()?, "kubelet")?;
+    let pid = kubelet["pid"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("no kubelet pid: {kubelet}"))?;
+
+    // No new task at all (the ones there stay), then the kubelet dies.
+    cgroup.set_max(Some(1))?;
+    sandbox.kill_ns_pid(pid as i32, Signal::SIGKILL)?;
+    sandbox.wait_log("cannot start kubelet", DEFAULT_WAIT)?;
+    // Back-off retries, and each failure is a visible state.
+    sandbox.wait_for(
+        "three failed kubelet starts",
+        Duration::from_secs(20),
+        || (sandbox.init_log().matches("cannot start kubelet").count() >= 3).then_some(()),
+    )?;
+    let log = sandbox.init_log();
+    ensure!(
+        log.contains("no new process allowed: a pid limit"),
+        "the failure does not say why\n{}",
+        sandbox.diagnostics()
+    );
+    let status = sandbox.status()?;
+    let kubelet = Sandbox::service(&status, "kubelet")?;
+    ensure!(
+        kubelet["state"] == "backoff"
+            && kubelet["pid"].is_null()
+            && kubelet["last_exit"]["code"] == 127
+            && kubelet["restarts"].as_u64() >= Some(3)
+            && kubelet["next_start_ms"].is_u64(),
+        "the failed start is not shown: {kubelet}\n{}",
+        sandbox.diagnostics()
+    );
+    // The node keeps answering: cri-o is untouched, a request that needs a
+    // thread is refused with a reason instead of losing its connection.
+    ensure!(
+        Sandbox::service(&status, "crio")?["state"] == "running",
+        "{status}"
+    );
+    let ps = sandbox.request("ps")?;
+    ensure!(
+        ps["ok"] == true || ps["error"]["code"] == "unavailable",
+        "ps under the pid limit: {ps}"
+    );
+    ensure!(sandbox.request("boot")?["ok"] == true);
+    ensure!(
+        sandbox.status()?["clients"].as_array().map(Vec::len)
+            == status["clients"].as_array().map(Vec::len),
+        "a client slot was lost"
+    );
+
+    // Lifted: the next back-off retry starts the kubelet.
+    cgroup.set_max(None)?;
+    sandbox.wait_events("kubelet connected", 2, Duration::from_secs(40))?;
+    let kubelet = sandbox.wait_service("kubelet", DEFAULT_WAIT, |s| s["state"] == "running")?;
+    ensure!(kubelet["pid"].is_u64(), "{kubelet}");
+    ensure!(sandbox.request("ps")?["ok"] == true, "ps after the limit");
     shuts_down(&sandbox)
 }

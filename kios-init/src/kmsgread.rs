@@ -19,7 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kios_protocol::KmsgRecord;
 use tokio::sync::mpsc;
@@ -287,9 +287,7 @@ impl Source for MemoryReader {
 }
 
 fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::boot::milestones::epoch_ms()
 }
 
 /// Opens the kernel log a request reads, and the wall time of its zero.

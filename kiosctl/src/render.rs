@@ -153,9 +153,13 @@ fn last_exit(exit: Option<&ExitStatus>, now_ms: u64) -> String {
     }
 }
 
-/// The node's clock at the time of a status reply.
+/// The node's clock at the time of a status reply (`now_ms`; from an
+/// older init, `boot_ms + uptime_ms`).
 pub fn status_now(status: &StatusReply) -> u64 {
-    status.node.boot_ms.saturating_add(status.node.uptime_ms)
+    match status.node.now_ms {
+        0 => status.node.boot_ms.saturating_add(status.node.uptime_ms),
+        now => now,
+    }
 }
 
 fn shutdown_text(shutdown: Option<&ShutdownStatus>, now_ms: u64) -> String {

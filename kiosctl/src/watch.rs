@@ -137,7 +137,13 @@ pub fn frame(
         &format!(
             "{}   up {}   {}   (Ctrl-C quits)",
             node.hostname,
-            render::short_duration(now.saturating_sub(node.boot_ms)),
+            // Uptime is monotonic; what passed since the reply, on the
+            // node's clock, is added (a wall-clock jump since boot does
+            // not show as uptime).
+            render::short_duration(
+                node.uptime_ms
+                    .saturating_add(now.saturating_sub(render::status_now(&state.status)))
+            ),
             render::timestamp(now)
         ),
         width,
@@ -267,6 +273,7 @@ mod tests {
                 kernel: "6.1.0".into(),
                 boot_ms: 1_000_000,
                 uptime_ms: 60_000,
+                now_ms: 1_060_000,
                 datapart: None,
                 shutdown: None,
                 graceful_shutdown_armed: true,

@@ -74,9 +74,17 @@ pub struct StatusReply {
 pub struct NodeStatus {
     pub hostname: String,
     pub kernel: String,
-    /// When init started.
+    /// When init started (the wall clock as it read then; with the audit
+    /// entries' `boot_ms`, this boot's identity).
     pub boot_ms: u64,
+    /// How long init has run, on the monotonic clock: wall-clock jumps
+    /// (NTP stepping a clock that started at 1970) do not change it.
     pub uptime_ms: u64,
+    /// The node's wall clock when the reply was made: what ages of other
+    /// `*_ms` fields are measured against. 0 from an init older than this
+    /// field (clients then use `boot_ms + uptime_ms`).
+    #[serde(default)]
+    pub now_ms: u64,
     /// `null` when the node runs without a data partition (`datapart=none`).
     pub datapart: Option<DatapartStatus>,
     /// `null` unless a shutdown is in progress.

@@ -394,6 +394,7 @@ fn sample_replies() -> Vec<(Request, Reply)> {
             kernel: "6.1.0".into(),
             boot_ms: 1_700_000_000_000,
             uptime_ms: 5000,
+            now_ms: 1_700_000_005_000,
             datapart: Some(DatapartStatus {
                 device: Some("/dev/vda1".into()),
                 mounted: true,
@@ -677,6 +678,7 @@ fn status_has_the_contract_fields() {
         "kernel",
         "boot_ms",
         "uptime_ms",
+        "now_ms",
         "datapart",
         "shutdown",
     ] {

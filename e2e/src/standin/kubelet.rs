@@ -31,6 +31,9 @@
 //!   exit 1);
 //! - `flood_lines=N`, `flood_line_bytes=B`: what SIGUSR1 writes to stdout
 //!   (see [`super::flood`]);
+//! - `regrow=true`: once per boot, once connected, start a process tree
+//!   that ignores SIGTERM and grows back when part of it is killed (see
+//!   [`super::regrow`]);
 //! - `script=PATH` (+ `debug_cgroup=NAME`): once per boot, run an admin
 //!   script in a child that looks like a `kubectl debug node` pod (see
 //!   [`super::debugpod`]).
@@ -59,6 +62,12 @@ const EVENT_SHUTDOWN: u8 = 0x01;
 pub fn main(argv: Vec<String>) -> i32 {
     if argv.get(1).map(String::as_str) == Some(super::debugpod::ARG) {
         return super::debugpod::main(argv.get(2).map(String::as_str));
+    }
+    if argv.get(1).map(String::as_str) == Some(super::regrow::ARG) {
+        return super::regrow::main(
+            argv.get(2).map(String::as_str),
+            argv.get(3).map(String::as_str),
+        );
     }
     let inherited = super::open_fds();
     // Before anything else: did cri-o's socket exist when we were started?
@@ -104,6 +113,9 @@ pub fn main(argv: Vec<String>) -> i32 {
     // does (status, shutdown) sees graceful shutdown armed, as on a real node.
     if let Some(script) = config.get("script") {
         start_script_once(script);
+    }
+    if config.bool_or("regrow", false) {
+        start_regrow_once();
     }
 
     let refresh = config.u64_or("refresh_lock_ms", 0);
@@ -208,6 +220,19 @@ pub fn shutdown_grace_period_ms(yaml: &str) -> Option<u64> {
         let value = value.split('#').next().unwrap_or("");
         super::parse_go_duration_ms(value)
     })
+}
+
+/// Starts the regrowing tree once per boot (marker `/run/kios-e2e/regrow.started`).
+fn start_regrow_once() {
+    let _ = std::fs::create_dir_all(RUN_DIR);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(Path::new(RUN_DIR).join("regrow.started"));
+    if created.is_ok() {
+        // Not waited for: its own exit is what the tree reacts to.
+        let _ = super::regrow::start_one(super::regrow::Role::Keeper);
+    }
 }
 
 /// Starts the admin script once per boot (marker `/run/kios-e2e/script.done`).

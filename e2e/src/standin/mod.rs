@@ -24,6 +24,7 @@
 pub mod crio;
 pub mod debugpod;
 pub mod kubelet;
+pub mod regrow;
 pub mod upstream;
 
 use std::collections::BTreeMap;

@@ -23,11 +23,20 @@ pub struct Milestones {
     list: Vec<Milestone>,
 }
 
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The wall clock now, in milliseconds since the Unix epoch (see
+/// [`epoch_ms_of`]).
+pub fn epoch_ms() -> u64 {
+    epoch_ms_of(SystemTime::now())
+}
+
+/// A wall-clock time in milliseconds since the Unix epoch: 0 for a clock
+/// set before 1970, `u64::MAX` past what fits. The wall clock can be
+/// stepped either way at any moment (an RTC-less machine starts at 1970
+/// until NTP corrects it), so kios-init uses it only to show when things
+/// happened; durations and deadlines come from the monotonic clock.
+pub fn epoch_ms_of(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Milestones {
@@ -42,13 +51,22 @@ impl Milestones {
 
     /// Record that `name` was reached now.
     pub fn record(&mut self, name: &str) {
+        self.record_at(name, Instant::now(), epoch_ms());
+    }
+
+    /// Record that `name` was reached at `at` (monotonic), when the wall
+    /// clock read `at_ms`. The offset comes from the monotonic clock only:
+    /// a wall clock stepped between two milestones moves their `at_ms`,
+    /// never their order or the time between them.
+    fn record_at(&mut self, name: &str, at: Instant, at_ms: u64) {
         if self.list.len() >= MILESTONE_LIMIT {
             return;
         }
-        let offset_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let offset_us =
+            u64::try_from(at.saturating_duration_since(self.start).as_micros()).unwrap_or(u64::MAX);
         self.list.push(Milestone {
             name: name.to_string(),
-            at_ms: epoch_ms(),
+            at_ms,
             offset_us,
         });
     }
@@ -91,6 +109,27 @@ mod tests {
             .windows(2)
             .all(|w| w[0].offset_us <= w[1].offset_us));
         assert!(m.list()[0].at_ms >= m.start_epoch_ms());
+    }
+
+    #[test]
+    fn a_wall_clock_step_moves_at_ms_but_not_offsets() {
+        let mut m = Milestones::new();
+        let start = m.start_instant();
+        let boot = m.start_epoch_ms();
+        let ms = std::time::Duration::from_millis;
+        m.record_at("mounts", start + ms(10), boot + 10);
+        // NTP steps an RTC-less clock from 1970 to now, then back 1 s.
+        m.record_at("crio-start", start + ms(20), 1_795_939_250_000);
+        m.record_at("kubelet-start", start + ms(30), 1_795_939_249_000);
+        let got: Vec<(u64, u64)> = m.list().iter().map(|x| (x.at_ms, x.offset_us)).collect();
+        assert_eq!(
+            got,
+            [
+                (boot + 10, 10_000),
+                (1_795_939_250_000, 20_000),
+                (1_795_939_249_000, 30_000)
+            ]
+        );
     }
 
     #[test]

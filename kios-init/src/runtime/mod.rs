@@ -19,6 +19,7 @@
 //! makes the kernel wait for an RCU grace period (~19 ms).
 
 pub mod audit;
+pub mod blocking;
 pub mod event;
 pub mod logcapture;
 pub mod logind;

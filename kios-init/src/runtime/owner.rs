@@ -439,15 +439,16 @@ impl Owner {
             }
         }
         for name in self.state.supervisor.due(now) {
-            self.start(name);
+            self.start(name, now);
         }
         // Kubelet states may have changed to `waiting` in due(). Cheap, and
         // covers a socket created before the watch existed.
         let waiting = self.state.supervisor.kubelet.state == ServiceState::Waiting;
         if waiting && self.state.supervisor.crio.pid.is_some() {
             self.recheck_crio_socket();
-            for name in self.state.supervisor.due(Now::current()) {
-                self.start(name);
+            let now = later(now);
+            for name in self.state.supervisor.due(now) {
+                self.start(name, now);
             }
         }
         // Accepted restarts still owed a start: stop the service again now
@@ -470,7 +471,7 @@ impl Owner {
         }
     }
 
-    fn start(&mut self, name: ServiceName) {
+    fn start(&mut self, name: ServiceName, now: Now) {
         let argv = match name {
             ServiceName::Crio => crate::boot::argv::crio_argv(),
             ServiceName::Kubelet => {
@@ -486,9 +487,7 @@ impl Owner {
             Ok(spawned) => {
                 // After exec succeeded: spawn returns once the child exec'd.
                 let pid = spawned.pid;
-                self.state
-                    .supervisor
-                    .started(name, pid, argv, Now::current());
+                self.state.supervisor.started(name, pid, argv, later(now));
                 let first = match name {
                     ServiceName::Crio => !std::mem::replace(&mut self.once.crio_started, true),
                     ServiceName::Kubelet => {
@@ -508,9 +507,16 @@ impl Owner {
                 }
             }
             Err(e) => {
-                let outcome = self.state.supervisor.start_failed(name, Now::current());
+                let outcome = self.state.supervisor.start_failed(name, later(now));
+                // EAGAIN from clone (its kind; the message names the step):
+                // the kernel refused a new task.
+                let hint = if e.kind() == std::io::ErrorKind::WouldBlock {
+                    " (no new process allowed: a pid limit, pids.max of the node's cgroup or RLIMIT_NPROC, or kernel.pid_max reached)"
+                } else {
+                    ""
+                };
                 crate::kerr!(
-                    "cannot start {name} ({}): {e}; retry in {} ms",
+                    "cannot start {name} ({}): {e}{hint}; retry in {} ms",
                     argv.first().map(String::as_str).unwrap_or("?"),
                     outcome.restart_in.unwrap_or_default().as_millis()
                 );
@@ -715,6 +721,19 @@ impl Owner {
         ) {
             crate::kwarn!("kubelet config restart: {}", e.message);
         }
+    }
+}
+
+/// The time of a step inside a turn that began at `now`: the clock as it
+/// reads (a spawn takes time, and `reaped` measures reap to exec with it),
+/// never earlier than `now` (tests drive the owner on a made-up clock
+/// ahead of the real one).
+fn later(now: Now) -> Now {
+    let current = Now::current();
+    if current.mono >= now.mono {
+        current
+    } else {
+        now
     }
 }
 
@@ -1192,6 +1211,132 @@ mod tests {
         );
         n.at(3 + SOCKET_CLOSE_WAIT.as_millis() as u64, None);
         assert!(n.owner.ended());
+    }
+
+    /// The kubelet crash-loops for an hour of simulated time through the
+    /// whole owner (reaper events, output, the timer): one start per
+    /// back-off end and never two kubelets, the cap held, every restart
+    /// counted, and nothing the node keeps grows once its bound is
+    /// reached; a stable run then starts the back-off over.
+    #[test]
+    fn an_hour_of_kubelet_crash_loop_grows_nothing_and_holds_the_cap() {
+        use crate::runtime::reaper::Exit;
+        let mut n = node("crash-loop", Box::new(INLINE_SPAWNER));
+        let socket = n.owner.state.paths.crio_socket.clone();
+        n.sys.add_file(socket.to_str().unwrap(), "");
+        n.at(1, None);
+        let mut pid = n.owner.state.supervisor.kubelet.pid.expect("kubelet up");
+        let cap = Duration::from_secs(30);
+        let reaped = |pid| Event::Reaped {
+            reaped: vec![Reaped {
+                pid,
+                exit: Exit::Code(1),
+            }],
+            error: None,
+        };
+        // What the node keeps, once the kubelet's tail is full.
+        let kept = |n: &Node| {
+            let s = &n.owner.state;
+            [
+                s.logs.tail(ServiceName::Kubelet).len(),
+                s.logs.tail(ServiceName::Crio).len(),
+                s.milestones.list().len(),
+                s.audit.entries(usize::MAX).len(),
+                s.clients.len(),
+                s.inhibitors.len(),
+                s.supervisor.kubelet.argv.len(),
+            ]
+        };
+        let mut t = 1;
+        let mut crashes = 0u32;
+        let mut at_cap = 0u32;
+        let mut baseline = None;
+        while t < 3_600_000 {
+            // Each instance prints 1 KiB and lives a second.
+            t += 1000;
+            let lines = vec!["E".repeat(256); 4];
+            let output = Event::Output {
+                service: ServiceName::Kubelet,
+                lines,
+            };
+            n.at(t, Some(output));
+            n.at(t, Some(reaped(pid)));
+            crashes += 1;
+            let sup = &n.owner.state.supervisor;
+            if sup.kubelet.pid.is_none() {
+                // Backing off: the owner's timer is the back-off's end.
+                let deadline = sup.next_deadline().expect("a back-off timer");
+                let delay = deadline.duration_since(n.now(t).mono);
+                assert!(delay <= cap, "{delay:?}");
+                if delay == cap {
+                    at_cap += 1;
+                }
+                let ms = delay.as_millis() as u64;
+                n.at(t + ms - 1, None);
+                assert_eq!(n.owner.state.supervisor.kubelet.pid, None, "early start");
+                t += ms;
+                n.at(t, None);
+            }
+            pid = n.owner.state.supervisor.kubelet.pid.expect("restarted");
+            if crashes == 60 {
+                baseline = Some(kept(&n));
+            }
+        }
+        // As in the supervisor's test: 8 crashes to the cap, then 114.
+        assert_eq!(crashes, 122, "the climb, then one crash every 31 s");
+        assert_eq!(at_cap, crashes - 7);
+        let kubelet = &n.owner.state.supervisor.kubelet;
+        assert_eq!(kubelet.restarts, crashes);
+        assert_eq!(kubelet.state, ServiceState::Running);
+        assert_eq!(n.owner.state.supervisor.crio.restarts, 0);
+        assert_eq!(Some(kept(&n)), baseline, "something grew");
+        let tail = n.owner.state.logs.tail(ServiceName::Kubelet);
+        assert!(tail.len() * 256 <= crate::runtime::logcapture::TAIL_BYTES);
+        let spawns = n
+            .sys
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Spawn(_)))
+            .count();
+        assert_eq!(spawns as u32, 1 + 1 + crashes, "one start per crash");
+
+        // A minute of stable running: the next crash restarts at once.
+        t += 60_000;
+        n.at(t, Some(reaped(pid)));
+        let kubelet = &n.owner.state.supervisor.kubelet;
+        assert!(kubelet.pid.is_some(), "restarted in the same turn");
+        assert_eq!(kubelet.consecutive_crashes, 1);
+        assert_eq!(kubelet.restarts, crashes + 1);
+    }
+
+    /// Spawning fails (the kernel refuses a new task: a pid limit): the
+    /// failure is a crash with exit code 127 that backs off, the node goes
+    /// on, and the kubelet starts once spawning works again.
+    #[test]
+    fn a_refused_spawn_backs_off_and_the_kubelet_starts_once_spawning_works() {
+        let mut n = node("spawn-fails", Box::new(INLINE_SPAWNER));
+        let socket = n.owner.state.paths.crio_socket.clone();
+        n.sys.add_file(socket.to_str().unwrap(), "");
+        let argv0 = crate::boot::argv::kubelet_argv(&n.owner.state.paths.etc_kubernetes)[0].clone();
+        for _ in 0..3 {
+            n.sys.fail("spawn", &argv0, libc::EAGAIN);
+        }
+        n.at(1, None);
+        let kubelet = &n.owner.state.supervisor.kubelet;
+        assert_eq!(kubelet.state, ServiceState::Backoff);
+        assert_eq!(kubelet.last_exit.map(|e| e.code), Some(Some(127)));
+        // Retries at once (fails), after 500 ms (fails), after 1 s (works).
+        let mut t = 1;
+        for want in [0, 500, 1000] {
+            let deadline = n.owner.state.supervisor.next_deadline().unwrap();
+            assert_eq!(deadline.duration_since(n.now(t).mono).as_millis(), want);
+            t += want as u64;
+            n.at(t, None);
+        }
+        let kubelet = &n.owner.state.supervisor.kubelet;
+        assert!(kubelet.pid.is_some(), "started once spawning works");
+        assert_eq!(kubelet.restarts, 3);
+        assert_eq!(n.owner.state.supervisor.crio.restarts, 0);
     }
 
     #[test]

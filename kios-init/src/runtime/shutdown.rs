@@ -394,7 +394,14 @@ impl Shutdown {
                     return None;
                 }
                 if left {
-                    crate::kinfo!("shutdown: sending SIGKILL to every process left");
+                    if self.hurry {
+                        crate::kinfo!("shutdown: forced: sending SIGKILL to every process left");
+                    } else {
+                        crate::kwarn!(
+                            "shutdown: processes still run {} s after SIGTERM; sending SIGKILL to every process left",
+                            STOP_GRACE.as_secs()
+                        );
+                    }
                     self.stage = Stage::Killing {
                         deadline: now + KILL_WAIT,
                     };
@@ -709,6 +716,49 @@ mod tests {
             vec![Action::PhaseChanged, Action::StopServices, Action::KillAll],
             "a later force skips the TERM grace too"
         );
+    }
+
+    /// The wall clock jumps while the node shuts down: every bound is on
+    /// the monotonic clock; `since_ms` and `phase_since_ms` show the wall
+    /// clock as it read.
+    #[test]
+    fn wall_clock_jumps_do_not_move_the_shutdown_bounds() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let run = |s: &mut Shutdown, at: Instant, now_ms: u64| -> Vec<Action> {
+            std::iter::from_fn(|| s.advance(&Kubelet, at, now_ms)).collect()
+        };
+        let mut s = Shutdown::new();
+        s.request(PowerMode::Poweroff, false, "SIGTERM", 1_000_000);
+        let bound = Duration::from_secs(30) + DRAIN_MARGIN;
+        assert_eq!(
+            run(&mut s, t0, 1_000_000),
+            vec![Action::Drain { bound, locks: 0 }]
+        );
+        // Back to 1970, then to the end of time: still draining.
+        assert!(run(&mut s, t0 + ms(1), 0).is_empty());
+        assert!(run(&mut s, t0 + bound - ms(1), u64::MAX).is_empty());
+        assert_eq!(s.phase(), Some(ShutdownPhase::Draining));
+        assert_eq!(s.next_wake(t0 + ms(1)), Some(t0 + bound));
+        // The bound, on the monotonic clock.
+        assert_eq!(
+            run(&mut s, t0 + bound, 5),
+            vec![Action::PhaseChanged, Action::StopServices]
+        );
+        let status = s.status().unwrap();
+        assert_eq!((status.since_ms, status.phase_since_ms), (1_000_000, 5));
+        // The TERM grace too: KILL exactly STOP_GRACE later.
+        let term = t0 + bound;
+        assert_eq!(s.next_wake(term), Some(term + RECHECK));
+        assert!(run(&mut s, term + STOP_GRACE - ms(1), u64::MAX).is_empty());
+        assert_eq!(run(&mut s, term + STOP_GRACE, 0), vec![Action::KillAll]);
+        let killed = term + STOP_GRACE;
+        assert!(run(&mut s, killed + KILL_WAIT - ms(1), 7).is_empty());
+        assert_eq!(
+            run(&mut s, killed + KILL_WAIT, 8),
+            vec![Action::PhaseChanged]
+        );
+        assert_eq!(s.phase(), Some(ShutdownPhase::Unmounting));
     }
 
     /// A held delay lock, drained three ways: released, the bound, force.

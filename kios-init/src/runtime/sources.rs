@@ -237,8 +237,9 @@ impl Spawner for LoopSpawner {
     fn job(&self, job: Job, work: Box<dyn FnOnce() + Send>) -> bool {
         let events = self.events.clone();
         tokio::task::spawn_local(async move {
-            // A step that panicked counts as done: the node goes on.
-            if let Err(e) = tokio::task::spawn_blocking(work).await {
+            // A step that panicked, or got no thread, counts as done: the
+            // node goes on.
+            if let Err(e) = crate::runtime::blocking::run("shutdown-step", work).await {
                 crate::kerr!("shutdown: a blocking step failed: {e}");
             }
             events.send(Event::JobDone(job)).await;

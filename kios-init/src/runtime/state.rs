@@ -24,7 +24,7 @@ use crate::runtime::logind::bus::Inhibitor;
 use crate::runtime::logind::{BusEvent, BusHandle};
 use crate::runtime::server::clients::Clients;
 use crate::runtime::shutdown::{Requested, Shutdown};
-use crate::runtime::supervisor::{Now, RestartAction, StopReason, Supervisor};
+use crate::runtime::supervisor::{millis, Now, RestartAction, StopReason, Supervisor};
 use crate::sys::Sys;
 
 /// Where the runtime finds things (tests point these into temp dirs).
@@ -128,7 +128,13 @@ impl State {
                 hostname,
                 kernel: self.node.kernel.clone(),
                 boot_ms,
-                uptime_ms: now.epoch_ms.saturating_sub(boot_ms),
+                // Monotonic: a wall clock stepped back or forth since boot
+                // changes neither uptime nor ages measured against now_ms.
+                uptime_ms: millis(
+                    now.mono
+                        .saturating_duration_since(self.milestones.start_instant()),
+                ),
+                now_ms: now.epoch_ms,
                 datapart: self.node.datapart.clone(),
                 shutdown: self.shutdown.status().cloned(),
                 graceful_shutdown_armed: self.clients.could_be_kubelet(kubelet_pid) > 0
@@ -373,6 +379,34 @@ pub mod testing {
 mod tests {
     use super::testing::test_state;
     use crate::sys::Sys;
+
+    /// Uptime is monotonic; `now_ms` is the wall clock as read, whatever
+    /// it did since boot; `boot_ms` (this boot's identity) never moves.
+    #[test]
+    fn uptime_ignores_wall_clock_steps_and_now_ms_shows_them() {
+        use crate::runtime::supervisor::Now;
+        use std::time::Duration;
+        let t = test_state();
+        let start = t.state.milestones.start_instant();
+        let boot_ms = t.state.milestones.start_epoch_ms();
+        let at = |mono_ms: u64, epoch_ms: u64| Now {
+            mono: start + Duration::from_millis(mono_ms),
+            epoch_ms,
+        };
+        // Stepped back to 1970, 10 s after boot.
+        let node = t.state.status(at(10_000, 5)).node;
+        assert_eq!(
+            (node.uptime_ms, node.now_ms, node.boot_ms),
+            (10_000, 5, boot_ms)
+        );
+        // Stepped forward a year, 20 s after boot.
+        let year = 365 * 86_400_000;
+        let node = t.state.status(at(20_000, boot_ms + year)).node;
+        assert_eq!((node.uptime_ms, node.now_ms), (20_000, boot_ms + year));
+        // At the end of the wall clock's range: nothing overflows.
+        let node = t.state.status(at(30_000, u64::MAX)).node;
+        assert_eq!((node.uptime_ms, node.now_ms), (30_000, u64::MAX));
+    }
 
     #[test]
     fn status_names_the_node_as_the_machine_does() {

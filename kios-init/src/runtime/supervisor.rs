@@ -39,6 +39,12 @@ pub const MAX_PENDING_RESTARTS: u32 = 128;
 
 /// A point in time on both clocks: monotonic for scheduling, epoch
 /// milliseconds for what clients see.
+///
+/// The wall clock may jump either way between two readings (it starts at
+/// 1970 on a machine without an RTC until NTP steps it); nothing here
+/// computes a duration or a deadline from `epoch_ms`. A `*_ms` time in the
+/// future (a back-off's end) is `epoch_ms` plus a monotonic delay, so it
+/// is right on the clock as it read at that moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
     pub mono: Instant,
@@ -48,20 +54,21 @@ pub struct Now {
 impl Now {
     /// The current time.
     pub fn current() -> Now {
-        let epoch_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         Now {
             mono: Instant::now(),
-            epoch_ms,
+            epoch_ms: crate::boot::milestones::epoch_ms(),
         }
     }
 
-    /// The epoch milliseconds of a monotonic instant at or after this one.
-    pub fn epoch_ms_at(&self, at: Instant) -> u64 {
-        self.epoch_ms + at.saturating_duration_since(self.mono).as_millis() as u64
+    /// The wall-clock time `delay` from now, saturating.
+    pub fn epoch_ms_after(&self, delay: Duration) -> u64 {
+        self.epoch_ms.saturating_add(millis(delay))
     }
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The crash back-off schedule.
@@ -399,7 +406,7 @@ impl Supervisor {
         service.consecutive_crashes = service.consecutive_crashes.saturating_add(1);
         let delay = policy.delay(service.consecutive_crashes);
         service.next_start = Some(now.mono + delay);
-        service.next_start_ms = Some(now.epoch_ms + delay.as_millis() as u64);
+        service.next_start_ms = Some(now.epoch_ms_after(delay));
         service.set_state(ServiceState::Backoff, now);
         ExitOutcome {
             service: name,
@@ -863,6 +870,162 @@ mod tests {
         let second = sup.start_failed(ServiceName::Crio, clock.advance(Duration::from_millis(1)));
         assert_eq!(second.restart_in, Some(Duration::from_millis(500)));
         assert_eq!(sup.crio.restarts, 1);
+    }
+
+    /// The kubelet crash-loops for an hour of simulated time, each instance
+    /// living a second: the back-off climbs to its cap and stays there,
+    /// every restart is counted, nothing kept per service grows, and a
+    /// stable run afterwards starts the back-off over.
+    #[test]
+    fn an_hour_of_crash_loop_holds_the_cap_and_a_stable_run_resets_it() {
+        let mut clock = Clock::new();
+        let mut sup = Supervisor::new(BackoffPolicy::default(), clock.now);
+        let (_, mut kubelet) = boot(&mut sup, clock.now);
+        let policy = sup.policy.clone();
+        let cap = *policy.steps.last().unwrap();
+        let argv = vec!["/bin/kubelet".to_string(), "--v=2".to_string()];
+        let start = clock.now.mono;
+        let mut delays = Vec::new();
+        while clock.now.mono.duration_since(start) < Duration::from_secs(3600) {
+            let now = clock.advance(Duration::from_secs(1));
+            let outcome = sup.exited(kubelet, Exit::Code(1), now).unwrap();
+            assert!(outcome.crashed);
+            let delay = outcome.restart_in.unwrap();
+            delays.push(delay);
+            assert_eq!(sup.kubelet.state, ServiceState::Backoff);
+            if delay > Duration::ZERO {
+                // The timer is the back-off's end; nothing starts before it.
+                assert_eq!(sup.next_deadline(), Some(now.mono + delay));
+                let early = clock.advance(delay - Duration::from_millis(1));
+                assert!(sup.due(early).is_empty(), "started before its back-off");
+                clock.advance(Duration::from_millis(1));
+            }
+            let now = clock.now;
+            assert_eq!(sup.due(now), vec![ServiceName::Kubelet]);
+            kubelet += 1;
+            sup.started(ServiceName::Kubelet, kubelet, argv.clone(), now);
+            // Per-service state does not grow with the restarts.
+            assert_eq!(sup.kubelet.argv.len(), argv.len());
+        }
+        let crashes = delays.len() as u32;
+        // The climb (8 crashes, 69.5 s with their 1 s runs and the first
+        // 30 s wait), then one crash every 31 s until the hour is up: 8 + 114.
+        assert_eq!(crashes, 122);
+        let climb = policy.steps.len() - 1;
+        assert_eq!(&delays[..=climb], &policy.steps[..]);
+        assert!(delays[climb..].iter().all(|d| *d == cap), "held at the cap");
+        assert_eq!(sup.kubelet.restarts, crashes);
+        assert_eq!(sup.kubelet.consecutive_crashes, crashes);
+        assert_eq!(sup.crio.restarts, 0, "cri-o is left alone");
+        assert_eq!(sup.crio.state, ServiceState::Running);
+
+        // A run of stable_after: the next crash restarts at once, the one
+        // after waits the first step again, not the cap.
+        let now = clock.advance(policy.stable_after);
+        let outcome = sup.exited(kubelet, Exit::Code(1), now).unwrap();
+        assert_eq!(outcome.restart_in, Some(Duration::ZERO));
+        assert_eq!(sup.kubelet.consecutive_crashes, 1);
+        assert_eq!(sup.due(now), vec![ServiceName::Kubelet]);
+        kubelet += 1;
+        sup.started(ServiceName::Kubelet, kubelet, argv.clone(), now);
+        let now = clock.advance(Duration::from_secs(1));
+        let outcome = sup.exited(kubelet, Exit::Code(1), now).unwrap();
+        assert_eq!(outcome.restart_in, Some(policy.steps[1]));
+        assert_eq!(sup.kubelet.restarts, crashes + 1);
+    }
+
+    /// The wall clock stepped back 15 minutes and forward a day mid-loop
+    /// (`epoch_ms` is what `Now::current` read): deadlines and the
+    /// stable-run rule follow the monotonic clock alone, so there is no
+    /// restart storm and no stuck timer; the times clients see are the
+    /// wall clock as it read, never overflowing.
+    #[test]
+    fn wall_clock_jumps_change_no_deadline_and_overflow_nothing() {
+        let mut clock = Clock::new();
+        let mut sup = Supervisor::new(BackoffPolicy::default(), clock.now);
+        let (_, mut kubelet) = boot(&mut sup, clock.now);
+        let crash = |sup: &mut Supervisor, now: Now, pid: u32| {
+            sup.exited(pid, Exit::Code(1), now)
+                .unwrap()
+                .restart_in
+                .unwrap()
+        };
+        // Climb to a 2 s back-off.
+        for _ in 0..4 {
+            let now = clock.advance(Duration::from_millis(10));
+            let delay = crash(&mut sup, now, kubelet);
+            let now = clock.advance(delay);
+            assert_eq!(sup.due(now), vec![ServiceName::Kubelet]);
+            kubelet += 1;
+            sup.started(ServiceName::Kubelet, kubelet, vec![], now);
+        }
+        let now = clock.advance(Duration::from_millis(10));
+        let delay = crash(&mut sup, now, kubelet);
+        assert_eq!(delay, Duration::from_secs(4));
+        let deadline = sup.next_deadline().unwrap();
+
+        // Back 15 minutes: the deadline is where it was, nothing is due
+        // early, and it is due when the monotonic time comes.
+        let mut back = clock.advance(Duration::from_millis(1));
+        back.epoch_ms -= 900_000;
+        assert!(sup.due(back).is_empty());
+        assert_eq!(sup.next_deadline(), Some(deadline));
+        let mut at = clock.advance(delay);
+        at.epoch_ms -= 900_000;
+        assert_eq!(sup.due(at), vec![ServiceName::Kubelet]);
+        kubelet += 1;
+        sup.started(ServiceName::Kubelet, kubelet, vec![], at);
+        assert_eq!(sup.kubelet.since_ms, at.epoch_ms, "the wall clock as read");
+
+        // Forward a day right after: the run was short on the monotonic
+        // clock, so the back-off climbs on (no reset by the wall clock).
+        let mut ahead = clock.advance(Duration::from_millis(10));
+        ahead.epoch_ms += 86_400_000;
+        let delay = crash(&mut sup, ahead, kubelet);
+        assert_eq!(delay, Duration::from_secs(8));
+        assert_eq!(sup.next_deadline(), Some(ahead.mono + delay));
+        assert_eq!(sup.kubelet.next_start_ms, Some(ahead.epoch_ms + 8_000));
+        assert_eq!(sup.kubelet.last_exit.unwrap().at_ms, ahead.epoch_ms);
+
+        // A wall clock at the end of time: saturates, never wraps.
+        let mut end = clock.advance(delay);
+        assert_eq!(sup.due(end), vec![ServiceName::Kubelet]);
+        kubelet += 1;
+        sup.started(ServiceName::Kubelet, kubelet, vec![], end);
+        end = clock.advance(Duration::from_millis(10));
+        end.epoch_ms = u64::MAX - 5;
+        let delay = crash(&mut sup, end, kubelet);
+        assert_eq!(delay, Duration::from_secs(16));
+        assert_eq!(sup.kubelet.next_start_ms, Some(u64::MAX));
+        assert_eq!(sup.next_deadline(), Some(end.mono + delay));
+        // An admin restart and its KILL deadline: monotonic too.
+        let mut zero = clock.advance(delay);
+        zero.epoch_ms = 0;
+        assert_eq!(sup.due(zero), vec![ServiceName::Kubelet]);
+        kubelet += 1;
+        sup.started(ServiceName::Kubelet, kubelet, vec![], zero);
+        let action = sup.request_restart(ServiceName::Kubelet, StopReason::AdminRestart, zero);
+        assert_eq!(action, RestartAction::Terminate { pid: kubelet });
+        assert_eq!(sup.next_deadline(), Some(zero.mono + STOP_TIMEOUT));
+    }
+
+    #[test]
+    fn wall_times_convert_without_wrapping() {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        let now = Now {
+            mono: Instant::now(),
+            epoch_ms: u64::MAX - 1,
+        };
+        assert_eq!(now.epoch_ms_after(Duration::from_secs(1)), u64::MAX);
+        let epoch_ms_of = crate::boot::milestones::epoch_ms_of;
+        assert_eq!(epoch_ms_of(UNIX_EPOCH + Duration::from_millis(42)), 42);
+        // A clock set before 1970 reads as 0, not as a panic or a wrap.
+        assert_eq!(epoch_ms_of(UNIX_EPOCH - Duration::from_secs(10)), 0);
+        if let Some(far) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(u64::MAX / 2)) {
+            assert_eq!(epoch_ms_of(far), u64::MAX);
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn status_healthy() -> StatusReply {
             kernel: "6.1.0-28-amd64".into(),
             boot_ms: BOOT,
             uptime_ms: UPTIME,
+            now_ms: BOOT + UPTIME,
             datapart: Some(DatapartStatus {
                 device: Some("/dev/vda1".into()),
                 mounted: true,
@@ -110,6 +111,7 @@ pub fn status_troubled() -> StatusReply {
             kernel: "6.1.0-28-amd64".into(),
             boot_ms: BOOT,
             uptime_ms: 45_000,
+            now_ms: BOOT + 45_000,
             datapart: Some(DatapartStatus {
                 device: None,
                 mounted: false,

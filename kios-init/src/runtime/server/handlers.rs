@@ -752,6 +752,45 @@ mod tests {
         assert!(reg.rx.try_recv().is_err());
     }
 
+    /// Log lines carry the wall clock as it read when init got them; a
+    /// step back or forth shows in `at_ms` and changes nothing else: the
+    /// tail and the followers keep the order lines came in.
+    #[test]
+    fn log_timestamps_follow_the_wall_clock_and_the_order_follows_arrival() {
+        let mut t = test_state();
+        let now = Now::current();
+        let p = root(&mut t.state);
+        let mut reg = t.state.clients.register(p.clone(), 0);
+        let follow = Request::Logs {
+            service: ServiceName::Kubelet,
+            lines: 0,
+            follow: true,
+        };
+        assert!(reply(handle(&mut t.state, &p, follow, now)).is_ok());
+        let stamps = [1_795_939_250_000, 5, u64::MAX, 1_795_939_250_001];
+        for (i, at_ms) in stamps.iter().enumerate() {
+            t.state
+                .log_line(ServiceName::Kubelet, format!("line {i}"), *at_ms);
+        }
+        let mut got = Vec::new();
+        while let Ok(bytes) = reg.rx.try_recv() {
+            let text = std::str::from_utf8(&bytes).unwrap().trim_end().to_string();
+            if let Ok(Event::Log(l)) = Event::decode(&text) {
+                got.push((l.line, l.at_ms));
+            }
+        }
+        let want: Vec<(String, u64)> = stamps
+            .iter()
+            .enumerate()
+            .map(|(i, at)| (format!("line {i}"), *at))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            t.state.logs.tail(ServiceName::Kubelet).last(10),
+            ["line 0", "line 1", "line 2", "line 3"]
+        );
+    }
+
     #[test]
     fn watch_queues_the_current_picture() {
         let mut t = test_state();

@@ -1,5 +1,5 @@
 //! `logs kernel|init [LINES] [follow] [since MS]` on the connection: the
-//! backlog read on the blocking pool, a follower on a thread of its own
+//! backlog read off the loop (`runtime::blocking`), a follower on a thread of its own
 //! (`kmsgread`), and the client task's loop that writes what the follower
 //! hands over. A slow client only ever costs it records (counted and sent
 //! as `kmsg-missed`), never init's time.
@@ -62,12 +62,13 @@ fn read(req: KernelLogRequest) -> Result<(Box<dyn Source>, Filter, KernelLogRepl
 /// Answers the request; for `follow` also starts the follower.
 pub async fn start(req: KernelLogRequest) -> Started {
     if !req.follow {
-        let read = tokio::task::spawn_blocking(move || read(req).map(|(_, _, reply)| reply)).await;
+        let read =
+            crate::runtime::blocking::run("kmsg-read", move || read(req).map(|(_, _, r)| r)).await;
         return Started::Once(match read {
             Ok(reply) => reply.map(Reply::KernelLog),
-            Err(_) => Err(ErrorBody::new(
-                ErrorCode::Internal,
-                "kernel log read failed to run",
+            Err(e) => Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                format!("the kernel log cannot be read now: {e}"),
             )),
         });
     }

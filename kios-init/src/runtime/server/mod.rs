@@ -295,22 +295,25 @@ async fn run_ps(
     all: bool,
 ) -> Response {
     let units = ps::Units::of_this_machine();
-    match tokio::task::spawn_blocking(move || ps::ps(&proc_root, expected, all, units)).await {
+    match crate::runtime::blocking::run("ps", move || ps::ps(&proc_root, expected, all, units))
+        .await
+    {
         Ok(response) => response,
-        Err(e) => {
-            crate::kerr!("bug: ps failed to run: {e}");
-            Err(ErrorBody::new(ErrorCode::Internal, "ps failed to run"))
-        }
+        Err(e) => Err(ErrorBody::new(
+            ErrorCode::Unavailable,
+            format!("ps cannot run now: {e}"),
+        )),
     }
 }
 
 async fn run_verify(paths: Paths, expected: inventory::ExpectedPids) -> Response {
-    match tokio::task::spawn_blocking(move || inventory::verify(&paths, expected)).await {
+    match crate::runtime::blocking::run("verify", move || inventory::verify(&paths, expected)).await
+    {
         Ok(response) => response,
-        Err(e) => {
-            crate::kerr!("bug: verify failed to run: {e}");
-            Err(ErrorBody::new(ErrorCode::Internal, "verify failed to run"))
-        }
+        Err(e) => Err(ErrorBody::new(
+            ErrorCode::Unavailable,
+            format!("verify cannot run now: {e}"),
+        )),
     }
 }
 
