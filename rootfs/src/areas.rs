@@ -27,7 +27,7 @@
 use crate::inventory::{Allow, Contents, Inventory, Kind};
 use crate::mountcheck::describe_mount;
 use crate::mountinfo::MountInfo;
-use crate::verify::{describe, list_dir, live_path, Problem, Report, MAX_DIR_ENTRIES};
+use crate::verify::{describe, list_dir, live_path, split_rdev, Problem, Report, MAX_DIR_ENTRIES};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -119,7 +119,13 @@ pub fn check_areas(
     let mut walk = AreaWalk {
         root,
         roots: all.iter().map(|a| PathBuf::from(&a.path)).collect(),
-        mounts: below.keys().cloned().collect(),
+        mounts: below
+            .iter()
+            .map(|(point, stack)| {
+                let devs = stack.iter().map(|m| (m.major, m.minor)).collect();
+                (point.clone(), devs)
+            })
+            .collect(),
         reached: BTreeSet::new(),
         seen: 0,
         exhausted: false,
@@ -186,8 +192,9 @@ struct AreaWalk<'a> {
     root: &'a Path,
     /// Every area's path: the walk of one does not enter another.
     roots: BTreeSet<PathBuf>,
-    /// The live mount points strictly below runtime areas ...
-    mounts: BTreeSet<PathBuf>,
+    /// The live mount points strictly below runtime areas, with the
+    /// devices mounted there ...
+    mounts: BTreeMap<PathBuf, Vec<(u32, u32)>>,
     /// ... and those of them the walk reached.
     reached: BTreeSet<PathBuf>,
     seen: usize,
@@ -257,8 +264,8 @@ impl AreaWalk<'_> {
                     // A mount point (another device, or a bind) is walked
                     // like any directory, with this area's rules; below the
                     // depth bound it is reported as not reached.
-                    if depth + 1 < MAX_AREA_DEPTH && self.mounts.contains(&path) {
-                        self.reached.insert(path.clone());
+                    if depth + 1 < MAX_AREA_DEPTH {
+                        self.reach(&path, &meta);
                     }
                     if depth + 1 >= MAX_AREA_DEPTH {
                         self.note(
@@ -273,14 +280,27 @@ impl AreaWalk<'_> {
                     }
                 } else {
                     // A file mount point (e.g. cri-o's nsfs binds) is seen here.
-                    if self.mounts.contains(&path) {
-                        self.reached.insert(path.clone());
-                    }
+                    self.reach(&path, &meta);
                     if meta.is_file() {
                         self.file(area, path, &meta);
                     }
                 }
             }
+        }
+    }
+
+    /// Notes that the walk reached the mount point `path`, when what it
+    /// sees there is one of the filesystems mounted there: a name of the
+    /// same path on a later mount over a parent (a decoy for a hidden
+    /// mount) does not count. (btrfs subvolumes, whose st_dev differs from
+    /// the mount table's, would show as not reached: none are mounted in
+    /// the areas.)
+    fn reach(&mut self, path: &Path, meta: &std::fs::Metadata) {
+        let Some(devs) = self.mounts.get(path) else {
+            return;
+        };
+        if devs.contains(&split_rdev(meta.dev())) {
+            self.reached.insert(path.to_path_buf());
         }
     }
 

@@ -419,7 +419,7 @@ mod node {
 
     use super::Tree;
     use kios_rootfs::{verify_node, BootReference, NodePaths, Problem, Report, VerifyOptions};
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::time::{Duration, Instant};
 
     fn reference(t: &Tree) -> BootReference {
@@ -543,7 +543,8 @@ mod node {
         let t = Tree::new("node-mounts");
         // Mounts in the live table are walked like directories: no mount
         // can be made here without root, so the table is the seam and the
-        // files below its mount points are plain ones of the tree.
+        // files below its mount points are plain ones of the tree (a mount
+        // point counts as reached when its st_dev is the table's).
         // An intruder's exec tmpfs below /var/lib/kubelet (outside pods/),
         // and a noexec one below /var/run, each with a program.
         plant(&t, "/var/lib/kubelet/plugins/x/kworker", 0o755);
@@ -557,20 +558,25 @@ mod node {
             0o4755,
         );
         // Two tmpfs stacked on /var/run/stack; a tmpfs at /var/run/gone/y
-        // hidden by a later one over /var/run/gone (empty: y is not there).
+        // hidden by a later one over /var/run/gone, in which the intruder
+        // made a decoy y: it is on the tree's device, not on 0:47.
         std::fs::create_dir_all(t.live("/var/run/stack")).unwrap();
-        std::fs::create_dir_all(t.live("/var/run/gone")).unwrap();
+        std::fs::create_dir_all(t.live("/var/run/gone/y")).unwrap();
+        // The mounts the walk must reach are "on" the tree's own device.
+        let (major, minor) =
+            kios_rootfs::verify::split_rdev(std::fs::metadata(t.root()).map(|m| m.dev()).unwrap());
+        let dev = format!("{major}:{minor}");
         let live = format!(
             "{BOOT_MOUNTS}\
-40 23 0:40 / /var/lib/kubelet/plugins/x rw,relatime - tmpfs tmpfs rw
-41 22 0:41 / /var/run/x rw,nosuid,nodev,noexec - tmpfs tmpfs rw
-42 22 0:4 net:[4026531840] /var/run/netns/cni-1 rw - nsfs nsfs rw
+40 23 {dev} / /var/lib/kubelet/plugins/x rw,relatime - tmpfs tmpfs rw
+41 22 {dev} / /var/run/x rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+42 22 {dev} net:[4026531840] /var/run/netns/cni-1 rw - nsfs nsfs rw
 43 24 0:43 / /var/lib/kubelet/pods/u/volumes/v rw - tmpfs tmpfs rw
 44 23 8:16 / /var/lib/kubelet/plugins/kubernetes.io/csi/d/h/globalmount rw - ext4 /dev/vdb rw
-45 22 0:45 / /var/run/stack rw,nosuid,nodev,noexec - tmpfs tmpfs rw
-46 45 0:46 / /var/run/stack rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+45 22 {dev} / /var/run/stack rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+46 45 {dev} / /var/run/stack rw,nosuid,nodev,noexec - tmpfs tmpfs rw
 47 22 0:47 / /var/run/gone/y rw,nosuid,nodev,noexec - tmpfs tmpfs rw
-48 22 0:48 / /var/run/gone rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+48 22 {dev} / /var/run/gone rw,nosuid,nodev,noexec - tmpfs tmpfs rw
 "
         );
         let r = check_mount_tables(&t, BOOT_MOUNTS.as_bytes(), live.as_bytes());
