@@ -7,7 +7,10 @@
 //! /lib/kios/inventory, and the mount table (a remount of /tmp with exec,
 //! a bind over /bin/kubelet, a program in /tmp). Hostile trees (FIFOs,
 //! sparse files of many GiB, a tree deeper than PATH_MAX, symlink loops,
-//! links to /proc/kcore) keep verify bounded and init responsive.
+//! links to /proc/kcore) keep verify bounded and init responsive. Mounts
+//! below the areas that allow them (/var/lib/kubelet outside pods/,
+//! /var/run) are walked: an exec tmpfs with a program in each is reported,
+//! and so is a mount hidden under a later one.
 //!
 //! The /etc override case (a file of the data partition's /etc overlay
 //! reported as `overridden`) needs a data partition, which this sandbox
@@ -306,6 +309,80 @@ fn the_mount_table_and_the_scratch_space_are_checked() -> Result<()> {
             .is_some_and(|a| a.iter().any(|p| p == "/var/lib/containers/storage")),
         "the summary names what verify leaves to cri-o: {reply}"
     );
+    Ok(())
+}
+
+#[test]
+fn programs_in_mounts_below_the_areas_that_allow_mounts_are_reported() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("verify-nested-mounts").pristine())?;
+    let inside = |args: &[&str]| -> Result<()> {
+        let out = sandbox.run_inside("/bin/busybox", args)?;
+        ensure!(out.status.success(), "busybox {args:?}: {out:?}");
+        Ok(())
+    };
+    // /var/lib/kubelet (outside pods/) and /var/run allow the services'
+    // mounts: an intruder mounts an exec tmpfs below each and plants a
+    // program in it.
+    let points = ["/var/lib/kubelet/plugins/kios-e2e", "/var/run/kios-e2e"];
+    for point in points {
+        inside(&["mkdir", "-p", point])?;
+        inside(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "exec,mode=0755",
+            "tmpfs",
+            point,
+        ])?;
+        let program = sandbox.path(&format!("{point}/kworker"));
+        std::fs::copy(sandbox.path("/bin/busybox"), &program)?;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+    }
+    // A third one hidden by a later tmpfs over its parent: verify cannot
+    // walk it and says so.
+    inside(&["mkdir", "-p", "/var/run/kios-e2e-parent/hidden"])?;
+    inside(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "tmpfs",
+        "/var/run/kios-e2e-parent/hidden",
+    ])?;
+    inside(&["mount", "-t", "tmpfs", "tmpfs", "/var/run/kios-e2e-parent"])?;
+
+    let reply = verify(&sandbox)?;
+    let found = bad(&reply);
+    ensure!(reply["clean"] == false, "verify says clean: {reply}");
+    for point in points {
+        let program = format!("{point}/kworker");
+        ensure!(
+            has(&found, &program, "executable"),
+            "the program in the tmpfs at {point} is not reported: {found:#?}"
+        );
+        ensure!(
+            has(&found, point, "mount"),
+            "the exec tmpfs at {point} is not reported: {found:#?}"
+        );
+    }
+    ensure!(
+        has(&found, "/var/run/kios-e2e-parent/hidden", "mount"),
+        "the hidden mount is not reported: {found:#?}"
+    );
+    // The table an administrator reads: exit 1, the programs named.
+    let table = sandbox.kiosctl(&["verify"])?;
+    let text = String::from_utf8_lossy(&table.stdout);
+    ensure!(
+        table.status.code() == Some(1),
+        "kiosctl verify exit: {table:?}"
+    );
+    for point in points {
+        ensure!(
+            text.contains(&format!("{point}/kworker")),
+            "kiosctl verify: {text}"
+        );
+    }
+    eprintln!("kiosctl verify with mounts below the areas:\n{text}");
     Ok(())
 }
 

@@ -148,11 +148,16 @@ the image's directories file by file, /etc through the data partition's overlay 
 but not /proc, /sys and /dev. The runtime areas (contents `runtime`: the scratch space, the \
 data partition, /opt/cni/bin, ...) hold no files of the image: verify looks at every name \
 in them and reports setuid or setgid files and executables unless the entry allows them \
-(`allow`). It checks the live mount table against the one init recorded at boot, and that \
-every runtime area that is a mount point is mounted nodev, noexec and nosuid unless allowed. \
-The areas marked `delegated` (container storage, pod volumes) belong to cri-o and the \
-kubelet: verify does not look inside them, nor at mounts below them, and says so in its \
-summary. Each finding has one of these problems:
+(`allow`), in the mounts below them too. It checks the live mount table against the one \
+init recorded at boot, and that every runtime area that is a mount point is mounted nodev, \
+noexec and nosuid unless allowed. A mount added below an area that allows `mounts` \
+(/var/run, /var/lib/kubelet) is not a finding by itself, but verify walks into it with the \
+area's rule, reports it when it lacks nodev, or noexec and nosuid the area does not allow \
+(namespace files are exempt), and reports every mount below an area it cannot reach \
+(hidden under another mount). The areas marked `delegated` (container storage, pod \
+volumes and their staging) belong to cri-o and the kubelet: verify does not look inside \
+them, nor at mounts below them, and says so in its summary. Each finding has one of these \
+problems:
 
 | Problem | Meaning |
 |---|---|
@@ -166,7 +171,7 @@ summary. Each finding has one of these problems:
 | `overridden` | an /etc difference that the data partition's overlay explains: the detail names the file in meta/etc that replaces, adds or hides it |
 | `process` | a process that is neither init, cri-o, the kubelet, a conmon, a container nor a short-lived helper of theirs |
 | `executable` | an executable file in a runtime area that allows none |
-| `mount` | a mount that is gone, changed (type, source, flags) or added since boot, or a runtime area mounted with less than `nodev`, `noexec`, `nosuid` |
+| `mount` | a mount that is gone, changed (type, source, flags) or added since boot, a runtime area or a mount below it with less than `nodev`, `noexec`, `nosuid`, or a mount below an area that verify cannot reach |
 | `inventory` | the live /lib/kios/inventory differs from the one the node booted with |
 
 A node is clean when every finding is `overridden`: operator configuration is expected, \

@@ -5,14 +5,20 @@
 //!   type, source, root and flags (`ro`, `noexec`, `nosuid`, `nodev`);
 //! - every mount that was not there at boot is reported, unless it lies in
 //!   a delegated area (container storage, pod volumes) or in a runtime area
-//!   whose spec allows `mounts`;
+//!   whose spec allows `mounts` (placed by [`crate::areas::scope_of`], the
+//!   rule the area walk shares: a mount tolerated in a runtime area is
+//!   walked with that area's rules, so its files are still looked at);
 //! - a runtime area that is a mount point is mounted `nodev`, and `noexec`
 //!   and `nosuid` unless its spec allows `exec` or `setuid`: this holds init
-//!   itself to the spec, not only the node to its boot.
+//!   itself to the spec, not only the node to its boot;
+//! - a tolerated mount below a runtime area is held to the same flags as
+//!   its area (`nsfs`, a namespace pinned by cri-o, holds no files and is
+//!   exempt): an exec tmpfs below /var/lib/kubelet is reported even when
+//!   it is still empty.
 //!
 //! Pure: both tables come from [`crate::mountinfo`]; paths are bytes.
 
-use crate::areas::{area_of, areas, Area};
+use crate::areas::{areas, scope_of, Area, Scope};
 use crate::inventory::{Contents, Inventory};
 use crate::mountinfo::MountInfo;
 use crate::verify::{Problem, Report};
@@ -55,7 +61,7 @@ impl Flags {
 }
 
 /// e.g. `tmpfs from tmpfs, rw,noexec,nosuid,nodev`.
-fn describe(m: &MountInfo) -> String {
+pub(crate) fn describe_mount(m: &MountInfo) -> String {
     let root = if m.root.as_os_str() == "/" {
         String::new()
     } else {
@@ -97,7 +103,10 @@ pub fn check_mounts(
         report.checked += 1;
         let now = live_map.get(point).map(Vec::as_slice).unwrap_or_default();
         let (Some(was), Some(is)) = (at_boot.last(), now.last()) else {
-            let was = at_boot.last().map(|m| describe(m)).unwrap_or_default();
+            let was = at_boot
+                .last()
+                .map(|m| describe_mount(m))
+                .unwrap_or_default();
             let detail = format!("not mounted any more (at boot: {was})");
             report.push(max_findings, point, Problem::Mount, detail);
             continue;
@@ -105,15 +114,19 @@ pub fn check_mounts(
         if now.len() > at_boot.len() {
             let detail = format!(
                 "mounted over: {} (at boot: {})",
-                describe(is),
-                describe(was)
+                describe_mount(is),
+                describe_mount(was)
             );
             report.push(max_findings, point, Problem::Mount, detail);
             continue;
         }
         let mut changes = Vec::new();
         if is.fstype != was.fstype || is.source != was.source || is.root != was.root {
-            changes.push(format!("now {}, at boot {}", describe(is), describe(was)));
+            changes.push(format!(
+                "now {}, at boot {}",
+                describe_mount(is),
+                describe_mount(was)
+            ));
         } else if Flags::of(is) != Flags::of(was) {
             changes.push(format!(
                 "remounted {} (at boot {})",
@@ -133,14 +146,18 @@ pub fn check_mounts(
             continue;
         }
         let path = Path::new(std::ffi::OsStr::from_bytes(point));
-        let allowed = area_of(&areas, path).is_some_and(|a| {
-            a.path.as_bytes() != *point && (a.contents == Contents::Delegated || a.allow.mounts)
-        });
-        if allowed {
-            continue;
+        match scope_of(&areas, path) {
+            Scope::OutOfScope(_) => continue,
+            Scope::Walked(area) if area.allow.mounts => {
+                for m in now {
+                    extra_flags(area, point, m, max_findings, &mut report);
+                }
+                continue;
+            }
+            Scope::Walked(_) | Scope::AreaRoot(_) | Scope::Outside => {}
         }
         for m in now {
-            let detail = format!("not mounted by init at boot: {}", describe(m));
+            let detail = format!("not mounted by init at boot: {}", describe_mount(m));
             report.push(max_findings, point, Problem::Mount, detail);
         }
     }
@@ -148,14 +165,9 @@ pub fn check_mounts(
     report
 }
 
-/// A runtime area mounted with less than its spec requires.
-fn spec_flags(areas: &[Area], point: &[u8], m: &MountInfo, max: usize, report: &mut Report) {
-    let Some(area) = areas
-        .iter()
-        .find(|a| a.path.as_bytes() == point && a.contents == Contents::Runtime)
-    else {
-        return;
-    };
+/// The flags `area` requires that `m` lacks: `nodev` always, `noexec`
+/// and `nosuid` unless the area allows programs or setuid files.
+fn lacking(area: &Area, m: &MountInfo) -> Vec<&'static str> {
     let f = Flags::of(m);
     let mut lacking = Vec::new();
     if !f.noexec && !area.allow.exec {
@@ -167,16 +179,52 @@ fn spec_flags(areas: &[Area], point: &[u8], m: &MountInfo, max: usize, report: &
     if !f.nodev {
         lacking.push("nodev");
     }
+    lacking
+}
+
+/// What `area`'s spec allows, for a detail.
+fn allowed(area: &Area) -> String {
+    if area.allow.names().is_empty() {
+        "no programs, setuid files or devices".to_string()
+    } else {
+        area.allow.names().join(", ")
+    }
+}
+
+/// A runtime area mounted with less than its spec requires.
+fn spec_flags(areas: &[Area], point: &[u8], m: &MountInfo, max: usize, report: &mut Report) {
+    let Some(area) = areas
+        .iter()
+        .find(|a| a.path.as_bytes() == point && a.contents == Contents::Runtime)
+    else {
+        return;
+    };
+    let lacking = lacking(area, m);
     if !lacking.is_empty() {
         let detail = format!(
             "mounted without {} ({}); the spec allows {} here",
             lacking.join(","),
-            describe(m),
-            if area.allow.names().is_empty() {
-                "no programs, setuid files or devices".to_string()
-            } else {
-                area.allow.names().join(", ")
-            }
+            describe_mount(m),
+            allowed(area)
+        );
+        report.push(max, point, Problem::Mount, detail);
+    }
+}
+
+/// A mount made since boot below `area`, which allows mounts, with more
+/// than the area allows (a namespace file of `nsfs` holds nothing).
+fn extra_flags(area: &Area, point: &[u8], m: &MountInfo, max: usize, report: &mut Report) {
+    if m.fstype == "nsfs" {
+        return;
+    }
+    let lacking = lacking(area, m);
+    if !lacking.is_empty() {
+        let detail = format!(
+            "mounted since boot without {} ({}); the spec allows only {} below {}",
+            lacking.join(","),
+            describe_mount(m),
+            area.allow.names().join(", "),
+            area.path
         );
         report.push(max, point, Problem::Mount, detail);
     }
@@ -281,5 +329,35 @@ mod tests {
         let found = problems(&r);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].1.starts_with("mounted over"), "{found:?}");
+    }
+
+    #[test]
+    fn a_tolerated_mount_is_held_to_its_areas_flags() {
+        let boot = parse(BOOT);
+        let mut live = boot.clone();
+        live.extend(parse(
+            b"\
+40 22 0:50 / /var/run/x rw,relatime - tmpfs tmpfs rw
+41 22 0:51 / /var/run/y rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+42 22 0:4 net:[4026] /var/run/netns/cni-1 rw - nsfs nsfs rw
+43 24 0:52 / /var/lib/kubelet/pods/u/volumes/v rw - tmpfs tmpfs rw
+",
+        ));
+        let r = check_mounts(&boot, &live, &inv(), 100);
+        let found = problems(&r);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "/var/run/x");
+        assert!(
+            found[0]
+                .1
+                .starts_with("mounted since boot without noexec,nosuid,nodev"),
+            "{found:?}"
+        );
+        assert!(
+            found[0]
+                .1
+                .ends_with("the spec allows only mounts below /var/run"),
+            "{found:?}"
+        );
     }
 }

@@ -109,10 +109,18 @@ pub fn verify_node(
     let max = opts.max_findings;
     let mut report = verify_tree(&paths.root, &inv, opts)?;
     report.merge(check_inventory_file(reference, &paths.root, max));
-    report.merge(check_areas(&paths.root, &inv, max));
+    // One read of the live table for both checks, so that they judge the
+    // same mounts: the area walk must reach every mount below an area.
+    let live = read_mount_table(&paths.mountinfo);
+    report.merge(check_areas(
+        &paths.root,
+        &inv,
+        live.as_ref().ok().map(Vec::as_slice),
+        max,
+    ));
     let mut mounts = Report::default();
-    match (&reference.mounts, read_mount_table(&paths.mountinfo)) {
-        (Ok(boot), Ok(live)) => mounts = check_mounts(boot, &live, &inv, max),
+    match (&reference.mounts, &live) {
+        (Ok(boot), Ok(live)) => mounts = check_mounts(boot, live, &inv, max),
         (Err(e), _) => mounts.push(
             max,
             b"/",

@@ -1,7 +1,8 @@
 //! Verify on a built tree: clean when fresh, and each kind of drift found
 //! (planted binary, changed byte, setuid bit, file replaced by a symlink,
 //! mode, owner, missing, broken hard link), /etc overrides reported as
-//! overridden, runtime mounts not walked.
+//! overridden, runtime mounts not walked by the tree check; the runtime
+//! areas and mounts below them through the whole node check.
 
 mod common;
 
@@ -418,7 +419,7 @@ mod node {
 
     use super::Tree;
     use kios_rootfs::{verify_node, BootReference, NodePaths, Problem, Report, VerifyOptions};
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::time::{Duration, Instant};
 
     fn reference(t: &Tree) -> BootReference {
@@ -507,6 +508,124 @@ mod node {
         expect(&r, "/tmp/a/b/suid", Problem::Setuid);
         let paths: Vec<&str> = r.findings.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths.len(), 2, "{paths:?}");
+    }
+
+    /// Writes a small file at `p` (its directories made) with `mode`.
+    fn plant(t: &Tree, p: &str, mode: u32) {
+        let path = t.live(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"\x7fELF").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// `verify_node` with these boot and live mount tables.
+    fn check_mount_tables(t: &Tree, boot: &[u8], live: &[u8]) -> Report {
+        let parsed = kios_rootfs::mountinfo::parse(boot);
+        let reference = BootReference::from_parts(t.inv.encode().unwrap(), Ok(parsed)).unwrap();
+        let mountinfo = t.dir.join("mountinfo");
+        std::fs::write(&mountinfo, live).unwrap();
+        let paths = NodePaths {
+            root: t.root(),
+            mountinfo,
+        };
+        verify_node(&reference, &paths, &VerifyOptions::default()).unwrap()
+    }
+
+    const BOOT_MOUNTS: &str = "\
+20 1 0:20 / / rw - rootfs rootfs rw
+22 20 0:22 / /var/run rw,nosuid,nodev,noexec shared:2 - tmpfs tmpfs rw
+23 20 0:23 / /var/lib/kubelet rw,nosuid,nodev,noexec shared:3 - tmpfs tmpfs rw
+24 23 8:1 /data/pods /var/lib/kubelet/pods rw,nodev - ext4 /dev/vda1 rw
+";
+
+    #[test]
+    fn mounts_below_areas_are_walked_and_each_is_reached_or_reported() {
+        let t = Tree::new("node-mounts");
+        // Mounts in the live table are walked like directories: no mount
+        // can be made here without root, so the table is the seam and the
+        // files below its mount points are plain ones of the tree (a mount
+        // point counts as reached when its st_dev is the table's).
+        // An intruder's exec tmpfs below /var/lib/kubelet (outside pods/),
+        // and a noexec one below /var/run, each with a program.
+        plant(&t, "/var/lib/kubelet/plugins/x/kworker", 0o755);
+        plant(&t, "/var/run/x/kworker", 0o755);
+        // cri-o's namespace file, a pod volume and a staged CSI volume.
+        plant(&t, "/var/run/netns/cni-1", 0o444);
+        plant(&t, "/var/lib/kubelet/pods/u/volumes/v/bin/sh", 0o755);
+        plant(
+            &t,
+            "/var/lib/kubelet/plugins/kubernetes.io/csi/d/h/globalmount/bin/sh",
+            0o4755,
+        );
+        // Two tmpfs stacked on /var/run/stack; a tmpfs at /var/run/gone/y
+        // hidden by a later one over /var/run/gone, in which the intruder
+        // made a decoy y: it is on the tree's device, not on 0:47.
+        std::fs::create_dir_all(t.live("/var/run/stack")).unwrap();
+        std::fs::create_dir_all(t.live("/var/run/gone/y")).unwrap();
+        // The mounts the walk must reach are "on" the tree's own device.
+        let (major, minor) =
+            kios_rootfs::verify::split_rdev(std::fs::metadata(t.root()).map(|m| m.dev()).unwrap());
+        let dev = format!("{major}:{minor}");
+        let live = format!(
+            "{BOOT_MOUNTS}\
+40 23 {dev} / /var/lib/kubelet/plugins/x rw,relatime - tmpfs tmpfs rw
+41 22 {dev} / /var/run/x rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+42 22 {dev} net:[4026531840] /var/run/netns/cni-1 rw - nsfs nsfs rw
+43 24 0:43 / /var/lib/kubelet/pods/u/volumes/v rw - tmpfs tmpfs rw
+44 23 8:16 / /var/lib/kubelet/plugins/kubernetes.io/csi/d/h/globalmount rw - ext4 /dev/vdb rw
+45 22 {dev} / /var/run/stack rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+46 45 {dev} / /var/run/stack rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+47 22 0:47 / /var/run/gone/y rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+48 22 {dev} / /var/run/gone rw,nosuid,nodev,noexec - tmpfs tmpfs rw
+"
+        );
+        let r = check_mount_tables(&t, BOOT_MOUNTS.as_bytes(), live.as_bytes());
+        let got: Vec<(&str, Problem)> = r
+            .findings
+            .iter()
+            .map(|f| (f.path.as_str(), f.problem))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/var/lib/kubelet/plugins/x", Problem::Mount),
+                ("/var/lib/kubelet/plugins/x/kworker", Problem::Executable),
+                ("/var/run/gone/y", Problem::Mount),
+                ("/var/run/stack", Problem::Mount),
+                ("/var/run/x/kworker", Problem::Executable),
+            ],
+            "{:#?}",
+            r.findings
+        );
+        let detail = |i: usize| r.findings[i].detail.as_str();
+        assert!(
+            detail(0).starts_with("mounted since boot without noexec,nosuid,nodev (tmpfs"),
+            "{}",
+            detail(0)
+        );
+        assert!(detail(2).contains("cannot reach it"), "{}", detail(2));
+        assert!(
+            detail(3).starts_with("2 mounts stacked here"),
+            "{}",
+            detail(3)
+        );
+        assert!(
+            r.out_of_scope
+                .iter()
+                .any(|p| p == "/var/lib/kubelet/plugins/kubernetes.io"),
+            "{:?}",
+            r.out_of_scope
+        );
+        // Without the intruder's mounts the same tree is clean but for
+        // its two programs: the walk enters plain directories anyway.
+        let r = check_mount_tables(&t, BOOT_MOUNTS.as_bytes(), BOOT_MOUNTS.as_bytes());
+        let got: Vec<&str> = r.findings.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            got,
+            ["/var/lib/kubelet/plugins/x/kworker", "/var/run/x/kworker"],
+            "{:#?}",
+            r.findings
+        );
     }
 
     #[test]
