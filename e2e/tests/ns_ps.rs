@@ -477,9 +477,26 @@ fn every_shutdown_signal_to_init_is_audited_and_in_the_kernel_log() -> Result<()
     let sandbox = Sandbox::boot_ready(
         SandboxConfig::new("audit-signals").kubelet_conf("answer_shutdown=false\n"),
     )?;
-    // Init is PID 1 of the sandbox: the harness knows its host pid.
-    sandbox.signal_init(Signal::SIGTERM)?;
+    // SIGTERM from a shell inside the sandbox's PID namespace: init sees
+    // its pid, uid and command. It stays alive (sleeping) so its command
+    // can be read when init handles the signal.
+    let mut sender = sandbox
+        .command_inside(
+            "busybox",
+            &["sh", "-c", "echo $$; kill -TERM 1; exec busybox sleep 60"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the sender shell")?;
+    let mut first = String::new();
+    BufReader::new(sender.stdout.take().context("no stdout")?).read_line(&mut first)?;
+    let sender_pid: i64 = first
+        .trim()
+        .parse()
+        .with_context(|| format!("pid {first:?}"))?;
     sandbox.wait_event("kubelet shutdown-event", DEFAULT_WAIT)?;
+    // The others from the host, outside init's PID namespace (pid 0).
     // One at a time: init's signal streams do not order signals pending
     // together.
     sandbox.signal_init(Signal::SIGPWR)?;
@@ -513,23 +530,38 @@ fn every_shutdown_signal_to_init_is_audited_and_in_the_kernel_log() -> Result<()
     })?;
     let seen: Vec<_> = entries.iter().map(what).collect();
     ensure!(seen == wanted, "audit: {entries:#?}");
-    for e in &entries {
+    // The sender inside: its pid, uid and command (busybox, the program
+    // the shell runs as). The host's: uid only (its pid is 0 in here).
+    let peer = |e: &Value| {
+        (
+            e["pid"].as_i64(),
+            e["uid"].as_u64(),
+            e["command"].as_str().map(str::to_string),
+        )
+    };
+    ensure!(
+        peer(&entries[0]) == (Some(sender_pid), Some(0), Some("busybox".to_string())),
+        "the SIGTERM's sender {sender_pid}: {:#?}",
+        entries[0]
+    );
+    for e in &entries[1..] {
         ensure!(
-            e["pid"].is_null()
-                && e["uid"].is_null()
-                && e["command"].is_null()
-                && e["at_ms"].as_u64() > Some(0),
-            "a signal has no socket peer: {e}"
+            peer(e) == (None, Some(0), None) && e["at_ms"].as_u64() > Some(0),
+            "a signal from the host: {e}"
         );
     }
     let lines = kernel_lines(&sandbox)?;
+    let outside = "from outside init's PID namespace (uid 0)";
     for line in [
-        "kiOS: shutdown (poweroff) requested by SIGTERM",
-        "kiOS: shutdown (poweroff) requested by SIGPWR: one is already in progress",
-        "kiOS: shutdown (reboot) requested by ctrl-alt-del (SIGINT): one is already in progress",
+        format!("kiOS: shutdown (poweroff) requested by SIGTERM from pid {sender_pid} uid 0 (busybox)"),
+        format!("kiOS: shutdown (poweroff) requested by SIGPWR {outside}: one is already in progress"),
+        format!("kiOS: shutdown (reboot) requested by ctrl-alt-del (SIGINT) {outside}: one is already in progress"),
     ] {
-        ensure!(lines.iter().any(|l| l == line), "no '{line}' in {lines:#?}");
+        ensure!(lines.contains(&line), "no '{line}' in {lines:#?}");
     }
+    // The sender is the test's to end.
+    let _ = sender.kill();
+    let _ = sender.wait();
     // The first signal decides: the node still powers off.
     let status = sandbox.status()?;
     ensure!(

@@ -23,6 +23,7 @@ use kios_protocol::{AuditEntry, PowerMode};
 use crate::runtime::server::clients::Peer;
 use crate::runtime::shutdown::Requested;
 use crate::runtime::state::State;
+use crate::sys::sender::SignalSender;
 
 /// Entries of this boot kept in memory.
 pub const RING_ENTRIES: usize = 256;
@@ -233,6 +234,69 @@ pub fn shutdown_trigger(
         requested == Requested::Started,
         at_ms,
     );
+    state.audit.record(entry);
+}
+
+/// Who sent a shutdown signal, as the audit and the kernel log name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalPeer {
+    sender: Option<SignalSender>,
+    /// The sender's /proc/PID/comm, read when the signal is handled (gone
+    /// when the sender has exited since).
+    command: Option<String>,
+}
+
+impl SignalPeer {
+    pub fn of(sender: Option<SignalSender>) -> SignalPeer {
+        let command = sender
+            .filter(|s| s.pid > 0 && !s.kernel)
+            .and_then(|s| i32::try_from(s.pid).ok())
+            .and_then(crate::runtime::server::read_comm);
+        SignalPeer { sender, command }
+    }
+
+    /// `SIGTERM from pid 42 uid 0 (kill)`, `... from the kernel`, `... from
+    /// outside init's PID namespace (uid 0)`, or `by` alone when the sender
+    /// is unknown.
+    pub fn describe(&self, by: &str) -> String {
+        match self.sender {
+            None => by.to_string(),
+            Some(s) if s.kernel => format!("{by} from the kernel"),
+            Some(s) if s.pid == 0 => {
+                format!("{by} from outside init's PID namespace (uid {})", s.uid)
+            }
+            Some(s) => format!(
+                "{by} from pid {} uid {} ({})",
+                s.pid,
+                s.uid,
+                self.command.as_deref().unwrap_or("exited")
+            ),
+        }
+    }
+}
+
+/// Records a shutdown signal with its sender: pid (when it is in init's
+/// PID namespace), uid and command, as a socket peer's request is.
+pub fn signal_trigger(
+    state: &mut State,
+    mode: PowerMode,
+    by: &str,
+    peer: &SignalPeer,
+    requested: Requested,
+    at_ms: u64,
+) {
+    let mut entry = trigger(
+        format!("shutdown {mode}"),
+        by,
+        requested_outcome(requested),
+        requested == Requested::Started,
+        at_ms,
+    );
+    if let Some(s) = peer.sender.filter(|s| !s.kernel) {
+        entry.pid = i32::try_from(s.pid).ok().filter(|&pid| pid > 0);
+        entry.uid = Some(s.uid);
+        entry.command = peer.command.clone();
+    }
     state.audit.record(entry);
 }
 

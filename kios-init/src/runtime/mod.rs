@@ -101,7 +101,11 @@ pub fn run(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn Sys>) -> 
 async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn Sys>) {
     // Services inherit the umask (posix_spawn has no umask attribute).
     sys.umask(0o022);
-    // Signals first: no child exists yet, so no exit can be missed.
+    // Signals first: no child exists yet, so no exit can be missed. The
+    // senders' recorder goes before tokio's handlers (see sys::sender).
+    if let Err(e) = crate::sys::sender::watch() {
+        crate::kwarn!("cannot record who sends shutdown signals: {e}");
+    }
     let signals = sources::Signals::register();
     let (events, rx) = Events::channel();
     tokio::task::spawn_local(sources::signals(signals, events.clone()));

@@ -188,13 +188,18 @@ impl Owner {
     pub fn handle(&mut self, event: Event, now: Now) {
         match event {
             Event::Signal(signal) => {
-                let (mode, by) = match signal {
-                    ShutdownSignal::Term => (PowerMode::Poweroff, "SIGTERM"),
-                    ShutdownSignal::Pwr => (PowerMode::Poweroff, "SIGPWR"),
-                    ShutdownSignal::Int => (PowerMode::Reboot, "ctrl-alt-del (SIGINT)"),
+                let (mode, by, signo) = match signal {
+                    ShutdownSignal::Term => (PowerMode::Poweroff, "SIGTERM", libc::SIGTERM),
+                    ShutdownSignal::Pwr => (PowerMode::Poweroff, "SIGPWR", libc::SIGPWR),
+                    ShutdownSignal::Int => {
+                        (PowerMode::Reboot, "ctrl-alt-del (SIGINT)", libc::SIGINT)
+                    }
                 };
-                let requested = self.state.request_shutdown(mode, false, by, now);
-                audit::shutdown_trigger(&mut self.state, mode, by, requested, now.epoch_ms);
+                let sender = audit::SignalPeer::of(self.state.sys.signal_sender(signo));
+                let requested = self
+                    .state
+                    .request_shutdown(mode, false, &sender.describe(by), now);
+                audit::signal_trigger(&mut self.state, mode, by, &sender, requested, now.epoch_ms);
             }
             Event::Reaped { reaped, error } => self.reaped(&reaped, error, now),
             Event::Inotify(events) => self.on_inotify(events),
@@ -1537,6 +1542,109 @@ mod tests {
         assert!(
             !lines.iter().any(|l| l.ends_with(&again)),
             "the button was pressed once"
+        );
+    }
+
+    #[test]
+    fn a_signal_is_audited_with_its_sender() {
+        use crate::sys::sender::SignalSender;
+        // The sender is this test process: its /proc/PID/comm is real.
+        let me = std::process::id();
+        let comm = crate::runtime::server::read_comm(me as i32).unwrap();
+        let mut n = node("audit-sender", Box::new(INLINE_SPAWNER));
+        let kill = SignalSender {
+            pid: me,
+            uid: 0,
+            kernel: false,
+        };
+        n.sys.signal_from(libc::SIGTERM, kill);
+        n.at(10, Some(Event::Signal(ShutdownSignal::Term)));
+        // Ctrl-Alt-Del: the kernel sends SIGINT (si_code SI_KERNEL, pid 0).
+        let kernel = SignalSender {
+            pid: 0,
+            uid: 0,
+            kernel: true,
+        };
+        n.sys.signal_from(libc::SIGINT, kernel);
+        n.at(20, Some(Event::Signal(ShutdownSignal::Int)));
+        // A sandbox's host: outside init's PID namespace, pid 0 but kill(2).
+        let outside = SignalSender {
+            pid: 0,
+            uid: 1000,
+            kernel: false,
+        };
+        n.sys.signal_from(libc::SIGPWR, outside);
+        n.at(30, Some(Event::Signal(ShutdownSignal::Pwr)));
+        // Taken once: a later SIGTERM without a recorded sender is bare.
+        n.at(40, Some(Event::Signal(ShutdownSignal::Term)));
+        let seen = |by: &str, outcome: &str, shutdown, pid, uid, command: Option<&str>| -> Seen {
+            let action = if by.starts_with("ctrl") {
+                "shutdown reboot"
+            } else {
+                "shutdown poweroff"
+            };
+            (
+                action.to_string(),
+                by.to_string(),
+                outcome.to_string(),
+                shutdown,
+                pid,
+                uid,
+                command.map(str::to_string),
+            )
+        };
+        assert_eq!(
+            audited(&n),
+            vec![
+                seen(
+                    "SIGTERM",
+                    "started",
+                    true,
+                    Some(me as i32),
+                    Some(0),
+                    Some(&comm)
+                ),
+                seen(
+                    "ctrl-alt-del (SIGINT)",
+                    "already-in-progress",
+                    false,
+                    None,
+                    None,
+                    None
+                ),
+                seen(
+                    "SIGPWR",
+                    "already-in-progress",
+                    false,
+                    None,
+                    Some(1000),
+                    None
+                ),
+                seen("SIGTERM", "already-in-progress", false, None, None, None),
+            ]
+        );
+        // The kernel log names each sender.
+        let lines = crate::kmsgread::MEMORY.messages();
+        for wanted in [
+            format!("shutdown (poweroff) requested by SIGTERM from pid {me} uid 0 ({comm})"),
+            "shutdown (reboot) requested by ctrl-alt-del (SIGINT) from the kernel: one is already in progress".to_string(),
+            "shutdown (poweroff) requested by SIGPWR from outside init's PID namespace (uid 1000): one is already in progress".to_string(),
+        ] {
+            assert!(
+                lines.iter().any(|l| l.ends_with(&wanted)),
+                "no '{wanted}' in {lines:#?}"
+            );
+        }
+        // status names the first requester, with its pid.
+        let requested_by = n
+            .owner
+            .state
+            .shutdown
+            .status()
+            .map(|s| s.requested_by.clone());
+        assert_eq!(
+            requested_by.as_deref(),
+            Some(format!("SIGTERM from pid {me} uid 0 ({comm})").as_str())
         );
     }
 

@@ -56,6 +56,8 @@ struct State {
     processes_left: bool,
     /// The pid the next spawned service gets.
     next_pid: u32,
+    /// What `signal_sender` answers, taken once per signal.
+    signal_senders: BTreeMap<i32, crate::sys::sender::SignalSender>,
 }
 
 /// The fake machine. Paths are absolute; parents of added files exist.
@@ -90,6 +92,11 @@ impl FakeSys {
     }
 
     /// Add a file (and its parent directories).
+    /// What the next `signal_sender(signo)` answers.
+    pub fn signal_from(&self, signo: i32, sender: crate::sys::sender::SignalSender) {
+        self.lock().signal_senders.insert(signo, sender);
+    }
+
     pub fn add_file(&self, path: &str, content: impl Into<Vec<u8>>) -> &Self {
         let mut s = self.lock();
         let p = PathBuf::from(path);
@@ -315,6 +322,10 @@ impl Sys for FakeSys {
 
     fn kernel_release(&self) -> io::Result<String> {
         Ok(self.lock().release.clone())
+    }
+
+    fn signal_sender(&self, signo: i32) -> Option<crate::sys::sender::SignalSender> {
+        self.lock().signal_senders.remove(&signo)
     }
 
     /// The lines of the fake's /dev/kmsg file (plain messages).

@@ -10,6 +10,7 @@
 
 pub mod fake;
 pub mod process;
+pub mod sender;
 
 use std::ffi::CString;
 use std::fs::File;
@@ -90,6 +91,9 @@ pub trait Sys: Send + Sync {
     /// The kernel's recent log messages, oldest first (see
     /// [`crate::boot::kernlog`]); empty when they cannot be read.
     fn kernel_messages(&self) -> Vec<String>;
+    /// Who sent the last `signo` (one of [`sender::WATCHED`]) not yet asked
+    /// about, taken once. `None` when nothing was recorded.
+    fn signal_sender(&self, signo: i32) -> Option<sender::SignalSender>;
     /// Set IFF_UP on a network interface.
     fn set_link_up(&self, ifname: &str) -> io::Result<()>;
     /// reboot(RB_DISABLE_CAD): Ctrl-Alt-Del sends SIGINT to init instead
@@ -353,6 +357,10 @@ impl Sys for LinuxSys {
 
     fn kernel_messages(&self) -> Vec<String> {
         crate::boot::kernlog::recent_kernel_messages()
+    }
+
+    fn signal_sender(&self, signo: i32) -> Option<sender::SignalSender> {
+        sender::take(signo)
     }
 
     fn set_link_up(&self, ifname: &str) -> io::Result<()> {
