@@ -55,6 +55,18 @@ pub const SOCKET: &str = "/run/system.sock";
 /// Where stand-in events go in a non-pristine sandbox (on the root overlay).
 pub const EVENTS_IN_ROOT: &str = "/kios-e2e/events";
 
+/// `setpriv`'s arguments that make a peer uid and gid 65534 with only
+/// CAP_DAC_OVERRIDE and CAP_SYS_PTRACE (to reach the socket through
+/// /proc/<init>/root), before the program to run.
+pub const AS_NOBODY: [&str; 6] = [
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=+dac_override,+sys_ptrace",
+    "--ambient-caps=+dac_override,+sys_ptrace",
+    "--",
+];
+
 /// Default deadline of the waiting helpers.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
@@ -686,17 +698,7 @@ impl Sandbox {
     pub fn peer_as_nobody(&self, socket: &str) -> Result<Command> {
         let peer = artifacts::artifacts()?.binary("socket-peer");
         let mut command = Command::new("setpriv");
-        command
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=+dac_override,+sys_ptrace",
-                "--ambient-caps=+dac_override,+sys_ptrace",
-                "--",
-            ])
-            .arg(peer)
-            .arg(self.path(socket));
+        command.args(AS_NOBODY).arg(peer).arg(self.path(socket));
         Ok(command)
     }
 
@@ -711,15 +713,7 @@ impl Sandbox {
         let mut command = Command::new("nsenter");
         command.args(["-t", &self.init_pid.to_string(), "--pid", "--"]);
         if user == PeerUser::Nobody {
-            command.args([
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=+dac_override,+sys_ptrace",
-                "--ambient-caps=+dac_override,+sys_ptrace",
-                "--",
-            ]);
+            command.arg("setpriv").args(AS_NOBODY);
         }
         command.arg(peer).arg(self.path(socket));
         Ok(command)

@@ -177,14 +177,7 @@ fn kiosctl_as_nobody(sandbox: &Sandbox, args: &[&str]) -> Result<std::process::O
     let kiosctl = kios_e2e::artifacts::artifacts()?.binary("kiosctl");
     let mut command = std::process::Command::new("setpriv");
     command
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=+dac_override,+sys_ptrace",
-            "--ambient-caps=+dac_override,+sys_ptrace",
-            "--",
-        ])
+        .args(kios_e2e::ns::AS_NOBODY)
         .arg(kiosctl)
         .arg("--socket")
         .arg(sandbox.path("/run/system.sock"))
