@@ -292,8 +292,8 @@ impl Sandbox {
             "set -e\n\
              mount -t overlay -o \"lowerdir=$1,upperdir=$2,workdir=$3\" {SANDBOX_ROOT_SOURCE} \"$4\"\n\
              cd \"$4\"\n\
-             {setup}\
              shift 4\n\
+             {setup}\
              chroot=$(command -v chroot)\n\
              exec env -i \"$@\" \"$chroot\" . /init\n"
         );

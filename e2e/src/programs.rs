@@ -414,7 +414,37 @@ pub fn script_uses(script: &str) -> Vec<(usize, String)> {
             }
         }
     }
+    // The script's own functions (`name() {`, `function name {`) are not
+    // programs, where they are defined nor where they are called.
+    let functions: Vec<String> = script.lines().filter_map(function_defined).collect();
+    out.retain(|(_, p)| {
+        let name = p.strip_suffix("()").unwrap_or(p);
+        !functions.iter().any(|f| f == name)
+    });
     out
+}
+
+/// The name a line defines as a shell function, if it does.
+fn function_defined(line: &str) -> Option<String> {
+    let line = line.trim_start();
+    let (name, rest) = match line.strip_prefix("function ") {
+        Some(after) => {
+            let name = after
+                .split(|c: char| c.is_whitespace() || c == '(')
+                .next()?;
+            (name, "")
+        }
+        None => {
+            let (name, rest) = line.split_once("()")?;
+            (name.trim_end(), rest)
+        }
+    };
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    (valid && (rest.trim().is_empty() || rest.trim_start().starts_with('{')))
+        .then(|| name.to_string())
 }
 
 fn strip_comment(line: &str) -> String {
@@ -779,6 +809,17 @@ mod tests {
                 "cpio",
                 "/bin/busybox"
             ]
+        );
+    }
+
+    #[test]
+    fn a_scripts_own_functions_are_not_programs() {
+        let script = "#!/bin/bash\nlist() {\n  grep -q x f || echo\n}\nfunction other {\n  sort f\n}\nlist\nother\nmkdir d\n";
+        let programs = shell_commands(script);
+        assert_eq!(
+            programs,
+            ["/bin/bash", "grep", "sort", "mkdir"],
+            "{programs:?}"
         );
     }
 
