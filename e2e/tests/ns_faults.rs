@@ -166,14 +166,32 @@ fn a_full_var_log_drops_lines_with_a_count_and_blocks_nothing() -> Result<()> {
     // A second flood: the count grows, the node goes on.
     sandbox.kill_ns_pid(kubelet, Signal::SIGUSR1)?;
     sandbox.wait_events("kubelet flood-done", 2, Duration::from_secs(60))?;
-    // With the disk full, every line of it is dropped and counted.
+    // Nothing is lost uncounted: every flood line is in the file or in the
+    // count. (Not "every line of the second flood dropped": a few lines
+    // still fit in what the disk has left, the last page of the file.)
+    let written = || -> usize {
+        std::fs::read(sandbox.path("/var/log/kubelet.log"))
+            .map(|bytes| {
+                bytes
+                    .split(|&b| b == b'\n')
+                    .filter(|l| l.starts_with(b"kubelet flood line "))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
     let second = sandbox
-        .wait_for("the whole second flood counted", DEFAULT_WAIT, || {
-            lines_dropped(&sandbox)
-                .ok()
-                .filter(|n| *n >= first + FLOOD_LINES)
+        .wait_for("both floods written or counted", DEFAULT_WAIT, || {
+            let dropped = lines_dropped(&sandbox).ok()?;
+            (dropped > first && written() as u64 + dropped >= 2 * FLOOD_LINES).then_some(dropped)
         })
-        .with_context(|| format!("dropped: {:?}", lines_dropped(&sandbox)))?;
+        .with_context(|| {
+            format!(
+                "dropped {:?}, written {} of {}",
+                lines_dropped(&sandbox),
+                written(),
+                2 * FLOOD_LINES
+            )
+        })?;
     // Every line still reached the in-memory tail.
     let reply = sandbox.request("logs kubelet 5")?;
     let last = format!("kubelet flood line {} ", FLOOD_LINES - 1);
@@ -183,15 +201,17 @@ fn a_full_var_log_drops_lines_with_a_count_and_blocks_nothing() -> Result<()> {
             .any(|l| l.as_str().is_some_and(|l| l.starts_with(&last)))),
         "the tail does not end with the flood: {reply}"
     );
-    // Said once in the kernel log, not per line.
+    // Said once per run of drops in the kernel log, not per line: a run
+    // ends when a line fits again (then init says so), and the next drop
+    // starts another.
     let log = sandbox.init_log();
-    let notices = log
-        .lines()
-        .filter(|l| l.contains("cannot write /var/log/kubelet.log"))
-        .count();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let notices = count("cannot write /var/log/kubelet.log");
+    let recovered = count("/var/log/kubelet.log is written again");
     ensure!(
-        notices == 1,
-        "{notices} kernel-log notices of the full /var/log (want one)\n{}",
+        notices >= 1 && notices <= recovered + 1 && (notices as u64) * 100 < second,
+        "{notices} kernel-log notices of the full /var/log ({recovered} recoveries) \
+         for {second} dropped lines\n{}",
         sandbox.diagnostics()
     );
     // Everything else still works: kiosctl shows the count, a restart,
@@ -204,7 +224,10 @@ fn a_full_var_log_drops_lines_with_a_count_and_blocks_nothing() -> Result<()> {
     );
     ensure!(sandbox.request("restart kubelet")?["ok"] == true);
     sandbox.wait_events("kubelet connected", 2, DEFAULT_WAIT)?;
-    eprintln!("/var/log full: {first} then {second} lines dropped, {notices} notice");
+    eprintln!(
+        "/var/log full: {first} then {second} lines dropped, {} written, {notices} notice",
+        written()
+    );
     shuts_down(&sandbox)
 }
 
