@@ -78,7 +78,7 @@ pub fn describe(delta_ms: i64, now_ms: u64) -> String {
     }
     let direction = if delta_ms < 0 { "backward" } else { "forward" };
     let abs = delta_ms.unsigned_abs();
-    let amount = if abs % 1000 == 0 {
+    let amount = if abs.is_multiple_of(1000) {
         format!("{}", abs / 1000)
     } else {
         format!("{}.{:03}", abs / 1000, abs % 1000)
