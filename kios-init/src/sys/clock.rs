@@ -55,7 +55,9 @@ impl ClockWatch {
                 tv_nsec: 0,
             },
             it_value: libc::timespec {
-                tv_sec: libc::time_t::MAX,
+                // time_t is a C long on Linux (libc's alias is deprecated
+                // on musl, where it may widen).
+                tv_sec: libc::c_long::MAX as _,
                 tv_nsec: 0,
             },
         };
