@@ -276,7 +276,7 @@ fn wall_clock_steps_are_reported_and_change_nothing_else() {
     for line in clock_lines(&mut vm) {
         eprintln!("vm_clock: {line}");
     }
-    let summary = fsck.lines().find(|l| l.contains(" files, ")).unwrap_or("");
+    let summary = fsck.lines().find(|l| l.contains(" files (")).unwrap_or("");
     eprintln!("vm_clock: e2fsck -fn: {summary}");
     eprintln!(
         "vm_clock: prepare {:?}, boot to power-off {:?}, whole test {:?}",
