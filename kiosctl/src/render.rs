@@ -94,6 +94,22 @@ pub fn short_duration(ms: u64) -> String {
     text.split(' ').take(2).collect::<Vec<_>>().join(" ")
 }
 
+/// `status`'s clock line: "wall clock stepped 2 times since boot, last
+/// backward by 3days" (uptime and ages do not depend on it: uptime is
+/// monotonic, ages are measured against the node's `now_ms`).
+pub fn clock_steps_text(steps: u64, last_ms: i64) -> String {
+    let count = if steps == 1 {
+        "once".to_string()
+    } else {
+        format!("{steps} times")
+    };
+    let direction = if last_ms < 0 { "backward" } else { "forward" };
+    format!(
+        "wall clock stepped {count} since boot, last {direction} by {} (uptime is monotonic; see the kernel log)",
+        short_duration(last_ms.unsigned_abs())
+    )
+}
+
 /// "12s ago", "3h 12m ago", "just now"; "in 4s" for times after `now_ms`.
 pub fn age(at_ms: u64, now_ms: u64) -> String {
     if at_ms > now_ms {
@@ -339,6 +355,15 @@ pub fn status(reply: &StatusReply, view: View) -> String {
                      flood; see the kernel log)",
                     node.log_lines_dropped
                 ),
+                Color::Yellow,
+            ),
+        ]);
+    }
+    if node.clock_steps > 0 {
+        facts.push(vec![
+            "clock".to_string(),
+            view.painter.paint(
+                &clock_steps_text(node.clock_steps, node.last_clock_step_ms),
                 Color::Yellow,
             ),
         ]);

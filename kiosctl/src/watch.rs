@@ -280,6 +280,8 @@ mod tests {
                 previous_shutdown: None,
                 inhibitors: vec![],
                 log_lines_dropped: 0,
+                clock_steps: 0,
+                last_clock_step_ms: 0,
             },
             services: vec![
                 service(

@@ -107,6 +107,15 @@ pub struct NodeStatus {
     /// writer behind a flood); 0 from servers older than the field.
     #[serde(default)]
     pub log_lines_dropped: u64,
+    /// Steps of the node's wall clock since boot (settimeofday,
+    /// clock_settime, `date -s`, an NTP step), each also said once in the
+    /// kernel log; 0 from servers older than the field.
+    #[serde(default)]
+    pub clock_steps: u64,
+    /// The last step, signed milliseconds (negative: backward); 0 when
+    /// there was none, and from older servers.
+    #[serde(default)]
+    pub last_clock_step_ms: i64,
 }
 
 /// A logind inhibitor lock held through the system bus.

@@ -414,6 +414,8 @@ fn sample_replies() -> Vec<(Request, Reply)> {
             previous_shutdown: Some(sample_audit()),
             inhibitors: vec![],
             log_lines_dropped: 3,
+            clock_steps: 2,
+            last_clock_step_ms: -259_200_000,
         },
         services: vec![
             sample_service(ServiceName::Crio),
@@ -665,6 +667,25 @@ fn a_status_without_log_lines_dropped_still_decodes() {
     let line = value.to_string();
     match decode_response(&request, &line) {
         Ok(Ok(Reply::Status(status))) => assert_eq!(status.node.log_lines_dropped, 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_status_without_clock_steps_still_decodes() {
+    let (request, reply) = sample_replies().remove(2);
+    let mut value: serde_json::Value = serde_json::from_str(&encode_ok(&reply)).unwrap();
+    assert_eq!(value["node"]["clock_steps"], 2);
+    assert_eq!(value["node"]["last_clock_step_ms"], -259_200_000);
+    let node = value["node"].as_object_mut().unwrap();
+    node.remove("clock_steps");
+    node.remove("last_clock_step_ms");
+    let line = value.to_string();
+    match decode_response(&request, &line) {
+        Ok(Ok(Reply::Status(status))) => {
+            assert_eq!(status.node.clock_steps, 0);
+            assert_eq!(status.node.last_clock_step_ms, 0);
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -68,6 +68,9 @@ pub enum Event {
     Bus(crate::runtime::logind::BusEvent),
     /// A blocking step of the shutdown finished.
     JobDone(Job),
+    /// The wall clock was set (stepped, or set to what it read); `at` is
+    /// both clocks read after the watch was re-armed.
+    ClockSet { at: crate::runtime::supervisor::Now },
     /// Tests: run this on the state, in the owner.
     #[cfg(test)]
     Inspect(Box<dyn FnOnce(&mut crate::runtime::state::State)>),

@@ -6,7 +6,8 @@
 //! an event source (`event.rs`): the shutdown signals and the reaper
 //! (`sources.rs`, one task), the inotify reader, the service output pumps, the power
 //! button readers (`power_button.rs`), the socket's accept loop and client
-//! tasks (`server/`), and the shutdown's blocking steps. They send events
+//! tasks (`server/`), the wall-clock step watch (`sources.rs`, on
+//! `sys::clock`'s timerfd), and the shutdown's blocking steps. They send events
 //! over one bounded queue; requests get their answers on oneshots. The
 //! owner's own timer covers back-off ends, KILL deadlines and the
 //! shutdown's bounds.
@@ -20,6 +21,7 @@
 
 pub mod audit;
 pub mod blocking;
+pub mod clock;
 pub mod event;
 pub mod logcapture;
 pub mod logind;
@@ -172,6 +174,15 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
     };
     if let Some(fd) = &inotify {
         tokio::task::spawn_local(sources::inotify_reader(fd.clone(), events.clone()));
+    }
+    // Steps of the wall clock are only reported: the node works without.
+    match crate::sys::clock::ClockWatch::new().and_then(crate::sys::clock::async_clock_watch) {
+        Ok(watch) => {
+            tokio::task::spawn_local(sources::clock_steps(watch, events.clone()));
+        }
+        Err(e) => crate::kwarn!(
+            "cannot watch the wall clock (timerfd): {e}; its steps will not be reported"
+        ),
     }
     let spawner = Box::new(LoopSpawner { events });
     let mut owner = Owner::new(state, spawner, inotify, config.power_button, stop_serving);

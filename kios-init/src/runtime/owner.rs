@@ -223,6 +223,7 @@ impl Owner {
             Event::Client(client) => self.client(client, now),
             Event::Bus(event) => self.state.bus_event(event, now.epoch_ms),
             Event::JobDone(job) => self.state.shutdown.job_done(job),
+            Event::ClockSet { at } => self.state.clock_set(at),
             #[cfg(test)]
             Event::Inspect(f) => f(&mut self.state),
         }
@@ -1216,6 +1217,91 @@ mod tests {
         );
         n.at(3 + SOCKET_CLOSE_WAIT.as_millis() as u64, None);
         assert!(n.owner.ended());
+    }
+
+    /// Steps of the wall clock (issue 11): each set the watch reports is
+    /// counted in `status` with its signed size, uptime stays monotonic,
+    /// restarts still work after each, and the node still shuts down.
+    #[test]
+    fn wall_clock_steps_show_in_status_and_change_nothing_else() {
+        let mut n = node("clock-steps", Box::new(INLINE_SPAWNER));
+        let socket = n.owner.state.paths.crio_socket.clone();
+        n.sys.add_file(socket.to_str().unwrap(), "");
+        n.at(1, None);
+        let (admin, _reg) = n.connect(2, 4000);
+        let start = n.owner.state.milestones.start_instant();
+        let boot_ms = n.owner.state.milestones.start_epoch_ms();
+        let day: i64 = 86_400_000;
+        // The clocks as the watch reads them `mono_ms` after init started,
+        // the wall clock moved by `moved_ms` in all.
+        let set = |mono_ms: u64, moved_ms: i64| Event::ClockSet {
+            at: Now {
+                mono: start + Duration::from_millis(mono_ms),
+                epoch_ms: (i128::from(boot_ms) + i128::from(mono_ms) + i128::from(moved_ms)) as u64,
+            },
+        };
+        let status = |n: &mut Node, ms: u64| match n.request(ms, &admin, Request::Status) {
+            Ok(Reply::Status(s)) => s,
+            other => panic!("{other:?}"),
+        };
+        let before = status(&mut n, 3);
+        assert_eq!(
+            (before.node.clock_steps, before.node.last_clock_step_ms),
+            (0, 0)
+        );
+
+        let mut t = 1_000;
+        for (moved, steps, last) in [(-3 * day, 1, -3 * day), (-2 * day, 2, day)] {
+            n.at(t, Some(set(t, moved)));
+            let s = status(&mut n, t);
+            assert_eq!(
+                (s.node.clock_steps, s.node.last_clock_step_ms),
+                (steps, last)
+            );
+            // The test's own clock did not move: uptime is what the
+            // monotonic clock says since the start, not boot_ms + a step.
+            let mono = n.now(t).mono.saturating_duration_since(start);
+            assert_eq!(s.node.uptime_ms, mono.as_millis() as u64);
+            // The node keeps doing everything else: a restart, a new kubelet.
+            let old = n.owner.state.supervisor.kubelet.pid.expect("kubelet runs");
+            let restart = Request::Restart {
+                service: ServiceName::Kubelet,
+            };
+            assert!(matches!(
+                n.request(t, &admin, restart),
+                Ok(Reply::Restart(_))
+            ));
+            let reaped = Event::Reaped {
+                reaped: vec![Reaped {
+                    pid: old,
+                    exit: crate::runtime::reaper::Exit::Signal(15),
+                }],
+                error: None,
+            };
+            n.at(t + 10, Some(reaped));
+            let new = n.owner.state.supervisor.kubelet.pid.expect("restarted");
+            assert_ne!(new, old);
+            t += 1_000;
+        }
+        // A set to the time it had is logged, not counted.
+        n.at(t, Some(set(t, -2 * day)));
+        let s = status(&mut n, t);
+        assert_eq!((s.node.clock_steps, s.node.last_clock_step_ms), (2, day));
+
+        // And the node still shuts down, to the end.
+        n.sys.set_processes_left(false);
+        n.at(t, Some(Event::Client(ClientEvent::Gone { id: admin.id })));
+        n.at(t, Some(Event::Signal(ShutdownSignal::Term)));
+        let end = t + 120_000;
+        while !n.owner.ended() && t < end {
+            t += 100;
+            n.at(t, None);
+        }
+        assert!(n.owner.ended(), "phase {:?}", n.phase());
+        assert_eq!(
+            n.effects().last(),
+            Some(&Call::Reboot(crate::sys::PowerMode::PowerOff))
+        );
     }
 
     /// The kubelet crash-loops for an hour of simulated time through the

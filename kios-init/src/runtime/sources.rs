@@ -1,6 +1,7 @@
 //! The event sources of the runtime that are neither the socket nor the
 //! power button: the signals with the reaper (SIGCHLD), the inotify
-//! reader, the readers of the services' output pipes, and the spawner that
+//! reader, the wall-clock step watch, the readers of the services' output
+//! pipes, and the spawner that
 //! starts them (and the shutdown's blocking steps) for the owner. Each only
 //! reads and sends [`Event`]s; none touches the state.
 
@@ -22,6 +23,8 @@ use crate::runtime::owner::Spawner;
 use crate::runtime::power_button;
 use crate::runtime::reaper;
 use crate::runtime::shutdown::Job;
+use crate::runtime::supervisor::Now;
+use crate::sys::clock::{ClockWatch, Tick};
 use crate::sys::process::InotifyFd;
 
 /// Without a SIGCHLD handler (its registration failed), how often the
@@ -149,6 +152,51 @@ async fn read_inotify(fd: &AsyncFd<InotifyFd>) -> Option<Vec<InotifyEvent>> {
                 return None;
             }
             Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Watches the wall clock for steps until the watch fails: each set of
+/// the clock re-arms the timerfd, then sends [`Event::ClockSet`] with the
+/// time read after re-arming (so a set in between is in that reading;
+/// the owner works out the step). Waiting for room in the queue happens
+/// here, never in the owner; sets meanwhile are one more cancel to read.
+pub async fn clock_steps(watch: AsyncFd<ClockWatch>, events: Events) {
+    loop {
+        let mut guard = match watch.readable().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                crate::kerr!("wall clock watch: {e}; its steps will not be reported");
+                return;
+            }
+        };
+        match guard.try_io(|inner| inner.get_ref().read()) {
+            Ok(Ok(Tick::Stepped)) => {
+                let rearmed = watch.get_ref().arm();
+                let at = Now::current();
+                if !events.send(Event::ClockSet { at }).await {
+                    return;
+                }
+                if let Err(e) = rearmed {
+                    crate::kerr!(
+                        "wall clock watch: cannot re-arm the timerfd: {e}; later steps will not be reported"
+                    );
+                    return;
+                }
+            }
+            Ok(Ok(Tick::Expired)) => {
+                crate::kwarn!(
+                    "wall clock watch: the timer at the end of the kernel's time range expired; \
+                     later steps will not be reported"
+                );
+                return;
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => {
+                crate::kerr!("wall clock watch: cannot read the timerfd: {e}; later steps will not be reported");
+                return;
+            }
+            Err(_would_block) => {}
         }
     }
 }

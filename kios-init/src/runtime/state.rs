@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 
 use crate::boot::milestones::Milestones;
 use crate::runtime::audit::AuditLog;
+use crate::runtime::clock::ClockSteps;
 use crate::runtime::logcapture::LogHub;
 use crate::runtime::logind::bus::Inhibitor;
 use crate::runtime::logind::{BusEvent, BusHandle};
@@ -87,6 +88,8 @@ pub struct State {
     pub bus: Option<BusHandle>,
     /// The logind delay inhibitor locks held, as the bus reported them.
     pub inhibitors: BTreeMap<u64, Inhibitor>,
+    /// The wall clock's steps since boot (shown, never measured with).
+    pub clock: ClockSteps,
 }
 
 impl State {
@@ -99,6 +102,7 @@ impl State {
         sys: Arc<dyn Sys>,
     ) -> State {
         let audit = AuditLog::in_memory(milestones.start_epoch_ms());
+        let clock = ClockSteps::new(milestones.start_instant(), milestones.start_epoch_ms());
         State {
             node,
             milestones,
@@ -111,6 +115,7 @@ impl State {
             sys,
             bus: None,
             inhibitors: BTreeMap::new(),
+            clock,
         }
     }
 
@@ -153,6 +158,8 @@ impl State {
                     .collect(),
                 previous_shutdown: self.audit.previous_shutdown(),
                 log_lines_dropped: self.logs.lines_dropped(),
+                clock_steps: self.clock.count,
+                last_clock_step_ms: self.clock.last_delta_ms,
             },
             services: self.supervisor.statuses(),
             clients: self.clients.infos(kubelet_pid),
@@ -233,6 +240,17 @@ impl State {
         };
         if let Some(event) = wire {
             self.clients.emit(&Event::Logind(event));
+        }
+    }
+
+    /// The wall clock was set (`now` read after it): one kernel-log line,
+    /// counted in `status` when it moved.
+    pub fn clock_set(&mut self, now: Now) {
+        let step = self.clock.stepped(now);
+        if step.delta_ms == 0 {
+            crate::kinfo!("{}", step.message);
+        } else {
+            crate::knotice!("{}", step.message);
         }
     }
 

@@ -8,6 +8,7 @@
 //! whole shutdown is a unit test. The free functions below are for the one
 //! place with no `Sys` at hand: the last-resort path after a bug.
 
+pub mod clock;
 pub mod fake;
 pub mod process;
 pub mod sender;

@@ -56,6 +56,8 @@ pub fn status_healthy() -> StatusReply {
             previous_shutdown: Some(audit_entries().remove(1)),
             inhibitors: vec![],
             log_lines_dropped: 0,
+            clock_steps: 0,
+            last_clock_step_ms: 0,
         },
         services: vec![
             service(
@@ -131,6 +133,8 @@ pub fn status_troubled() -> StatusReply {
             previous_shutdown: None,
             inhibitors: vec![],
             log_lines_dropped: 1523,
+            clock_steps: 2,
+            last_clock_step_ms: 86_400_000,
         },
         services: vec![
             service(
