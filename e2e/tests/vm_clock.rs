@@ -169,6 +169,15 @@ fn check_step(
         after["node"]["boot_ms"], before["node"]["boot_ms"],
         "boot_ms is this boot's identity"
     );
+    // Ages stay right: cri-o started after boot and has run since, so its
+    // age (now_ms - since_ms, kiosctl's FOR) is between 0 and the uptime,
+    // whichever way the clock went (its since_ms moved with the clock).
+    let crio = service(&after, "crio");
+    let age = number(&after, "now_ms") - crio["since_ms"].as_i64().expect("crio since_ms");
+    assert!(
+        (0..=number(&after, "uptime_ms")).contains(&age),
+        "cri-o's age {age} ms after a step of {step_ms} ms: {after}"
+    );
 
     // The node keeps doing everything else: restart kubelet gives a new
     // kubelet, which connects again.

@@ -70,6 +70,14 @@ impl ClockSteps {
     }
 }
 
+/// A wall-clock time recorded before a step of `delta_ms`, as the stepped
+/// clock reads it (saturating): what keeps an age (`now_ms - since_ms`)
+/// right across the step.
+pub fn moved(ms: u64, delta_ms: i64) -> u64 {
+    let moved = i128::from(ms) + i128::from(delta_ms);
+    u64::try_from(moved.max(0)).unwrap_or(u64::MAX)
+}
+
 /// The kernel-log line of one set of the clock.
 pub fn describe(delta_ms: i64, now_ms: u64) -> String {
     let now = rfc3339(now_ms);

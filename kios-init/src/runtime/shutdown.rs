@@ -98,6 +98,16 @@ impl Shutdown {
     }
 
     /// The wire view; `None` unless a shutdown is in progress.
+    /// The wall clock was stepped by `delta_ms`: the shown start of the
+    /// shutdown and of its phase follow (see `State::clock_set`); its
+    /// bounds are on the monotonic clock already.
+    pub fn wall_clock_moved(&mut self, delta_ms: i64) {
+        if let Some(status) = self.status.as_mut() {
+            status.since_ms = crate::runtime::clock::moved(status.since_ms, delta_ms);
+            status.phase_since_ms = crate::runtime::clock::moved(status.phase_since_ms, delta_ms);
+        }
+    }
+
     pub fn status(&self) -> Option<&ShutdownStatus> {
         self.status.as_ref()
     }

@@ -249,9 +249,20 @@ impl State {
         let step = self.clock.stepped(now);
         if step.delta_ms == 0 {
             crate::kinfo!("{}", step.message);
-        } else {
-            crate::knotice!("{}", step.message);
+            return;
         }
+        crate::knotice!("{}", step.message);
+        // The times that ages are measured from (a service's since, a
+        // client's, a lock's, the shutdown's) move with the clock, so
+        // `now_ms - since_ms` stays the real age. What is history (exits,
+        // log lines, milestones, the audit) keeps the time as it was read.
+        let delta = step.delta_ms;
+        self.supervisor.wall_clock_moved(delta);
+        self.clients.wall_clock_moved(delta);
+        for lock in self.inhibitors.values_mut() {
+            lock.since_ms = crate::runtime::clock::moved(lock.since_ms, delta);
+        }
+        self.shutdown.wall_clock_moved(delta);
     }
 
     /// One line of a service's output.
@@ -397,6 +408,60 @@ pub mod testing {
 mod tests {
     use super::testing::test_state;
     use crate::sys::Sys;
+
+    /// A step of the wall clock moves the times ages are measured from:
+    /// a service's and a client's age read the same just after the step
+    /// as just before it, back or forward; history keeps its times.
+    #[test]
+    fn ages_stay_right_across_a_wall_clock_step() {
+        use crate::runtime::server::clients::Peer;
+        use crate::runtime::supervisor::Now;
+        use kios_protocol::ServiceName;
+        use std::time::Duration;
+        let mut t = test_state();
+        let start = t.state.milestones.start_instant();
+        let boot_ms = t.state.milestones.start_epoch_ms();
+        let day: i64 = 86_400_000;
+        // The clocks `mono_ms` after init started, the wall moved by `moved`.
+        let at = |mono_ms: u64, moved: i64| Now {
+            mono: start + Duration::from_millis(mono_ms),
+            epoch_ms: (i128::from(boot_ms) + i128::from(mono_ms) + i128::from(moved)).max(0) as u64,
+        };
+        t.state.supervisor.crio.since_ms = boot_ms + 1_000;
+        let peer = Peer {
+            id: 1,
+            pid: Some(77),
+            uid: Some(0),
+            command: Some("kiosctl".into()),
+        };
+        let _registration = t.state.clients.register(peer, boot_ms + 2_000);
+        let ages = |t: &super::testing::TestState, now: Now| {
+            let status = t.state.status(now);
+            let now_ms = status.node.now_ms;
+            let crio = status
+                .services
+                .iter()
+                .find(|s| s.name == ServiceName::Crio)
+                .map(|s| now_ms.saturating_sub(s.since_ms));
+            let client = status
+                .clients
+                .first()
+                .map(|c| now_ms.saturating_sub(c.since_ms));
+            (crio, client)
+        };
+        assert_eq!(ages(&t, at(10_000, 0)), (Some(9_000), Some(8_000)));
+        for (mono, moved) in [(10_000, -3 * day), (20_000, -2 * day)] {
+            t.state.clock_set(at(mono, moved));
+            assert_eq!(
+                ages(&t, at(mono, moved)),
+                (Some(mono - 1_000), Some(mono - 2_000)),
+                "after a step to {moved} ms"
+            );
+        }
+        // Stepped to before 1970: saturates at 0, no wrap.
+        t.state.clock_set(at(30_000, -(boot_ms as i64) - day));
+        assert_eq!(t.state.supervisor.crio.since_ms, 0);
+    }
 
     /// Uptime is monotonic; `now_ms` is the wall clock as read, whatever
     /// it did since boot; `boot_ms` (this boot's identity) never moves.

@@ -252,6 +252,14 @@ impl Supervisor {
         }
     }
 
+    /// The wall clock was stepped by `delta_ms`: each service's `since_ms`
+    /// follows (see `State::clock_set`).
+    pub fn wall_clock_moved(&mut self, delta_ms: i64) {
+        for service in [&mut self.crio, &mut self.kubelet] {
+            service.since_ms = crate::runtime::clock::moved(service.since_ms, delta_ms);
+        }
+    }
+
     pub fn service_mut(&mut self, name: ServiceName) -> &mut Service {
         match name {
             ServiceName::Crio => &mut self.crio,

@@ -87,6 +87,14 @@ impl Clients {
     }
 
     /// Adds a connected client.
+    /// The wall clock was stepped by `delta_ms`: each client's `since_ms`
+    /// follows (see `State::clock_set`).
+    pub fn wall_clock_moved(&mut self, delta_ms: i64) {
+        for slot in self.slots.values_mut() {
+            slot.since_ms = crate::runtime::clock::moved(slot.since_ms, delta_ms);
+        }
+    }
+
     pub fn register(&mut self, peer: Peer, since_ms: u64) -> Registration {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let close = Rc::new(Notify::new());
