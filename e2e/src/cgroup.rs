@@ -20,8 +20,7 @@ pub struct PidsCgroup {
     dir: PathBuf,
 }
 
-/// Where the pids controller's hierarchy is mounted and the test's cgroup
-/// in it.
+/// Where the sandbox's pids cgroup goes, for this process.
 fn own_pids_cgroup() -> Result<PathBuf> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").context("/proc/self/cgroup")?;
     let mountinfo =
@@ -30,6 +29,26 @@ fn own_pids_cgroup() -> Result<PathBuf> {
         .lines()
         .filter_map(crate::ns::MountInfo::parse)
         .collect();
+    pids_parent(&cgroups, &mounts, |dir| {
+        std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default()
+    })
+}
+
+/// The cgroup under which a pids cgroup can be made, from
+/// /proc/self/cgroup, the mount table and a reader of a v2 cgroup's
+/// `cgroup.subtree_control`:
+/// - v1: the test's own cgroup in the `pids` hierarchy;
+/// - v2: the test's own cgroup when the pids controller is enabled for its
+///   children; else the hierarchy's root when it is enabled there (as
+///   systemd does). cgroup v2 allows no controller for the children of a
+///   non-root cgroup that holds processes, and the test's holds the test,
+///   so the sandbox's cgroup goes beside it, as under v1's root; the test's
+///   own cgroup is never changed.
+fn pids_parent(
+    cgroups: &str,
+    mounts: &[crate::ns::MountInfo],
+    subtree_control: impl Fn(&Path) -> String,
+) -> Result<PathBuf> {
     // v1: a hierarchy of its own for pids.
     for line in cgroups.lines() {
         let mut fields = line.splitn(3, ':');
@@ -48,24 +67,28 @@ fn own_pids_cgroup() -> Result<PathBuf> {
         };
         return Ok(Path::new(&mount.mount_point).join(path.trim_start_matches('/')));
     }
-    // v2: the unified hierarchy, with pids delegated to our subtree.
+    // v2: the unified hierarchy.
     let Some(path) = cgroups.lines().find_map(|l| l.strip_prefix("0::")) else {
         bail!("no pids controller: neither a v1 pids hierarchy nor cgroup v2 in /proc/self/cgroup");
     };
     let Some(mount) = mounts.iter().find(|m| m.fstype == "cgroup2") else {
         bail!("cgroup v2 is not mounted");
     };
-    let own = Path::new(&mount.mount_point).join(path.trim_start_matches('/'));
-    let subtree = std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap_or_default();
-    if !subtree.split_whitespace().any(|c| c == "pids") {
-        bail!(
-            "cgroup v2: the pids controller is not enabled for the children of {} \
-             (its cgroup.subtree_control is '{}'); enabling it would change the test's own cgroup",
-            own.display(),
-            subtree.trim()
-        );
+    let root = PathBuf::from(&mount.mount_point);
+    let own = root.join(path.trim_start_matches('/'));
+    let has_pids = |dir: &Path| subtree_control(dir).split_whitespace().any(|c| c == "pids");
+    if has_pids(&own) {
+        return Ok(own);
     }
-    Ok(own)
+    if has_pids(&root) {
+        return Ok(root);
+    }
+    bail!(
+        "cgroup v2: the pids controller is enabled neither for the children of {} nor at the \
+         root {} (cgroup.subtree_control); enabling it would change the test's own cgroup",
+        own.display(),
+        root.display()
+    )
 }
 
 impl PidsCgroup {
@@ -121,5 +144,60 @@ impl Drop for PidsCgroup {
         while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ns::MountInfo;
+
+    const HYBRID_MOUNTS: &str = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+40 30 0:36 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:20 - cgroup cgroup rw,pids
+";
+    const UNIFIED_MOUNTS: &str = "\
+30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    fn mounts(text: &str) -> Vec<MountInfo> {
+        text.lines().filter_map(MountInfo::parse).collect()
+    }
+
+    #[test]
+    fn v1_uses_the_tests_own_pids_cgroup() {
+        let cgroups = "12:pids:/\n1:name=systemd:/user.slice\n0::/user.slice\n";
+        let got = pids_parent(cgroups, &mounts(HYBRID_MOUNTS), |_| String::new()).unwrap();
+        assert_eq!(got, PathBuf::from("/sys/fs/cgroup/pids"));
+    }
+
+    #[test]
+    fn v2_uses_its_own_cgroup_when_delegated_else_the_root() {
+        let cgroups = "0::/user.slice/user-0.slice/session-3.scope\n";
+        let own = PathBuf::from("/sys/fs/cgroup/user.slice/user-0.slice/session-3.scope");
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let unified = mounts(UNIFIED_MOUNTS);
+        // Delegated to the test's cgroup (a systemd unit with Delegate=).
+        let delegated = |dir: &Path| {
+            if dir == own {
+                "pids".into()
+            } else {
+                String::new()
+            }
+        };
+        assert_eq!(pids_parent(cgroups, &unified, delegated).unwrap(), own);
+        // A login session: only the root enables pids (systemd's default).
+        let at_root = |dir: &Path| {
+            if dir == Path::new("/sys/fs/cgroup") {
+                "cpu io memory pids".into()
+            } else {
+                String::new()
+            }
+        };
+        assert_eq!(pids_parent(cgroups, &unified, at_root).unwrap(), root);
+        // Nowhere: a clear error, nothing chosen.
+        let err = pids_parent(cgroups, &unified, |_| "cpu memory".into()).unwrap_err();
+        assert!(err.to_string().contains("enabled neither"), "{err}");
     }
 }
