@@ -10,6 +10,8 @@
 //!   cgroup of a test's own for one.
 //! - `programs` (feature `harness`): which programs the workspace runs and
 //!   whether a fresh Debian machine has them after scripts/deps.
+//! - `figure` (feature `harness`): the budgets bench's table (figures,
+//!   budgets, min/median/max, pass or fail, ratio to a reference init).
 
 pub mod standin;
 
@@ -17,6 +19,8 @@ pub mod standin;
 pub mod artifacts;
 #[cfg(feature = "harness")]
 pub mod cgroup;
+#[cfg(feature = "harness")]
+pub mod figure;
 #[cfg(feature = "harness")]
 pub mod ns;
 #[cfg(feature = "harness")]
