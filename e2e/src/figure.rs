@@ -228,7 +228,10 @@ pub fn render(figures: &[Figure], reference: Option<&str>) -> String {
     }
     let _ = writeln!(out, "budgets met: {met} of {judged}");
     if let Some(name) = reference {
-        let _ = writeln!(out, "reference: {name} (ratio: kios-init's median / the reference's)");
+        let _ = writeln!(
+            out,
+            "reference: {name} (ratio: kios-init's median / the reference's)"
+        );
     }
     out
 }
@@ -252,8 +255,14 @@ mod tests {
         assert_eq!(f.clone().budget(Budget::AtMost(2.0)).verdict(), Some(true));
         assert_eq!(f.clone().budget(Budget::AtMost(1.5)).verdict(), Some(false));
         assert_eq!(f.clone().budget(Budget::AtLeast(2.0)).verdict(), Some(true));
-        assert_eq!(f.clone().budget(Budget::AtMostOfReference(0.5)).verdict(), None);
-        let r = f.clone().reference(Some(vec![4.0])).budget(Budget::AtMostOfReference(0.5));
+        assert_eq!(
+            f.clone().budget(Budget::AtMostOfReference(0.5)).verdict(),
+            None
+        );
+        let r = f
+            .clone()
+            .reference(Some(vec![4.0]))
+            .budget(Budget::AtMostOfReference(0.5));
         assert_eq!(r.verdict(), Some(true));
         let o = f.budget(Budget::AtLeastOf("sha256sum".into(), vec![3.0], 0.8));
         assert_eq!(o.verdict(), Some(false));
@@ -272,7 +281,10 @@ mod tests {
             Figure::new("memory", "RssFile", "KiB").samples(vec![600.0]),
         ];
         let table = render(&figures, Some("kios-c-init"));
-        assert!(table.contains("[boot]") && table.contains("[memory]"), "{table}");
+        assert!(
+            table.contains("[boot]") && table.contains("[memory]"),
+            "{table}"
+        );
         assert!(table.contains("2.00 / 2.50 / 3.00"), "{table}");
         assert!(table.contains(" 0.25"), "{table}");
         assert!(table.contains("FAIL") && table.contains("pass"), "{table}");
