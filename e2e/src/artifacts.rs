@@ -27,6 +27,11 @@ use thiserror::Error;
 /// The musl target of image binaries.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The cargo profile of kios-init and kiosctl in the image (`Cargo.toml`:
+/// release with `panic = "abort"`, std rebuilt without its backtrace
+/// printer; see docs/benchmarks.md).
+pub const IMAGE_PROFILE: &str = "image";
+
 /// Set to `1` when the musl binaries are already built.
 pub const PREBUILT_ENV: &str = "KIOS_E2E_PREBUILT";
 
@@ -54,7 +59,7 @@ pub enum ArtifactsError {
         path: PathBuf,
         package: &'static str,
     },
-    #[error("{path} is missing after the build; with {PREBUILT_ENV}=1 build it first: CARGO_TARGET_DIR=target/musl cargo build --release --target {MUSL_TARGET} -p kios-init -p kiosctl && CARGO_TARGET_DIR=target/musl cargo build --release --target {MUSL_TARGET} -p kios-e2e --no-default-features --bins")]
+    #[error("{path} is missing after the build; with {PREBUILT_ENV}=1 build it first as scripts/test does (the two builds of musl_build_commands)")]
     MissingBinary { path: PathBuf },
     #[error("cannot {op} {path}: {source}")]
     Io {
@@ -80,8 +85,11 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Artifacts
 pub struct Artifacts {
     /// The cargo workspace.
     pub workspace: PathBuf,
-    /// Where the musl release binaries are.
+    /// Where the image's own binaries (kios-init, kiosctl) are.
     pub bin_dir: PathBuf,
+    /// Where the stand-ins' musl binaries are (the same as `bin_dir` when
+    /// given with [`BIN_DIR_ENV`]).
+    pub standin_dir: PathBuf,
     /// The rootfs builder's inputs: one file per input name.
     pub inputs_dir: PathBuf,
     /// A directory private to this test process, under target/e2e.
@@ -89,9 +97,13 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
-    /// A musl release binary by name, e.g. `kios-init`.
+    /// A musl binary by name, e.g. `kios-init` or `kubelet-standin`.
     pub fn binary(&self, name: &str) -> PathBuf {
-        self.bin_dir.join(name)
+        if IMAGE_BINARIES.contains(&name) {
+            self.bin_dir.join(name)
+        } else {
+            self.standin_dir.join(name)
+        }
     }
 
     /// An input of the rootfs builder by its input name, e.g. `kubelet`.
@@ -132,6 +144,15 @@ pub const BUILT_INPUTS: [(&str, &str); 5] = [
     ("pinns", "pinns-standin"),
 ];
 
+/// With panics aborting and no backtrace printer nothing reads unwind
+/// tables: leaving them out saves kios-init 145 KiB (`.eh_frame`). Given as
+/// `--config`, so it adds to `.cargo/config.toml`'s flags for the target.
+pub const NO_UNWIND_TABLES: &str =
+    "target.x86_64-unknown-linux-musl.rustflags=[\"-Cforce-unwind-tables=no\"]";
+
+/// The image's own binaries, built with [`IMAGE_PROFILE`].
+pub const IMAGE_BINARIES: [&str; 2] = ["kios-init", "kiosctl"];
+
 static ARTIFACTS: OnceLock<Result<Artifacts, String>> = OnceLock::new();
 
 /// Builds (once per process) and returns the artifacts.
@@ -146,6 +167,9 @@ fn prepare() -> Result<Artifacts, ArtifactsError> {
     let workspace = workspace_root();
     let given_bin_dir = std::env::var_os(BIN_DIR_ENV).map(PathBuf::from);
     let bin_dir = given_bin_dir
+        .clone()
+        .unwrap_or_else(|| musl_target_dir().join(MUSL_TARGET).join(IMAGE_PROFILE));
+    let standin_dir = given_bin_dir
         .clone()
         .unwrap_or_else(|| musl_target_dir().join(MUSL_TARGET).join("release"));
     let scratch = scratch_root();
@@ -168,7 +192,12 @@ fn prepare() -> Result<Artifacts, ArtifactsError> {
     let inputs_dir = run_dir.join("inputs");
     std::fs::create_dir_all(&inputs_dir).map_err(io("create", &inputs_dir))?;
     for (input, binary) in BUILT_INPUTS {
-        let from = bin_dir.join(binary);
+        let dir = if IMAGE_BINARIES.contains(&binary) {
+            &bin_dir
+        } else {
+            &standin_dir
+        };
+        let from = dir.join(binary);
         if !from.is_file() {
             return Err(ArtifactsError::MissingBinary { path: from });
         }
@@ -180,6 +209,7 @@ fn prepare() -> Result<Artifacts, ArtifactsError> {
     Ok(Artifacts {
         workspace,
         bin_dir,
+        standin_dir,
         inputs_dir,
         run_dir,
     })
@@ -261,20 +291,56 @@ pub fn elf_has_interpreter(bytes: &[u8]) -> bool {
     })
 }
 
-/// The two cargo runs of the musl build (their arguments): kios-init and
-/// kiosctl, then the stand-ins without the host-side harness, so the image
-/// builder's features never reach kios-init through feature unification.
-pub fn musl_build_commands() -> [Vec<&'static str>; 2] {
-    let build = ["build", "--release", "--target", MUSL_TARGET];
-    let with = |rest: &[&'static str]| build.iter().chain(rest).copied().collect();
+/// The two cargo runs of the musl build (program and arguments), as
+/// scripts/test runs them:
+/// - kios-init and kiosctl with the image profile (`panic = "abort"`) and
+///   std rebuilt for size (nightly's `-Zbuild-std`, without std's
+///   backtrace printer: about 330 KiB of kios-init's 1.4 MiB);
+/// - the stand-ins without the host-side harness, so the image builder's
+///   features never reach kios-init through feature unification.
+///
+/// The first goes through rustup's `cargo` proxy for `+nightly`.
+pub fn musl_build_commands() -> [(String, Vec<&'static str>); 2] {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     [
-        with(&["-p", "kios-init", "-p", "kiosctl"]),
-        with(&["-p", "kios-e2e", "--no-default-features", "--bins"]),
+        (
+            "cargo".to_string(),
+            vec![
+                "+nightly",
+                "build",
+                "--locked",
+                "--profile",
+                IMAGE_PROFILE,
+                "--target",
+                MUSL_TARGET,
+                "-Zbuild-std=std,panic_abort",
+                "-Zbuild-std-features=optimize_for_size",
+                "--config",
+                NO_UNWIND_TABLES,
+                "-p",
+                "kios-init",
+                "-p",
+                "kiosctl",
+            ],
+        ),
+        (
+            cargo,
+            vec![
+                "build",
+                "--locked",
+                "--release",
+                "--target",
+                MUSL_TARGET,
+                "-p",
+                "kios-e2e",
+                "--no-default-features",
+                "--bins",
+            ],
+        ),
     ]
 }
 
 fn build_musl(workspace: &Path) -> Result<(), ArtifactsError> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let target_dir = musl_target_dir();
     std::fs::create_dir_all(&target_dir).map_err(io("create", &target_dir))?;
     // Cargo's own lock on target/musl serializes concurrent test processes;
@@ -288,7 +354,7 @@ fn build_musl(workspace: &Path) -> Result<(), ArtifactsError> {
             source: std::io::Error::from(e),
         },
     )?;
-    for args in musl_build_commands() {
+    for (cargo, args) in musl_build_commands() {
         let command = format!(
             "CARGO_TARGET_DIR={} {cargo} {}",
             target_dir.display(),
@@ -302,6 +368,9 @@ fn build_musl(workspace: &Path) -> Result<(), ArtifactsError> {
             // The outer `cargo test` may set these for its own build.
             .env_remove("CARGO_BUILD_TARGET")
             .env_remove("RUSTC_WRAPPER")
+            // The outer cargo's toolchain must not override `+nightly`.
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
             .status()
             .map_err(|source| ArtifactsError::RunCargo {
                 command: command.clone(),
@@ -370,8 +439,25 @@ mod tests {
 
     #[test]
     fn musl_builds_keep_the_stand_ins_apart_from_kios_init() {
-        let [first, second] = musl_build_commands();
+        let [(_, first), (_, second)] = musl_build_commands();
         assert!(first.contains(&"kios-init") && !first.contains(&"kios-e2e"));
+        assert!(first.contains(&IMAGE_PROFILE) && first.contains(&"-Zbuild-std=std,panic_abort"));
         assert!(second.contains(&"kios-e2e") && second.contains(&"--no-default-features"));
+        // scripts/test runs the same two builds.
+        let script = std::fs::read_to_string(workspace_root().join("scripts/test")).unwrap();
+        for args in [first, second] {
+            let quoted: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    if a.contains(['"', '[']) {
+                        format!("'{a}'")
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect();
+            let line = quoted.join(" ");
+            assert!(script.contains(&line), "scripts/test lacks `{line}`");
+        }
     }
 }

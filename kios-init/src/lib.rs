@@ -15,5 +15,6 @@ pub mod boot;
 pub mod decimal;
 pub mod kmsg;
 pub mod kmsgread;
+pub mod panic;
 pub mod runtime;
 pub mod sys;

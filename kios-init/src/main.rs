@@ -28,6 +28,8 @@ fn main() {
         );
         std::process::exit(2);
     }
+    // A panic (a bug) is logged and ends the node synced (panic.rs).
+    kios_init::panic::install();
 
     let mut milestones = Milestones::new();
     // /proc is usually not mounted yet; then the environment is all there
