@@ -44,7 +44,8 @@ pub struct Reaped {
 }
 
 /// The most children reaped in one drain before yielding back to the event
-/// loop (the next SIGCHLD or tick drains the rest).
+/// loop; the signal source drains again at once when a drain hit it
+/// (sources.rs: no SIGCHLD may be left to wake it).
 pub const MAX_REAP_PER_DRAIN: usize = 4096;
 
 /// Reaps every child that has exited, without blocking, and returns them in

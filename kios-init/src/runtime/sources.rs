@@ -87,8 +87,14 @@ async fn fallback_reap(needed: bool) {
 /// every exited child is reaped and what was found is sent.
 pub async fn signals(mut signals: Signals, events: Events) {
     let no_sigchld = signals.chld.is_none();
+    // A drain that stopped at its cap left children unreaped, and their
+    // SIGCHLDs may all have been merged into the one already taken: drain
+    // again at once (after the loop has had its turn) instead of waiting
+    // for another child to exit.
+    let mut drain_again = false;
     loop {
         let event = tokio::select! {
+            _ = std::future::ready(()), if drain_again => None,
             _ = recv(&mut signals.chld) => None,
             _ = fallback_reap(no_sigchld) => None,
             _ = recv(&mut signals.term) => Some(ShutdownSignal::Term),
@@ -100,6 +106,7 @@ pub async fn signals(mut signals: Signals, events: Events) {
             None => {
                 let mut reaped = Vec::new();
                 let error = reaper::reap_all(&mut reaped).err();
+                drain_again = error.is_none() && reaped.len() >= reaper::MAX_REAP_PER_DRAIN;
                 if reaped.is_empty() && error.is_none() {
                     continue;
                 }
