@@ -126,9 +126,10 @@ pub fn socket(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
         let reaped = reaper
             .join()
             .map_err(|_| anyhow!("the reaper panicked"))??;
-        if let Some(t) = reaped {
+        if let Some(t) = reaped.took {
             k.push("reap-load", t);
         }
+        k.push("reap-load-left", reaped.left as f64);
         restarter
             .join()
             .map_err(|_| anyhow!("the restarter panicked"))?
@@ -213,5 +214,8 @@ pub fn figures(k: &Samples) -> Vec<Figure> {
             "ms",
         )
         .samples(k.get("reap-load")),
+        Figure::new("socket", "  of those, left unreaped after 20 s", "procs")
+            .samples(k.get("reap-load-left"))
+            .budget(Budget::AtMost(0.0)),
     ]
 }

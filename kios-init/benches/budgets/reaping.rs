@@ -50,9 +50,16 @@ pub fn fork_zombies(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Hands `n` orphans to the sandbox's init and times their reaping (ms);
-/// `None` when init did not reap them within 20 s (said on stderr).
-pub fn reap(sandbox: &Sandbox, n: usize) -> Result<Option<f64>> {
+/// What became of the orphans.
+pub struct Reaped {
+    /// Time to reap them all (ms); `None` when init did not within 20 s.
+    pub took: Option<f64>,
+    /// How many were still unreaped then (0 when all were).
+    pub left: usize,
+}
+
+/// Hands `n` orphans to the sandbox's init and times their reaping.
+pub fn reap(sandbox: &Sandbox, n: usize) -> Result<Reaped> {
     let init = sandbox.init_pid();
     // During the load figure the kubelet is being restarted: one more
     // child now and then is not an orphan left.
@@ -95,7 +102,10 @@ pub fn reap(sandbox: &Sandbox, n: usize) -> Result<Option<f64>> {
                 "budgets: {left} of {n} orphans still init's children after 20 s \
                  ({zombies} zombies in the sandbox)"
             );
-            return Ok(None);
+            return Ok(Reaped {
+                took: None,
+                left: zombies,
+            });
         }
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -104,5 +114,8 @@ pub fn reap(sandbox: &Sandbox, n: usize) -> Result<Option<f64>> {
     sandbox.wait_for("no zombie in the sandbox", Duration::from_secs(5), || {
         (!sandbox.processes().iter().any(|p| p.state == 'Z')).then_some(())
     })?;
-    Ok(Some(took))
+    Ok(Reaped {
+        took: Some(took),
+        left: 0,
+    })
 }

@@ -297,9 +297,11 @@ pub fn figures(opts: &Opts) -> Result<Vec<Figure>> {
             sandbox.wait_events("kubelet connected", 3, Duration::from_secs(10))?;
             crate::load::socket(&sandbox, &mut k)?;
             crate::load::churn(&sandbox, &mut k)?;
-            if let Some(t) = crate::reaping::reap(&sandbox, crate::reaping::ZOMBIES)? {
+            let reaped = crate::reaping::reap(&sandbox, crate::reaping::ZOMBIES)?;
+            if let Some(t) = reaped.took {
                 k.push("reap", t);
             }
+            k.push("reap-left", reaped.left as f64);
         }
         if cgroup_flags.is_empty() {
             let config = boot_config(&format!("bench-nocgns-{i}"), None).no_cgroup_namespace();
@@ -430,6 +432,12 @@ pub fn figures(opts: &Opts) -> Result<Vec<Figure>> {
         .samples(k.get("reap"))
         .reference(rf("reap")),
     );
+    figures.push(
+        Figure::new("reaping", "  of those, left unreaped after 20 s", "procs")
+            .samples(k.get("reap-left"))
+            .reference(rf("reap-left"))
+            .budget(Budget::AtMost(0.0)),
+    );
     Ok(figures)
 }
 
@@ -440,11 +448,12 @@ fn reference_run(i: usize, bytes: &[u8], r: &mut Samples) -> Result<()> {
         r,
         "start",
     )?;
-    // Let it settle on its loop as kios-init does (the status round trip).
     memory(&sandbox, bytes.len() as u64, r);
     crash(&sandbox, r)?;
-    if let Some(t) = crate::reaping::reap(&sandbox, crate::reaping::ZOMBIES)? {
+    let reaped = crate::reaping::reap(&sandbox, crate::reaping::ZOMBIES)?;
+    if let Some(t) = reaped.took {
         r.push("reap", t);
     }
+    r.push("reap-left", reaped.left as f64);
     Ok(())
 }
