@@ -83,6 +83,8 @@ pub struct SandboxConfig {
     setup: Vec<String>,
     pristine: bool,
     cgroup: Option<PathBuf>,
+    cgroup_namespace: bool,
+    init_poll: Duration,
 }
 
 impl SandboxConfig {
@@ -105,7 +107,39 @@ impl SandboxConfig {
             setup: Vec::new(),
             pristine: false,
             cgroup: None,
+            cgroup_namespace: true,
+            init_poll: POLL,
         }
+    }
+
+    /// Boots WITHOUT a cgroup namespace of its own (for the benchmark's
+    /// "what does the cgroup namespace cost" figure).
+    ///
+    /// Init mounts cgroup2 with no options. A cgroup2 mount made from the
+    /// initial cgroup namespace applies its root flags (nsdelegate,
+    /// favordynmods, memory_localevents, memory_recursiveprot, ...) to the
+    /// ONE cgroup2 hierarchy of the machine: an option-less mount clears
+    /// them on the host. So [`Sandbox::boot`] refuses this unless
+    /// [`host_cgroup2_flags`] finds none set (then the mount changes
+    /// nothing). kios-init itself never writes to cgroupfs, and the mount
+    /// is in the sandbox's private mount namespace: the host's mount table
+    /// is untouched. Only for kios-init: another init may write cgroupfs.
+    pub fn no_cgroup_namespace(mut self) -> SandboxConfig {
+        self.cgroup_namespace = false;
+        self
+    }
+
+    /// How often [`Sandbox::boot`] looks for init's exec (default 5 ms): a
+    /// benchmark that times from init's start wants it finer.
+    pub fn init_poll(mut self, every: Duration) -> SandboxConfig {
+        self.init_poll = every;
+        self
+    }
+
+    /// Runs another init binary as `/init` (a reference init for the
+    /// benchmark), instead of kios-init.
+    pub fn init_binary(self, content: impl Into<Vec<u8>>) -> SandboxConfig {
+        self.file_mode("/init", content, 0o755)
     }
 
     /// A shell command run inside the sandbox's mount namespace before init
@@ -170,6 +204,34 @@ impl SandboxConfig {
         self.pristine = true;
         self
     }
+}
+
+/// The root flags set on the host's cgroup2 hierarchy (the super options
+/// of its cgroup2 mounts in our mount namespace, beyond rw/ro and
+/// seclabel): what an option-less cgroup2 mount from the initial cgroup
+/// namespace would clear.
+pub fn host_cgroup2_flags() -> Result<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    let mut flags = Vec::new();
+    for line in text.lines() {
+        let Some((_, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        if fields.next() != Some("cgroup2") {
+            continue;
+        }
+        let super_options = fields.nth(1).unwrap_or("");
+        for option in super_options.split(',') {
+            if !matches!(option, "rw" | "ro" | "seclabel" | "")
+                && !flags.iter().any(|f| f == option)
+            {
+                flags.push(option.to_string());
+            }
+        }
+    }
+    Ok(flags)
 }
 
 /// How a sandbox ended, as unshare reported it.
@@ -308,17 +370,23 @@ impl Sandbox {
                 join
             }
         };
+        if !config.cgroup_namespace {
+            let flags = host_cgroup2_flags()?;
+            if !flags.is_empty() {
+                bail!(
+                    "will not boot without a cgroup namespace: init's option-less cgroup2 \
+                     mount would clear {flags:?} on the host's cgroup2 hierarchy"
+                );
+            }
+        }
+        command.args(["--pid", "--fork", "--mount", "--uts", "--ipc", "--net"]);
+        if config.cgroup_namespace {
+            // Its own cgroup namespace: init mounts cgroup2, and without
+            // one that mount would reconfigure the host's cgroup2 root.
+            command.arg("--cgroup");
+        }
         command
             .args([
-                "--pid",
-                "--fork",
-                "--mount",
-                "--uts",
-                "--ipc",
-                "--net",
-                // Its own cgroup namespace: init mounts cgroup2, and without
-                // one that mount would reconfigure the host's cgroup2 root.
-                "--cgroup",
                 "--propagation",
                 "private",
                 "--",
@@ -350,7 +418,7 @@ impl Sandbox {
             pristine: config.pristine,
             started: Instant::now(),
         };
-        sandbox.find_init()?;
+        sandbox.find_init(config.init_poll)?;
         Ok(sandbox)
     }
 
@@ -363,7 +431,7 @@ impl Sandbox {
     }
 
     /// Waits for unshare's child to become `/init` inside the root.
-    fn find_init(&mut self) -> Result<()> {
+    fn find_init(&mut self, poll: Duration) -> Result<()> {
         let unshare_pid = self
             .unshare
             .lock()
@@ -398,8 +466,13 @@ impl Sandbox {
                     self.diagnostics()
                 );
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(poll);
         }
+    }
+
+    /// When unshare was spawned.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Init's pid on the host.

@@ -17,6 +17,8 @@
 
 mod hashing;
 mod kiosctl;
+mod load;
+mod reaping;
 mod sandbox;
 mod vm;
 
@@ -86,6 +88,15 @@ const SECTIONS: [&str; 4] = ["sandbox", "vm", "hashing", "kiosctl"];
 type Section = fn(&Opts) -> Result<Vec<Figure>>;
 
 fn main() -> Result<()> {
+    // The reaping figure runs this binary in the sandbox's PID namespace.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--fork-zombies") {
+        let n = args
+            .get(2)
+            .and_then(|n| n.parse().ok())
+            .context("--fork-zombies needs N")?;
+        return reaping::fork_zombies(n);
+    }
     let opts = Opts::parse(std::env::args().skip(1))?;
     let sections: [(&str, Section); 4] = [
         ("sandbox", sandbox::figures),

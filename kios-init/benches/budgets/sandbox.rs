@@ -1,128 +1,459 @@
-//! Figures measured in the namespace sandbox: kios-init as PID 1 of fresh
-//! namespaces with the cri-o and kubelet stand-ins (the e2e harness).
+//! Figures measured in the namespace sandbox: kios-init (and, with
+//! `--reference`, another init) as PID 1 of fresh namespaces with the
+//! cri-o and kubelet stand-ins (the e2e harness).
+//!
+//! Method. Every repetition boots a fresh sandbox. "Kubelet exec" is seen
+//! from the host the same way for every init: a watcher polls
+//! `/proc/<init>/task/*/children` (every 20 us) until a child whose `comm`
+//! is `kubelet` (set at exec) appears that was not there before. Sandbox
+//! start is the instant unshare was spawned. kios-init's own figures (init
+//! start to kubelet exec, the mounts, the wait for cri-o) come from its
+//! `boot` reply's milestones. Memory is read from `/proc/<init>/status`
+//! once the kubelet stand-in says `kubelet connected` (with kios-init, also
+//! once `status` lists it as a client). A crash is a SIGKILL to the
+//! kubelet; a requested restart is `restart kubelet` on the line protocol,
+//! timed from the request's send to the new kubelet's exec (kios-init logs
+//! only reap-to-exec for it, so the watcher is the clock).
+//! The socket and reaping figures live in [`crate::load`] and
+//! [`crate::reaping`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use kios_e2e::figure::{Budget, Figure};
-use kios_e2e::ns::{Sandbox, SandboxConfig};
+use kios_e2e::ns::{host_cgroup2_flags, Sandbox, SandboxConfig};
 use nix::sys::signal::Signal;
 
 use crate::Opts;
 
-fn epoch_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
+/// 700 kB (the issue's figure) in KiB.
+pub const VMRSS_BUDGET_KIB: f64 = 700_000.0 / 1024.0;
+
+/// The host pids of init's children (every thread's: orphans may be
+/// handed to any thread of the reaper).
+pub fn children(init: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{init}/task")) else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        pids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    pids
 }
 
-fn milestone(boot: &serde_json::Value, name: &str) -> Option<(f64, f64)> {
-    boot["milestones"]
-        .as_array()?
-        .iter()
-        .find(|m| m["name"] == name)
-        .and_then(|m| Some((m["at_ms"].as_f64()?, m["offset_ms"].as_f64()?)))
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
 }
 
-fn status_kb(pid: i32, key: &str) -> Option<u64> {
+/// The host pids of init's children that are the kubelet now.
+pub fn kubelets(init: i32) -> Vec<i32> {
+    children(init)
+        .into_iter()
+        .filter(|&p| comm(p) == "kubelet")
+        .collect()
+}
+
+/// Waits until init has a kubelet child not in `old`; returns when it was
+/// seen (the watcher's clock) and its host pid.
+pub fn wait_kubelet_exec(init: i32, old: &[i32], timeout: Duration) -> Result<(Instant, i32)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for pid in children(init) {
+            if !old.contains(&pid) && comm(pid) == "kubelet" {
+                return Ok((Instant::now(), pid));
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("no new kubelet exec within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_micros(20));
+    }
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+pub fn status_kib(pid: i32, key: &str) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.parse::<f64>().ok())
 }
 
-/// The sandbox figures: binary, boot, memory, reaction.
+fn milestone_offset(boot: &serde_json::Value, name: &str) -> Option<f64> {
+    boot["milestones"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["offset_ms"].as_f64())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000_000.0
+}
+
+/// What one init gave, per figure (samples by figure key).
+#[derive(Default)]
+pub struct Samples(pub Vec<(&'static str, Vec<f64>)>);
+
+impl Samples {
+    pub fn push(&mut self, key: &'static str, value: f64) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(value),
+            None => self.0.push((key, vec![value])),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Vec<f64> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// `None` when this init gave no sample of `key` ("not supported").
+    pub fn maybe(&self, key: &str) -> Option<Vec<f64>> {
+        Some(self.get(key)).filter(|v| !v.is_empty())
+    }
+}
+
+fn boot_config(name: &str, reference: Option<&[u8]>) -> SandboxConfig {
+    let config = SandboxConfig::new(name).init_poll(Duration::from_micros(50));
+    match reference {
+        Some(bytes) => config.init_binary(bytes.to_vec()),
+        None => config,
+    }
+}
+
+/// Boots; records sandbox start to kubelet exec; waits for the kubelet
+/// stand-in to be connected.
+fn boot_and_watch(config: SandboxConfig, s: &mut Samples, key: &'static str) -> Result<Sandbox> {
+    let sandbox = Sandbox::boot(config)?;
+    let (exec, _) = wait_kubelet_exec(sandbox.init_pid(), &[], Duration::from_secs(10))
+        .with_context(|| sandbox.diagnostics())?;
+    s.push(key, ms(exec - sandbox.started()));
+    sandbox.wait_event("kubelet connected", Duration::from_secs(10))?;
+    Ok(sandbox)
+}
+
+fn memory(sandbox: &Sandbox, size: u64, s: &mut Samples) {
+    let pid = sandbox.init_pid();
+    let mut read = |key: &'static str, field: &str| {
+        let v = status_kib(pid, field);
+        if let Some(v) = v {
+            s.push(key, v);
+        }
+        v
+    };
+    read("rss", "VmRSS:");
+    read("hwm", "VmHWM:");
+    read("file", "RssFile:");
+    let anon = read("anon", "RssAnon:");
+    let pte = read("pte", "VmPTE:");
+    if let (Some(anon), Some(pte)) = (anon, pte) {
+        s.push("pays", size as f64 / 1024.0 + anon + pte);
+    }
+}
+
+/// SIGKILL to the kubelet, then the watcher sees the new one's exec.
+fn crash(sandbox: &Sandbox, s: &mut Samples) -> Result<()> {
+    let init = sandbox.init_pid();
+    let old = kubelets(init);
+    let Some(&first) = old.first() else {
+        bail!("no kubelet child of init\n{}", sandbox.diagnostics());
+    };
+    let killed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL)
+        .context("cannot kill the kubelet")?;
+    let (exec, _) = wait_kubelet_exec(init, &old, Duration::from_secs(5))?;
+    s.push("crash", us(exec - killed));
+    Ok(())
+}
+
+/// kios-init's only: boot milestones, the logged crash reaction, the
+/// requested restart.
+fn kios_extras(sandbox: &Sandbox, s: &mut Samples, cgroupns: bool) -> Result<()> {
+    let boot = sandbox.request("boot")?;
+    let get = |name: &str| {
+        milestone_offset(&boot, name).ok_or_else(|| anyhow!("no {name} milestone: {boot}"))
+    };
+    let (mounts, crio, socket, kubelet) = (
+        get("mounts")?,
+        get("crio-start")?,
+        get("crio-socket")?,
+        get("kubelet-start")?,
+    );
+    if !cgroupns {
+        s.push("init-kubelet-nocgns", kubelet);
+        return Ok(());
+    }
+    s.push("init-kubelet", kubelet);
+    s.push("mounts", mounts);
+    s.push("crio-wait", socket - crio);
+    s.push("own", kubelet - (socket - crio) - mounts);
+    sandbox.wait_for(
+        "the kubelet client in status",
+        Duration::from_secs(10),
+        || {
+            let status = sandbox.status().ok()?;
+            status["clients"]
+                .as_array()?
+                .iter()
+                .any(|c| c["kubelet"] == true)
+                .then_some(())
+        },
+    )?;
+    Ok(())
+}
+
+fn kios_logged_crash(sandbox: &Sandbox, s: &mut Samples) -> Result<()> {
+    // The first crash of a fresh kubelet restarts at once (later ones in a
+    // row back off, by design): one sample per sandbox.
+    let status = sandbox.status()?;
+    let kubelet = Sandbox::service(&status, "kubelet")?;
+    let old = kubelet["pid"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("kubelet not running"))? as i32;
+    let init = sandbox.init_pid();
+    let old_host = kubelets(init);
+    let killed = Instant::now();
+    sandbox.kill_ns_pid(old, Signal::SIGKILL)?;
+    let (exec, _) = wait_kubelet_exec(init, &old_host, Duration::from_secs(5))?;
+    s.push("crash", us(exec - killed));
+    let line = sandbox.wait_log(
+        &format!("kubelet (pid {old}) ended"),
+        Duration::from_secs(10),
+    )?;
+    let logged = line
+        .split("restarted as pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(" in ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .ok_or_else(|| anyhow!("no immediate restart in: {line}"))?;
+    s.push("crash-logged", logged);
+    Ok(())
+}
+
+/// `restart kubelet` sent to the new kubelet's exec.
+pub fn requested_restart(sandbox: &Sandbox, client: &mut kios_e2e::ns::LineClient) -> Result<f64> {
+    let init = sandbox.init_pid();
+    let old = kubelets(init);
+    let sent = Instant::now();
+    let reply = client.request("restart kubelet")?;
+    if reply["error"].is_string() || reply["ok"] == false {
+        bail!("restart kubelet refused: {reply}");
+    }
+    let (exec, _) = wait_kubelet_exec(init, &old, Duration::from_secs(5))?;
+    Ok(us(exec - sent))
+}
+
+/// The sandbox figures.
 pub fn figures(opts: &Opts) -> Result<Vec<Figure>> {
     let artifacts = kios_e2e::artifacts::artifacts().context("cannot build the artifacts")?;
-    let binary = artifacts.binary("kios-init");
-    let size = std::fs::metadata(&binary)
-        .with_context(|| format!("cannot stat {}", binary.display()))?
-        .len();
-    const BOOTS: usize = 15;
-    let boots = opts.runs.unwrap_or(BOOTS);
-    let mut boot_ms = Vec::new();
-    let mut init_offset_ms = Vec::new();
-    let mut hwm = Vec::new();
-    let mut anon = Vec::new();
-    let mut file = Vec::new();
-    let mut restart_us = Vec::new();
-    let mut milestones: Vec<(String, Vec<f64>)> = Vec::new();
-    for i in 0..boots {
-        let t0 = epoch_ms();
-        let sandbox = Sandbox::boot_ready(SandboxConfig::new(&format!("bench-boot-{i}")))?;
-        let boot = sandbox.request("boot")?;
-        let (at, offset) = milestone(&boot, "kubelet-start")
-            .ok_or_else(|| anyhow!("no kubelet-start milestone: {boot}"))?;
-        boot_ms.push(at - t0);
-        init_offset_ms.push(offset);
-        for m in boot["milestones"].as_array().into_iter().flatten() {
-            if let (Some(name), Some(offset)) = (m["name"].as_str(), m["offset_ms"].as_f64()) {
-                match milestones.iter_mut().find(|(n, _)| n == name) {
-                    Some((_, values)) => values.push(offset),
-                    None => milestones.push((name.to_string(), vec![offset])),
+    let size_of = |name: &str| -> Result<u64> {
+        let path = artifacts.binary(name);
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len())
+    };
+    let size = size_of("kios-init")?;
+    let kiosctl_size = size_of("kiosctl")?;
+    let reference = match &opts.reference {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None => None,
+    };
+    let runs = opts.runs.unwrap_or(5);
+    let cgroup_flags = host_cgroup2_flags()?;
+    let mut k = Samples::default();
+    let mut r = Samples::default();
+    let mut notes: Vec<String> = Vec::new();
+
+    for i in 0..runs {
+        eprintln!("budgets: sandbox run {}/{runs}", i + 1);
+        {
+            let sandbox =
+                boot_and_watch(boot_config(&format!("bench-{i}"), None), &mut k, "start")?;
+            kios_extras(&sandbox, &mut k, true)?;
+            memory(&sandbox, size, &mut k);
+            kios_logged_crash(&sandbox, &mut k)?;
+            sandbox.wait_events("kubelet connected", 2, Duration::from_secs(10))?;
+            let mut client = sandbox.client()?;
+            k.push("restart", requested_restart(&sandbox, &mut client)?);
+            drop(client);
+            sandbox.wait_events("kubelet connected", 3, Duration::from_secs(10))?;
+            crate::load::socket(&sandbox, &mut k)?;
+            crate::load::churn(&sandbox, &mut k)?;
+            let reaped = crate::reaping::reap(&sandbox, crate::reaping::ZOMBIES)?;
+            if let Some(t) = reaped.took {
+                k.push("reap", t);
+            }
+            k.push("reap-left", reaped.left as f64);
+        }
+        if cgroup_flags.is_empty() {
+            let config = boot_config(&format!("bench-nocgns-{i}"), None).no_cgroup_namespace();
+            let sandbox = boot_and_watch(config, &mut k, "start-nocgns")?;
+            kios_extras(&sandbox, &mut k, false)?;
+            drop(sandbox);
+        }
+        if let Some(bytes) = &reference {
+            match reference_run(i, bytes, &mut r) {
+                Ok(()) => {}
+                Err(e) => {
+                    let note = format!("reference run {}: {e:#}", i + 1);
+                    eprintln!("budgets: {note}");
+                    notes.push(note);
                 }
             }
         }
-        // The kubelet is connected (boot_ready); let init settle on its loop.
-        sandbox.wait_for(
-            "the kubelet client in status",
-            Duration::from_secs(10),
-            || {
-                let status = sandbox.status().ok()?;
-                status["clients"]
-                    .as_array()?
-                    .iter()
-                    .any(|c| c["kubelet"] == true)
-                    .then_some(())
-            },
-        )?;
-        let pid = sandbox.init_pid();
-        hwm.push(status_kb(pid, "VmHWM:").unwrap_or(0) as f64);
-        anon.push(status_kb(pid, "RssAnon:").unwrap_or(0) as f64);
-        file.push(status_kb(pid, "RssFile:").unwrap_or(0) as f64);
-
-        // The first crash of a fresh kubelet restarts at once (later ones
-        // in a row back off, by design): one sample per sandbox.
-        let status = sandbox.status()?;
-        let kubelet = Sandbox::service(&status, "kubelet")?;
-        let old = kubelet["pid"]
-            .as_i64()
-            .ok_or_else(|| anyhow!("kubelet not running"))? as i32;
-        sandbox.kill_ns_pid(old, Signal::SIGKILL)?;
-        let line = sandbox.wait_log(
-            &format!("kubelet (pid {old}) ended"),
-            Duration::from_secs(10),
-        )?;
-        let us = line
-            .split("restarted as pid ")
-            .nth(1)
-            .and_then(|rest| rest.split(" in ").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .ok_or_else(|| anyhow!("no immediate restart in: {line}"))?;
-        restart_us.push(us);
+    }
+    if !cgroup_flags.is_empty() {
+        notes.push(format!(
+            "no boot without a cgroup namespace: the host's cgroup2 has {cgroup_flags:?} set, \
+             which init's option-less cgroup2 mount would clear"
+        ));
+    }
+    for n in &notes {
+        eprintln!("budgets: note: {n}");
     }
 
+    let rf = |key: &str| reference.as_ref().and_then(|_| r.maybe(key));
     let mut figures = vec![
         Figure::new("binary", "kios-init, static and stripped", "B")
             .samples(vec![size as f64])
+            .reference(reference.as_ref().map(|b| vec![b.len() as f64]))
             .budget(Budget::AtMost(1024.0 * 1024.0)),
-        Figure::new("boot", "sandbox start to kubelet exec", "ms").samples(boot_ms),
-        Figure::new("boot", "init start to kubelet exec", "ms").samples(init_offset_ms),
-        Figure::new("reaction", "kubelet crash to new kubelet exec", "us")
-            .samples(restart_us)
-            .budget(Budget::AtMost(1000.0)),
-        Figure::new("memory", "VmHWM after boot, kubelet connected", "KiB").samples(hwm),
-        Figure::new("memory", "RssAnon after boot", "KiB").samples(anon),
-        Figure::new("memory", "RssFile after boot", "KiB").samples(file),
+        Figure::new("binary", "kiosctl, static and stripped", "B")
+            .samples(vec![kiosctl_size as f64])
+            .budget(Budget::AtMost(1_572_864.0)),
+        Figure::new("boot", "sandbox start to kubelet exec (watcher)", "ms")
+            .samples(k.get("start"))
+            .reference(rf("start"))
+            .budget(Budget::AtMostOfReference(0.5)),
+        Figure::new("boot", "init start to kubelet exec (milestones)", "ms")
+            .samples(k.get("init-kubelet")),
+        Figure::new(
+            "boot",
+            "  same, excluding the wait for cri-o, beyond the mounts",
+            "ms",
+        )
+        .samples(k.get("own"))
+        .budget(Budget::AtMost(2.0)),
+        Figure::new("boot", "  the mounts (milestone)", "ms").samples(k.get("mounts")),
+        Figure::new(
+            "boot",
+            "  the wait for cri-o (crio-start to crio-socket)",
+            "ms",
+        )
+        .samples(k.get("crio-wait")),
     ];
-    for (name, values) in milestones {
+    if cgroup_flags.is_empty() {
         figures.push(
-            Figure::new("boot", format!("milestone {name} (since init start)"), "ms")
-                .samples(values),
+            Figure::new("boot", "sandbox start to kubelet exec, no cgroupns", "ms")
+                .samples(k.get("start-nocgns")),
+        );
+        figures.push(
+            Figure::new("boot", "init start to kubelet exec, no cgroupns", "ms")
+                .samples(k.get("init-kubelet-nocgns")),
         );
     }
+    let mem = |key: &str, name: &str| {
+        Figure::new("memory", name.to_string(), "KiB")
+            .samples(k.get(key))
+            .reference(rf(key))
+    };
+    figures.extend([
+        mem(
+            "rss",
+            "VmRSS after boot, kubelet connected (700 kB = 683.6 KiB)",
+        )
+        .budget(Budget::AtMost(VMRSS_BUDGET_KIB)),
+        mem("hwm", "VmHWM after boot"),
+        mem("file", "RssFile after boot"),
+        mem("anon", "RssAnon after boot"),
+        mem("pte", "VmPTE (page tables) after boot"),
+        mem("pays", "what the node pays: binary + RssAnon + VmPTE").budget(Budget::AtMost(1024.0)),
+        Figure::new(
+            "memory",
+            "RssAnon growth after 10k conns + 100k requests",
+            "KiB",
+        )
+        .samples(k.get("anon-growth"))
+        .budget(Budget::AtMost(16.0)),
+        Figure::new(
+            "memory",
+            "VmRSS after 10k conns + 100k requests (700 kB)",
+            "KiB",
+        )
+        .samples(k.get("rss-after"))
+        .budget(Budget::AtMost(VMRSS_BUDGET_KIB)),
+        Figure::new(
+            "reaction",
+            "kubelet SIGKILL to new kubelet exec (watcher)",
+            "us",
+        )
+        .samples(k.get("crash"))
+        .reference(rf("crash"))
+        .budget(Budget::AtMost(1000.0)),
+        Figure::new("reaction", "  same, init's log (reap to exec)", "us")
+            .samples(k.get("crash-logged"))
+            .budget(Budget::AtMost(1000.0)),
+        Figure::new(
+            "reaction",
+            "`restart kubelet` sent to new kubelet exec",
+            "us",
+        )
+        .samples(k.get("restart"))
+        .budget(Budget::AtMost(1000.0)),
+    ]);
+    figures.extend(crate::load::figures(&k));
+    figures.push(
+        Figure::new(
+            "reaping",
+            format!(
+                "{} orphaned zombies reaped, none left",
+                crate::reaping::ZOMBIES
+            ),
+            "ms",
+        )
+        .samples(k.get("reap"))
+        .reference(rf("reap")),
+    );
+    figures.push(
+        Figure::new("reaping", "  of those, left unreaped after 20 s", "procs")
+            .samples(k.get("reap-left"))
+            .reference(rf("reap-left"))
+            .budget(Budget::AtMost(0.0)),
+    );
     Ok(figures)
+}
+
+/// One run of the reference init: what it supports.
+fn reference_run(i: usize, bytes: &[u8], r: &mut Samples) -> Result<()> {
+    let sandbox = boot_and_watch(
+        boot_config(&format!("bench-ref-{i}"), Some(bytes)),
+        r,
+        "start",
+    )?;
+    memory(&sandbox, bytes.len() as u64, r);
+    crash(&sandbox, r)?;
+    let reaped = crate::reaping::reap(&sandbox, crate::reaping::ZOMBIES)?;
+    if let Some(t) = reaped.took {
+        r.push("reap", t);
+    }
+    r.push("reap-left", reaped.left as f64);
+    Ok(())
 }
