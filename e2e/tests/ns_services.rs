@@ -130,6 +130,21 @@ fn orphans_are_reaped() -> Result<()> {
     Ok(())
 }
 
+/// More orphans at once than one drain of init's reaper takes (4,096):
+/// their SIGCHLDs merge into one, and the rest must not wait for another
+/// child to exit.
+#[test]
+fn thousands_of_zombies_handed_over_at_once_are_all_reaped() -> Result<()> {
+    let sandbox =
+        Sandbox::boot_ready(SandboxConfig::new("zombies").crio_conf("zombies=4500
+"))?;
+    sandbox.wait_event("crio zombies-handed n=4500", Duration::from_secs(120))?;
+    sandbox.wait_for("no zombie left", DEFAULT_WAIT, || {
+        (!sandbox.processes().iter().any(|p| p.state == 'Z')).then_some(())
+    })?;
+    Ok(())
+}
+
 #[test]
 fn restart_verb_gives_a_new_pid_and_reports_the_old_one() -> Result<()> {
     let sandbox = Sandbox::boot_ready(SandboxConfig::new("restart-verb"))?;

@@ -15,7 +15,12 @@
 //!   cri-o that dies before it is ready);
 //! - `orphans=N` + `orphan_ms=M` (default 100): at start, leave N orphaned
 //!   grandchildren that exit M ms later, for init to reap. Each prints
-//!   `KIOS-E2E crio orphan pid=P` and `KIOS-E2E crio orphan-exit pid=P`.
+//!   `KIOS-E2E crio orphan pid=P` and `KIOS-E2E crio orphan-exit pid=P`;
+//! - `zombies=N` (at most 10,000): after start, hand init N zombies at
+//!   once: a child starts N grandchildren that exit at once, waits until
+//!   all have exited without reaping them, and exits, so all N are
+//!   reparented to init in one go. Then prints
+//!   `KIOS-E2E crio zombies-handed n=N`.
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -29,12 +34,16 @@ pub const SOCKET: &str = "/var/run/crio/crio.sock";
 
 const ORPHAN_PARENT_ARG: &str = "--kios-e2e-orphan-parent";
 const ORPHAN_ARG: &str = "--kios-e2e-orphan";
+const ZOMBIE_PARENT_ARG: &str = "--kios-e2e-zombie-parent";
+const ZOMBIE_ARG: &str = "--kios-e2e-zombie";
 
 /// Runs the stand-in; returns the exit code.
 pub fn main(argv: Vec<String>) -> i32 {
     match argv.get(1).map(String::as_str) {
         Some(ORPHAN_PARENT_ARG) => return orphan_parent(argv.get(2)),
         Some(ORPHAN_ARG) => return orphan(argv.get(2)),
+        Some(ZOMBIE_PARENT_ARG) => return zombie_parent(argv.get(2)),
+        Some(ZOMBIE_ARG) => return 0,
         _ => {}
     }
     let inherited = super::open_fds();
@@ -55,6 +64,22 @@ pub fn main(argv: Vec<String>) -> i32 {
     let orphan_ms = config.u64_or("orphan_ms", 100);
     for _ in 0..orphans {
         leave_orphan(orphan_ms);
+    }
+    let zombies = config.u64_or("zombies", 0).min(10_000);
+    if zombies > 0 {
+        std::thread::spawn(move || {
+            match Command::new("/proc/self/exe")
+                .arg(ZOMBIE_PARENT_ARG)
+                .arg(zombies.to_string())
+                .status()
+            {
+                Ok(status) if status.success() => {
+                    emit(&format!("crio zombies-handed n={zombies}"))
+                }
+                Ok(status) => emit(&format!("crio error zombie parent: {status}")),
+                Err(e) => emit(&format!("crio error cannot start zombie parent: {e}")),
+            }
+        });
     }
 
     if config.bool_or("exit_before_listen", false) {
@@ -157,5 +182,53 @@ fn orphan(ms: Option<&String>) -> i32 {
     emit(&format!("crio orphan pid={pid}"));
     std::thread::sleep(Duration::from_millis(ms));
     emit(&format!("crio orphan-exit pid={pid}"));
+    0
+}
+
+/// Starts `n` children that exit at once, waits (a pipe each child holds
+/// reaches end of file) until all have exited, never reaps them, exits:
+/// init inherits `n` zombies at once.
+fn zombie_parent(n: Option<&String>) -> i32 {
+    let n: u64 = n.and_then(|n| n.parse().ok()).unwrap_or(0);
+    let (reader, writer) = match nix::unistd::pipe() {
+        Ok(ends) => ends,
+        Err(e) => {
+            emit(&format!("crio error zombie pipe: {e}"));
+            return 1;
+        }
+    };
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let out = match writer.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                emit(&format!("crio error zombie pipe: {e}"));
+                return 1;
+            }
+        };
+        match Command::new("/proc/self/exe")
+            .arg(ZOMBIE_ARG)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(out))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            // Kept, never waited for: dropping a Child does not reap it.
+            Ok(child) => children.push(child),
+            Err(e) => {
+                emit(&format!("crio error cannot start zombie: {e}"));
+                return 1;
+            }
+        }
+    }
+    drop(writer);
+    let mut reader = std::fs::File::from(reader);
+    let mut buf = [0u8; 64];
+    while let Ok(read) = std::io::Read::read(&mut reader, &mut buf) {
+        if read == 0 {
+            break;
+        }
+    }
+    std::mem::forget(children);
     0
 }
