@@ -33,7 +33,7 @@ const FILE_MIB: usize = 256;
 /// Rounds of the three hashers by default.
 const ROUNDS: usize = 5;
 /// `status` round trips wanted during verifies.
-const STATUS_SAMPLES: usize = 500;
+const STATUS_SAMPLES: usize = 2000;
 /// At most this many verifies for them.
 const MAX_VERIFIES: usize = 200;
 
