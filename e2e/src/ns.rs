@@ -1138,6 +1138,24 @@ impl LineClient {
             .with_context(|| format!("no valid reply to '{line}'"))
     }
 
+    /// Sends a request line and reads one reply line, unparsed, into
+    /// `reply` (cleared first): for load generators, whose own JSON parsing
+    /// would compete with the server for the CPU.
+    pub fn request_raw(&mut self, line: &str, reply: &mut String) -> Result<()> {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .with_context(|| format!("cannot send '{line}'"))?;
+        reply.clear();
+        let n = self
+            .reader
+            .read_line(reply)
+            .context("cannot read a reply")?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        Ok(())
+    }
+
     /// Reads the next JSON line (a reply or a streamed event).
     pub fn read_value(&mut self) -> Result<Value> {
         let mut reply = String::new();

@@ -100,6 +100,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("mount", "mount"),
     ("mv", "coreutils"),
     ("nsenter", "util-linux"),
+    ("openssl", "openssl"),
     ("pivot_root", "util-linux"),
     ("ps", "procps"),
     ("python3", "python3-minimal"),

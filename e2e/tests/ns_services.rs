@@ -135,9 +135,10 @@ fn orphans_are_reaped() -> Result<()> {
 /// child to exit.
 #[test]
 fn thousands_of_zombies_handed_over_at_once_are_all_reaped() -> Result<()> {
-    let sandbox =
-        Sandbox::boot_ready(SandboxConfig::new("zombies").crio_conf("zombies=4500
-"))?;
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("zombies").crio_conf(
+        "zombies=4500
+",
+    ))?;
     sandbox.wait_event("crio zombies-handed n=4500", Duration::from_secs(120))?;
     sandbox.wait_for("no zombie left", DEFAULT_WAIT, || {
         (!sandbox.processes().iter().any(|p| p.state == 'Z')).then_some(())

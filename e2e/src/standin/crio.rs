@@ -73,9 +73,7 @@ pub fn main(argv: Vec<String>) -> i32 {
                 .arg(zombies.to_string())
                 .status()
             {
-                Ok(status) if status.success() => {
-                    emit(&format!("crio zombies-handed n={zombies}"))
-                }
+                Ok(status) if status.success() => emit(&format!("crio zombies-handed n={zombies}")),
                 Ok(status) => emit(&format!("crio error zombie parent: {status}")),
                 Err(e) => emit(&format!("crio error cannot start zombie parent: {e}")),
             }
