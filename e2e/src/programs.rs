@@ -121,6 +121,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("tail", "coreutils"),
     ("tee", "coreutils"),
     ("touch", "coreutils"),
+    ("true", "coreutils"),
     ("tr", "coreutils"),
     ("umount", "mount"),
     ("unshare", "util-linux"),

@@ -2,8 +2,8 @@
 //!
 //! Method. `nsenter -t <init> -p` runs this bench binary itself in init's
 //! PID namespace (only that namespace: it stays in the host's mount
-//! namespace) in its hidden `--fork-zombies N` mode: it forks N children
-//! that exit at once, never waits for them, waits until every one has
+//! namespace) in its hidden `--fork-zombies N` mode: it starts N children
+//! (`/bin/true`) that exit at once, never waits for them, waits until every one has
 //! exited (a pipe each inherited reaches end of file), prints `forked N` and
 //! exits. Its N zombies are then reparented to init (the PID namespace's
 //! child reaper) in one go. Timed from that line to the moment init's
@@ -24,26 +24,27 @@ pub const ZOMBIES: usize = 10_000;
 /// Orphans handed to init during the throughput figure.
 pub const UNDER_LOAD: usize = 2_000;
 
-/// The hidden mode: fork `n` children that exit, wait for their exits
-/// without reaping them, say so, exit.
+/// The hidden mode: start `n` children (`/bin/true`) that exit at once,
+/// wait for their exits without reaping them (each holds a pipe's write
+/// end: end of file once all are gone), say so, exit.
 pub fn fork_zombies(n: usize) -> Result<()> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe with a valid array of two ints.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        bail!("pipe: {}", std::io::Error::last_os_error());
-    }
+    let (reader, writer) = nix::unistd::pipe().context("pipe")?;
     let mut forked = 0;
     for _ in 0..n {
-        // SAFETY: single-threaded here; the child only calls _exit.
-        match unsafe { libc::fork() } {
-            -1 => break,
-            0 => unsafe { libc::_exit(0) },
-            _ => forked += 1,
+        let out = writer.try_clone().context("the children's pipe")?;
+        let started = Command::new("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::null())
+            .spawn();
+        match started {
+            // Never waited for: dropping a Child does not reap it.
+            Ok(_child) => forked += 1,
+            Err(_) => break,
         }
     }
-    // SAFETY: our write end; the children's copies close as they exit.
-    unsafe { libc::close(fds[1]) };
-    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    drop(writer);
+    let mut reader = std::fs::File::from(reader);
     let mut buf = [0u8; 16];
     while reader.read(&mut buf).context("the children's pipe")? > 0 {}
     println!("forked {forked}");
