@@ -872,3 +872,43 @@ fn logind_events_golden_and_round_trip() {
         (LogindChange::SignalSent, Some(true), Some(2))
     );
 }
+
+/// init writes `status` with its client list encoded once; the line must
+/// be the one the typed reply encodes to, whatever the list holds.
+#[test]
+fn status_with_pre_encoded_clients_is_the_same_line() {
+    let (request, reply) = sample_replies().remove(2);
+    let Reply::Status(status) = reply else {
+        panic!("sample 2 is not status");
+    };
+    let many: Vec<ClientInfo> = (0..70)
+        .map(|i| ClientInfo {
+            id: i,
+            pid: (i % 3 != 0).then_some(1000 + i as i32),
+            uid: (i % 4 != 0).then_some(i as u32),
+            command: (i % 5 != 0).then(|| format!("c\"l\\i\u{e9}nt {i}\n")),
+            dialect: if i % 2 == 0 {
+                Dialect::Line
+            } else {
+                Dialect::Legacy
+            },
+            kubelet: i == 7,
+            since_ms: 1_700_000_000_000 + i,
+        })
+        .collect();
+    for clients in [vec![], status.clients.clone(), many] {
+        let typed = StatusReply {
+            clients: clients.clone(),
+            ..status.clone()
+        };
+        let expected = encode_response(&Ok(Reply::Status(typed.clone()))) + "\n";
+        let line = encode_status_line(
+            &typed.node,
+            &typed.services,
+            &EncodedClients::encode(&clients),
+        );
+        assert_eq!(String::from_utf8(line).unwrap(), expected);
+        let back = decode_response(&request, expected.trim_end()).expect("decodes");
+        assert_eq!(back, Ok(Reply::Status(typed)));
+    }
+}

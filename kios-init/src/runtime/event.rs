@@ -106,6 +106,8 @@ pub enum ClientEvent {
 pub enum Answer {
     /// Write this.
     Response(Response),
+    /// Write this line (with its newline), encoded by its handler.
+    Encoded(Vec<u8>),
     /// Run `verify` off the event loop with these, then write its response.
     Verify {
         paths: Paths,

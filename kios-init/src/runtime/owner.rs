@@ -288,6 +288,7 @@ impl Owner {
                 };
                 let answer = match outcome {
                     Ok(Outcome::Reply(response)) => Answer::Response(response),
+                    Ok(Outcome::Encoded(line)) => Answer::Encoded(line),
                     Err(body) => Answer::Response(Err(body)),
                     Ok(Outcome::Verify) => Answer::Verify {
                         paths: self.state.paths.clone(),
@@ -895,6 +896,7 @@ mod tests {
         }
 
         fn request(&mut self, ms: u64, peer: &Peer, request: Request) -> Response {
+            let request_for_decode = request.clone();
             let (reply, mut answer) = oneshot::channel();
             let event = ClientEvent::Request {
                 peer: peer.clone(),
@@ -904,6 +906,12 @@ mod tests {
             self.at(ms, Some(Event::Client(event)));
             match answer.try_recv().unwrap() {
                 Answer::Response(response) => response,
+                Answer::Encoded(line) => {
+                    let line = std::str::from_utf8(&line).expect("a line of UTF-8");
+                    assert!(line.ends_with('\n'), "{line:?}");
+                    kios_protocol::decode_response(&request_for_decode, line.trim_end())
+                        .expect("an encoded line decodes")
+                }
                 Answer::Verify { .. } | Answer::Ps { .. } | Answer::KernelLog(_) => {
                     panic!("unexpected work off the loop")
                 }

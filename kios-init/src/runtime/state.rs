@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kios_protocol::{
-    BootReply, DatapartStatus, ErrorBody, ErrorCode, Event, InhibitorInfo, LogindChange,
-    LogindEvent, NodeStatus, PowerMode, RestartReply, ServiceName, StatusReply,
+    BootReply, ClientInfo, DatapartStatus, ErrorBody, ErrorCode, Event, InhibitorInfo,
+    LogindChange, LogindEvent, NodeStatus, PowerMode, RestartReply, ServiceName, StatusReply,
 };
 use nix::sys::signal::Signal;
 
@@ -125,6 +125,20 @@ impl State {
 
     /// The `status` reply.
     pub fn status(&self, now: Now) -> StatusReply {
+        let clients = self.clients.infos(self.kubelet_pid());
+        self.status_with(now, clients)
+    }
+
+    /// The `status` response line as the socket sends it (with its
+    /// newline): [`State::status`] encoded, its client list encoded only
+    /// when it changed (`Clients::encoded_infos`).
+    pub fn status_line(&mut self, now: Now) -> Vec<u8> {
+        let head = self.status_with(now, Vec::new());
+        let clients = self.clients.encoded_infos(self.supervisor.kubelet.pid);
+        kios_protocol::encode_status_line(&head.node, &head.services, clients)
+    }
+
+    fn status_with(&self, now: Now, clients: Vec<ClientInfo>) -> StatusReply {
         let kubelet_pid = self.kubelet_pid();
         let boot_ms = self.milestones.start_epoch_ms();
         let hostname = self.sys.hostname().unwrap_or_default();
@@ -162,7 +176,7 @@ impl State {
                 last_clock_step_ms: self.clock.last_delta_ms,
             },
             services: self.supervisor.statuses(),
-            clients: self.clients.infos(kubelet_pid),
+            clients,
         }
     }
 

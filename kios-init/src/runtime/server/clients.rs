@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use kios_protocol::{ClientInfo, Dialect, Event, ServiceName};
+use kios_protocol::{ClientInfo, Dialect, EncodedClients, Event, ServiceName};
 use tokio::sync::{mpsc, Notify};
 
 /// Most simultaneous connections; the next one gets `busy`.
@@ -65,6 +65,9 @@ pub struct Clients {
     next_id: u64,
     /// Clients dropped because their queue was full, for the kernel log.
     pub dropped_slow: u64,
+    /// The `status` list as last encoded, and the kubelet pid it marks;
+    /// `None` once a client came, went or changed.
+    encoded: Option<(Option<u32>, EncodedClients)>,
 }
 
 impl Clients {
@@ -93,6 +96,7 @@ impl Clients {
         for slot in self.slots.values_mut() {
             slot.since_ms = crate::runtime::clock::moved(slot.since_ms, delta_ms);
         }
+        self.encoded = None;
     }
 
     pub fn register(&mut self, peer: Peer, since_ms: u64) -> Registration {
@@ -110,16 +114,20 @@ impl Clients {
                 follow: None,
             },
         );
+        self.encoded = None;
         Registration { rx, close }
     }
 
     pub fn remove(&mut self, id: u64) {
-        self.slots.remove(&id);
+        if self.slots.remove(&id).is_some() {
+            self.encoded = None;
+        }
     }
 
     pub fn set_dialect(&mut self, id: u64, dialect: Dialect) {
         if let Some(slot) = self.slots.get_mut(&id) {
             slot.dialect = dialect;
+            self.encoded = None;
         }
     }
 
@@ -157,7 +165,7 @@ impl Clients {
         }
         self.dropped_slow += dead.len() as u64;
         for id in dead {
-            self.slots.remove(&id);
+            self.remove(id);
         }
         sent
     }
@@ -223,19 +231,39 @@ impl Clients {
 
     /// The wire view for `status`.
     pub fn infos(&self, kubelet_pid: Option<u32>) -> Vec<ClientInfo> {
-        self.slots
-            .values()
-            .map(|s| ClientInfo {
-                id: s.peer.id,
-                pid: s.peer.pid,
-                uid: s.peer.uid,
-                command: s.peer.command.clone(),
-                dialect: s.dialect,
-                kubelet: is_pid(&s.peer, kubelet_pid),
-                since_ms: s.since_ms,
-            })
-            .collect()
+        infos_of(&self.slots, kubelet_pid)
     }
+
+    /// [`Clients::infos`] encoded for `status`, encoded again only when a
+    /// client came, went or changed, or the kubelet's pid did.
+    pub fn encoded_infos(&mut self, kubelet_pid: Option<u32>) -> &EncodedClients {
+        if matches!(&self.encoded, Some((pid, _)) if *pid != kubelet_pid) {
+            self.encoded = None;
+        }
+        let slots = &self.slots;
+        let (_, encoded) = self.encoded.get_or_insert_with(|| {
+            (
+                kubelet_pid,
+                EncodedClients::encode(&infos_of(slots, kubelet_pid)),
+            )
+        });
+        encoded
+    }
+}
+
+fn infos_of(slots: &BTreeMap<u64, Slot>, kubelet_pid: Option<u32>) -> Vec<ClientInfo> {
+    slots
+        .values()
+        .map(|s| ClientInfo {
+            id: s.peer.id,
+            pid: s.peer.pid,
+            uid: s.peer.uid,
+            command: s.peer.command.clone(),
+            dialect: s.dialect,
+            kubelet: is_pid(&s.peer, kubelet_pid),
+            since_ms: s.since_ms,
+        })
+        .collect()
 }
 
 fn is_pid(peer: &Peer, pid: Option<u32>) -> bool {
@@ -371,5 +399,41 @@ mod tests {
         };
         assert_eq!(q.describe(), "pid ? uid ? (?)");
         assert!(!q.is_root());
+    }
+
+    /// The encoded list `status` writes is always the list as it is now:
+    /// after every kind of change, and for whichever kubelet pid.
+    #[test]
+    fn the_encoded_list_follows_every_change() {
+        fn check(clients: &mut Clients, kubelet: Option<u32>) {
+            let now = EncodedClients::encode(&clients.infos(kubelet));
+            assert_eq!(clients.encoded_infos(kubelet), &now);
+            // Asked again with nothing changed: the same bytes.
+            assert_eq!(clients.encoded_infos(kubelet), &now);
+        }
+        let mut clients = Clients::new();
+        check(&mut clients, None);
+        let (a, b) = (peer(&mut clients, 10), peer(&mut clients, 11));
+        let (ia, ib) = (a.id, b.id);
+        let _ra = clients.register(a, 5);
+        check(&mut clients, None);
+        let mut rb = clients.register(b, 6);
+        check(&mut clients, Some(11));
+        check(&mut clients, Some(12));
+        clients.set_dialect(ia, Dialect::Line);
+        check(&mut clients, Some(12));
+        clients.wall_clock_moved(-3_000);
+        check(&mut clients, Some(12));
+        clients.remove(ia);
+        check(&mut clients, Some(11));
+        // A client whose queue overflows is dropped from the list too.
+        clients.subscribe_logs(ib, ServiceName::Crio);
+        for i in 0..=OUTBOX_CAPACITY {
+            clients.emit_log(ServiceName::Crio, 1, &format!("{i}"));
+        }
+        assert!(rb.rx.try_recv().is_ok());
+        assert_eq!(clients.len(), 0);
+        check(&mut clients, Some(11));
+        assert_eq!(clients.encoded_infos(None).as_json(), "[]");
     }
 }

@@ -23,6 +23,9 @@ use crate::runtime::supervisor::{Now, StopReason};
 pub enum Outcome {
     /// Send this response.
     Reply(Response),
+    /// Send this line (with its newline): a response encoded by its
+    /// handler (`status`, whose client list is encoded once per change).
+    Encoded(Vec<u8>),
     /// Run `verify` off the event loop, then send its response.
     Verify,
     /// Read /proc off the event loop for `ps`, then send the response.
@@ -89,7 +92,7 @@ pub fn handle(state: &mut State, peer: &Peer, request: Request, now: Now) -> Out
                     .or_else(|| state.node.release.build_id.clone()),
             }))
         }
-        Request::Status => Ok(Reply::Status(state.status(now))),
+        Request::Status => return Outcome::Encoded(state.status_line(now)),
         Request::Boot => Ok(Reply::Boot(state.boot_reply())),
         Request::Restart { service } => state
             .restart(service, StopReason::AdminRestart, now)
@@ -312,6 +315,12 @@ mod tests {
     fn reply(outcome: Outcome) -> Response {
         match outcome {
             Outcome::Reply(r) => r,
+            Outcome::Encoded(line) => {
+                let line = std::str::from_utf8(&line).expect("a line of UTF-8");
+                assert!(line.ends_with('\n'), "{line:?}");
+                kios_protocol::decode_response(&Request::Status, line.trim_end())
+                    .expect("an encoded status line decodes")
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

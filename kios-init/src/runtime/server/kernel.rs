@@ -28,6 +28,8 @@ pub struct KernelLogRequest {
 /// The response, and for `follow` the records to stream after it.
 pub enum Started {
     Once(Response),
+    /// A response line already encoded, with its newline.
+    Encoded(Vec<u8>),
     Follow(Response, mpsc::Receiver<Followed>),
 }
 

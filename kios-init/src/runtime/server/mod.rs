@@ -203,6 +203,7 @@ async fn ask(events: &Events, peer: &Peer, request: Request) -> Option<kernel::S
     let once = kernel::Started::Once;
     Some(match answer.await.ok()? {
         Answer::Response(response) => once(response),
+        Answer::Encoded(line) => kernel::Started::Encoded(line),
         Answer::Verify { paths, expected } => once(run_verify(paths, expected).await),
         Answer::Ps {
             proc_root,
@@ -255,6 +256,11 @@ async fn client_task(events: Events, stream: UnixStream, peer: Peer, mut reg: Re
                             None => break,
                             Some(kernel::Started::Once(response)) => {
                                 if !respond(&mut conn, &response, &reg.close).await {
+                                    break;
+                                }
+                            }
+                            Some(kernel::Started::Encoded(line)) => {
+                                if !write_bounded(&mut conn, &line, &reg.close).await {
                                     break;
                                 }
                             }
