@@ -123,25 +123,205 @@ pub enum Answer {
     KernelLog(crate::runtime::server::kernel::KernelLogRequest),
 }
 
-/// The sending side of the owner's queue, cloned into every source.
+/// Urgent events the owner takes in a row while ordinary ones wait; then
+/// one ordinary event, so a flood of urgent ones cannot starve `status`.
+pub const URGENT_RUN: u32 = 32;
+
+impl Event {
+    /// Whether this event goes ahead of the ordinary ones: everything but
+    /// service output and requests that only read. A child's exit, a
+    /// signal, `restart` or `shutdown` must not wait behind sixty clients'
+    /// `status` requests. Each client waits for the answer to a request
+    /// before it sends anything more, so one client's events keep their
+    /// order; service output is only shown, and lands where it always
+    /// does, in the order it was read.
+    pub fn is_urgent(&self) -> bool {
+        match self {
+            Event::Output { .. } => false,
+            Event::Client(ClientEvent::Request { request, .. }) => request.changes_state(),
+            _ => true,
+        }
+    }
+}
+
+/// The sending side of the owner's queue, cloned into every source: two
+/// lanes of [`EVENT_QUEUE`] events each, urgent and ordinary
+/// ([`Event::is_urgent`]).
 #[derive(Clone)]
-pub struct Events(mpsc::Sender<Event>);
+pub struct Events {
+    urgent: mpsc::Sender<Event>,
+    ordinary: mpsc::Sender<Event>,
+}
 
 impl Events {
-    /// A queue of [`EVENT_QUEUE`] events and its receiving end (the owner's).
-    pub fn channel() -> (Events, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        (Events(tx), rx)
+    /// The queue and its receiving end (the owner's).
+    pub fn channel() -> (Events, Queue) {
+        let (urgent, urgent_rx) = mpsc::channel(EVENT_QUEUE);
+        let (ordinary, ordinary_rx) = mpsc::channel(EVENT_QUEUE);
+        let queue = Queue {
+            urgent: urgent_rx,
+            ordinary: ordinary_rx,
+            run: 0,
+        };
+        (Events { urgent, ordinary }, queue)
     }
 
-    /// Sends `event`, waiting while the queue is full. `false` when the
+    fn lane(&self, event: &Event) -> &mpsc::Sender<Event> {
+        if event.is_urgent() {
+            &self.urgent
+        } else {
+            &self.ordinary
+        }
+    }
+
+    /// Sends `event`, waiting while its lane is full. `false` when the
     /// owner is gone (the node is ending): the source should stop.
     pub async fn send(&self, event: Event) -> bool {
-        self.0.send(event).await.is_ok()
+        self.lane(&event).send(event).await.is_ok()
     }
 
     /// Sends `event` if there is room now (the owner's own follow-ups).
     pub fn try_send(&self, event: Event) -> bool {
-        self.0.try_send(event).is_ok()
+        self.lane(&event).try_send(event).is_ok()
+    }
+}
+
+/// The owner's end of the queue: urgent events first, at most
+/// [`URGENT_RUN`] of them in a row while ordinary ones wait.
+pub struct Queue {
+    urgent: mpsc::Receiver<Event>,
+    ordinary: mpsc::Receiver<Event>,
+    /// Urgent events taken since the last ordinary one.
+    run: u32,
+}
+
+impl Queue {
+    /// The next event; `None` once every sender is gone and both lanes are
+    /// empty. Cancel-safe: an event is taken only when this returns it.
+    pub async fn recv(&mut self) -> Option<Event> {
+        if self.run >= URGENT_RUN {
+            if let Ok(event) = self.ordinary.try_recv() {
+                self.run = 0;
+                return Some(event);
+            }
+        }
+        tokio::select! {
+            biased;
+            Some(event) = self.urgent.recv() => {
+                self.run += 1;
+                Some(event)
+            }
+            Some(event) = self.ordinary.recv() => {
+                self.run = 0;
+                Some(event)
+            }
+            else => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::server::clients::Peer;
+
+    fn output(n: usize) -> Event {
+        Event::Output {
+            service: ServiceName::Kubelet,
+            lines: vec![n.to_string()],
+        }
+    }
+
+    fn request(request: Request) -> Event {
+        let (reply, _) = oneshot::channel();
+        let peer = Peer {
+            id: 1,
+            pid: Some(7),
+            uid: Some(0),
+            command: None,
+        };
+        Event::Client(ClientEvent::Request {
+            peer,
+            request,
+            reply,
+        })
+    }
+
+    fn line(event: &Event) -> String {
+        match event {
+            Event::Output { lines, .. } => lines.join(""),
+            Event::InotifyFailed => "urgent".into(),
+            _ => "other".into(),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn only_output_and_reading_requests_are_ordinary() {
+        assert!(!output(1).is_urgent());
+        assert!(!request(Request::Status).is_urgent());
+        assert!(!request(Request::Ps { all: true }).is_urgent());
+        assert!(request(Request::Restart {
+            service: ServiceName::Kubelet
+        })
+        .is_urgent());
+        assert!(Event::Reaped {
+            reaped: vec![],
+            error: None
+        }
+        .is_urgent());
+        assert!(Event::Signal(ShutdownSignal::Term).is_urgent());
+        assert!(Event::Client(ClientEvent::Gone { id: 1 }).is_urgent());
+    }
+
+    #[test]
+    fn urgent_events_go_first_and_each_lane_keeps_its_order() {
+        let (events, mut queue) = Events::channel();
+        for n in 0..3 {
+            assert!(events.try_send(output(n)));
+        }
+        assert!(events.try_send(Event::InotifyFailed));
+        assert!(events.try_send(Event::InotifyFailed));
+        drop(events);
+        let got: Vec<String> = block_on(async {
+            let mut got = Vec::new();
+            while let Some(event) = queue.recv().await {
+                got.push(line(&event));
+            }
+            got
+        });
+        assert_eq!(got, ["urgent", "urgent", "0", "1", "2"]);
+    }
+
+    #[test]
+    fn a_run_of_urgent_events_lets_an_ordinary_one_through() {
+        let (events, mut queue) = Events::channel();
+        assert!(events.try_send(output(0)));
+        for _ in 0..URGENT_RUN + 5 {
+            assert!(events.try_send(Event::InotifyFailed));
+        }
+        assert!(events.try_send(output(1)));
+        drop(events);
+        let got: Vec<String> = block_on(async {
+            let mut got = Vec::new();
+            while let Some(event) = queue.recv().await {
+                got.push(line(&event));
+            }
+            got
+        });
+        let first_ordinary = got.iter().position(|l| l == "0").unwrap();
+        assert_eq!(first_ordinary, URGENT_RUN as usize, "{got:?}");
+        assert_eq!(got.len(), URGENT_RUN as usize + 7);
+        assert_eq!(got.last().map(String::as_str), Some("1"));
+        assert_eq!(
+            got.iter().filter(|l| *l == "urgent").count(),
+            URGENT_RUN as usize + 5
+        );
     }
 }

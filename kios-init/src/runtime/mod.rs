@@ -39,10 +39,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use nix::sys::inotify::{InitFlags, Inotify};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::boot::milestones::Milestones;
-use crate::runtime::event::{Event, Events};
+use crate::runtime::event::{Event, Events, Queue};
 use crate::runtime::logcapture::{LogHub, LogWriter};
 use crate::runtime::owner::Owner;
 use crate::runtime::sources::LoopSpawner;
@@ -217,7 +217,7 @@ fn start_bus(state: &mut State, events: &Events) {
 
 /// The owner's loop: one event (or wake-up) at a time, then whatever is due,
 /// until reboot(2) was called.
-pub async fn run_owner(owner: &mut Owner, mut rx: mpsc::Receiver<Event>) {
+pub async fn run_owner(owner: &mut Owner, mut rx: Queue) {
     owner.after(Now::current());
     while !owner.ended() {
         if owner.wants_turn() {
