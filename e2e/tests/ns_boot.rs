@@ -334,3 +334,59 @@ fn hostname_comes_from_etc_hostname() -> Result<()> {
     );
     Ok(())
 }
+
+/// The nice value of a thread, from /proc/PID/task/TID/stat.
+fn nice_of(pid: i32, tid: i32) -> Result<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("no command in stat")? + 2..];
+    // Field 19 of stat; the state (field 3) is the first after the command.
+    let nice = rest.split_whitespace().nth(16).context("stat too short")?;
+    Ok(nice.parse()?)
+}
+
+fn tids(pid: i32) -> Result<Vec<i32>> {
+    let mut tids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
+}
+
+/// init's event loop runs at nice -10, ahead of what it starts; every
+/// other thread of init and every process it starts (and their threads)
+/// runs at nice 0.
+#[test]
+fn the_event_loop_runs_ahead_and_everything_it_starts_at_nice_0() -> Result<()> {
+    let sandbox = Sandbox::boot_ready(SandboxConfig::new("nice"))?;
+    let init = sandbox.init_pid();
+    ensure!(
+        nice_of(init, init)? == -10,
+        "init's loop is at nice {}",
+        nice_of(init, init)?
+    );
+    let others: Vec<i32> = tids(init)?.into_iter().filter(|t| *t != init).collect();
+    ensure!(!others.is_empty(), "init has no thread besides its loop");
+    for tid in others {
+        ensure!(
+            nice_of(init, tid)? == 0,
+            "init's thread {tid} is at nice {}",
+            nice_of(init, tid)?
+        );
+    }
+    let status = sandbox.status()?;
+    for name in ["crio", "kubelet"] {
+        let ns_pid = Sandbox::service(&status, name)?["pid"]
+            .as_i64()
+            .with_context(|| format!("{name} has no pid"))? as i32;
+        let pid = sandbox
+            .host_pid_of(ns_pid)
+            .with_context(|| format!("{name} process not found"))?;
+        for tid in tids(pid)? {
+            let nice = nice_of(pid, tid)?;
+            ensure!(nice == 0, "{name}'s thread {tid} is at nice {nice}");
+        }
+    }
+    Ok(())
+}

@@ -11,7 +11,10 @@
 //! are handed to init to reap. init serves at most 64 clients, the kubelet
 //! and the restarter being two: and a connection closed a moment ago may still count while init's loop
 //! has not seen its end: hence 60 loaders, not 64 (a loader refused with
-//! `busy` at its first request connects again). Churn: VmRSS and
+//! `busy` at its first request connects again). init's CPU time per
+//! request is its user + system time over that window (/proc/PID/stat)
+//! divided by the requests: unlike requests/s, it does not depend on how
+//! many cores the loaders leave it. Churn: VmRSS and
 //! RssAnon before and after 10,000 connections (one `status` each, then
 //! closed) and 100,000 `status` requests over 4 kept connections.
 
@@ -30,6 +33,19 @@ pub const CLIENTS: usize = 60;
 /// Requests per client.
 pub const PER_CLIENT: usize = 1_000;
 const SEQUENTIAL: usize = 2_000;
+
+/// The CPU time (user + system) `pid` used so far, in microseconds, from
+/// /proc/PID/stat (clock ticks: 100 per second here).
+fn cpu_us(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux, whatever the kernel's HZ.
+    Some((utime + stime) * 10_000.0)
+}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -108,6 +124,7 @@ pub fn socket(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
         };
         let reaper = scope.spawn(|| crate::reaping::reap(sandbox, crate::reaping::UNDER_LOAD));
         let start = Instant::now();
+        let cpu_before = cpu_us(sandbox.init_pid());
         let loaders: Vec<_> = (0..CLIENTS)
             .map(|_| {
                 scope.spawn(|| -> Result<()> {
@@ -126,7 +143,14 @@ pub fn socket(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
             }
         }
         let elapsed = start.elapsed();
+        let cpu_after = cpu_us(sandbox.init_pid());
         done.store(true, Ordering::Relaxed);
+        if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+            k.push(
+                "cpu-per-req",
+                (after - before) / (CLIENTS * PER_CLIENT) as f64,
+            );
+        }
         if let Some(e) = failed {
             return Err(e.context("a loader failed"));
         }
@@ -206,6 +230,12 @@ pub fn figures(k: &Samples) -> Vec<Figure> {
         )
         .samples(k.get("rps"))
         .budget(Budget::AtLeast(20_000.0)),
+        Figure::new(
+            "socket",
+            "  init's CPU time per request under that load (all its work)",
+            "us",
+        )
+        .samples(k.get("cpu-per-req")),
         Figure::new(
             "socket",
             "  `restart kubelet` to exec under that load",

@@ -63,6 +63,13 @@ pub struct RuntimeConfig {
 
 /// Runs the node until it powers off or reboots. Never returns.
 pub fn run(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn Sys>) -> ! {
+    // Before any child or thread exists: only this thread gets the priority.
+    if let Err(e) = crate::sys::process::raise_loop_priority() {
+        crate::kwarn!(
+            "cannot give the event loop nice {}: {e}; it runs at nice 0",
+            crate::sys::process::LOOP_NICE
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

@@ -9,6 +9,7 @@
 //!   exactly 0-2 even if something in init opened a descriptor without the
 //!   flag. The child is never waited on here: the one reaper
 //!   (`crate::runtime::reaper`) collects every exit;
+//! - the event loop's CPU priority ([`raise_loop_priority`]);
 //! - registering owned descriptors (pipes, input devices, inotify) with
 //!   tokio's reactor (`AsyncFd::register` is `unsafe`: the descriptor must
 //!   stay open and the same while registered, which owning types guarantee).
@@ -58,6 +59,46 @@ fn check(what: &str, rc: libc::c_int) -> io::Result<()> {
         let e = io::Error::from_raw_os_error(rc);
         Err(io::Error::new(e.kind(), format!("{what}: {e}")))
     }
+}
+
+/// The nice value of init's event loop: ahead of every process it starts
+/// when the CPUs are contended, so reaping, restarts and the socket keep
+/// time on a node whose cores are busy.
+pub const LOOP_NICE: i32 = -10;
+
+/// `sched_setscheduler(2)` flag: children (threads included) start with
+/// the default policy and, for a negative nice value, nice 0.
+const SCHED_RESET_ON_FORK: libc::c_int = 0x4000_0000;
+
+/// Gives the calling thread (the event loop's) nice [`LOOP_NICE`], with
+/// `SCHED_RESET_ON_FORK` set first: every thread and process it creates
+/// afterwards, the services and init's blocking threads among them, starts
+/// at nice 0 like any process. (musl's `sched_setscheduler` is a stub that
+/// fails: the system call is made directly.)
+pub fn raise_loop_priority() -> io::Result<()> {
+    // The kernel's struct sched_param is one int, the static priority (0
+    // for SCHED_OTHER); musl's type carries fields the kernel never reads.
+    let priority: libc::c_int = 0;
+    // SAFETY: `priority` is a valid kernel sched_param that outlives the
+    // call; pid 0 is the calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            libc::SCHED_OTHER | SCHED_RESET_ON_FORK,
+            &priority as *const libc::c_int,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain system call on the calling thread (Linux nice values
+    // are per thread); no memory is passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LOOP_NICE) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The attributes and file actions of one spawn, destroyed on drop.
