@@ -692,6 +692,15 @@ impl Sandbox {
             .ok_or_else(|| anyhow!("status has no service {name}: {status}"))
     }
 
+    /// The host pid of service `name` as a status reply shows it.
+    pub fn service_host_pid(&self, status: &Value, name: &str) -> Result<i32> {
+        let ns_pid = Sandbox::service(status, name)?["pid"]
+            .as_i64()
+            .ok_or_else(|| anyhow!("{name} has no pid: {status}"))? as i32;
+        self.host_pid_of(ns_pid)
+            .ok_or_else(|| anyhow!("{name} ({ns_pid}) not found\n{}", self.diagnostics()))
+    }
+
     /// Waits until `status` shows `name` running with a pid that `accept`s;
     /// returns that service entry.
     pub fn wait_service(

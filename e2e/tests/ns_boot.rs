@@ -102,11 +102,7 @@ fn crio_gets_exactly_the_original_flags_and_a_minimal_environment() -> Result<()
     );
 
     // Children get PATH=/bin and HOME=/ and none of init's boot parameters.
-    let crio = Sandbox::service(&sandbox.status()?, "crio")?;
-    let ns_pid = crio["pid"].as_i64().context("crio has no pid")? as i32;
-    let host_pid = sandbox
-        .host_pid_of(ns_pid)
-        .context("crio process not found")?;
+    let host_pid = sandbox.service_host_pid(&sandbox.status()?, "crio")?;
     let environ = std::fs::read(format!("/proc/{host_pid}/environ"))?;
     let vars: Vec<String> = environ
         .split(|b| *b == 0)
@@ -377,12 +373,7 @@ fn the_event_loop_runs_ahead_and_everything_it_starts_at_nice_0() -> Result<()> 
     }
     let status = sandbox.status()?;
     for name in ["crio", "kubelet"] {
-        let ns_pid = Sandbox::service(&status, name)?["pid"]
-            .as_i64()
-            .with_context(|| format!("{name} has no pid"))? as i32;
-        let pid = sandbox
-            .host_pid_of(ns_pid)
-            .with_context(|| format!("{name} process not found"))?;
+        let pid = sandbox.service_host_pid(&status, name)?;
         for tid in tids(pid)? {
             let nice = nice_of(pid, tid)?;
             ensure!(nice == 0, "{name}'s thread {tid} is at nice {nice}");

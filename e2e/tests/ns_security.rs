@@ -67,12 +67,7 @@ fn services_started_while_init_is_busy_inherit_no_descriptors_and_a_clean_enviro
     let status = sandbox.status()?;
     let init_objects = kernel_objects(sandbox.init_pid())?;
     for name in ["crio", "kubelet"] {
-        let ns_pid = Sandbox::service(&status, name)?["pid"]
-            .as_i64()
-            .with_context(|| format!("{name} has no pid: {status}"))? as i32;
-        let host_pid = sandbox
-            .host_pid_of(ns_pid)
-            .with_context(|| format!("{name} ({ns_pid}) not found"))?;
+        let host_pid = sandbox.service_host_pid(&status, name)?;
         // What it inherited at exec, as it recorded before opening anything.
         let fds = sandbox.read(&format!("/run/kios-e2e/{name}.fds"))?;
         let numbers: Vec<&str> = fds.lines().filter_map(|l| l.split(' ').next()).collect();

@@ -255,11 +255,18 @@ mod tests {
         }
     }
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
+    /// Every event left, in the order the owner takes them, as [`line`]s.
+    fn drain(mut queue: Queue) -> Vec<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
-            .unwrap()
-            .block_on(f)
+            .unwrap();
+        runtime.block_on(async {
+            let mut got = Vec::new();
+            while let Some(event) = queue.recv().await {
+                got.push(line(&event));
+            }
+            got
+        })
     }
 
     #[test]
@@ -282,39 +289,27 @@ mod tests {
 
     #[test]
     fn urgent_events_go_first_and_each_lane_keeps_its_order() {
-        let (events, mut queue) = Events::channel();
+        let (events, queue) = Events::channel();
         for n in 0..3 {
             assert!(events.try_send(output(n)));
         }
         assert!(events.try_send(Event::InotifyFailed));
         assert!(events.try_send(Event::InotifyFailed));
         drop(events);
-        let got: Vec<String> = block_on(async {
-            let mut got = Vec::new();
-            while let Some(event) = queue.recv().await {
-                got.push(line(&event));
-            }
-            got
-        });
+        let got = drain(queue);
         assert_eq!(got, ["urgent", "urgent", "0", "1", "2"]);
     }
 
     #[test]
     fn a_run_of_urgent_events_lets_an_ordinary_one_through() {
-        let (events, mut queue) = Events::channel();
+        let (events, queue) = Events::channel();
         assert!(events.try_send(output(0)));
         for _ in 0..URGENT_RUN + 5 {
             assert!(events.try_send(Event::InotifyFailed));
         }
         assert!(events.try_send(output(1)));
         drop(events);
-        let got: Vec<String> = block_on(async {
-            let mut got = Vec::new();
-            while let Some(event) = queue.recv().await {
-                got.push(line(&event));
-            }
-            got
-        });
+        let got = drain(queue);
         let first_ordinary = got.iter().position(|l| l == "0").unwrap();
         assert_eq!(first_ordinary, URGENT_RUN as usize, "{got:?}");
         assert_eq!(got.len(), URGENT_RUN as usize + 7);
