@@ -208,7 +208,7 @@ impl Queue {
         tokio::select! {
             biased;
             Some(event) = self.urgent.recv() => {
-                self.run += 1;
+                self.run = self.run.saturating_add(1);
                 Some(event)
             }
             Some(event) = self.ordinary.recv() => {
