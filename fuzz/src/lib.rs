@@ -150,8 +150,17 @@ impl FakeNode {
     /// to one line that decodes as the reply to this request.
     pub fn line(&mut self, peer: &Peer, request: Request) {
         let outcome = handlers::handle(&mut self.state, peer, request.clone(), Now::current());
-        if let Outcome::Reply(response) = outcome {
-            let line = encode_response(&response);
+        let line = match outcome {
+            Outcome::Reply(response) => Some(encode_response(&response)),
+            // Encoded by its handler (status), newline included.
+            Outcome::Encoded(bytes) => {
+                let line = String::from_utf8(bytes).expect("a response line is UTF-8");
+                let line = line.strip_suffix('\n').expect("an encoded line ends with its newline");
+                Some(line.to_string())
+            }
+            _ => None,
+        };
+        if let Some(line) = line {
             assert!(!line.contains('\n'), "a response is one line: {line:?}");
             if let Err(e) = decode_response(&request, &line) {
                 panic!("the reply to {request:?} does not decode: {e}: {line}");
@@ -209,7 +218,17 @@ impl FakeNode {
                 assert!(service.pid.is_some(), "{name} running without a pid");
             }
         }
-        let _ = self.state.status(now);
+        // The line the socket sends (client list encoded once per change)
+        // is the typed reply's, whatever happened.
+        let typed = self.state.status(now);
+        let line = String::from_utf8(self.state.status_line(now)).expect("status is UTF-8");
+        match decode_response(&Request::Status, line.trim_end()) {
+            Ok(Ok(kios_protocol::Reply::Status(sent))) => {
+                assert_eq!(sent.clients, typed.clients, "{line}");
+                assert_eq!(sent.services, typed.services, "{line}");
+            }
+            other => panic!("status line {line:?} decodes to {other:?}"),
+        }
         for queue in &mut self.queues {
             while queue.rx.try_recv().is_ok() {}
         }
