@@ -1074,10 +1074,19 @@ impl Drop for Sandbox {
         let ns_init = if self.init_pid > 0 {
             Some(self.init_pid)
         } else {
-            let id = unshare.id();
-            std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
-                .ok()
-                .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+            let first_child = |id: u32| -> Option<u32> {
+                std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+            };
+            let child = first_child(unshare.id());
+            // Under a tracer the namespace's PID 1 is unshare's child.
+            let child = if std::env::var_os(TRACER_ENV).is_some_and(|t| !t.is_empty()) {
+                child.and_then(first_child)
+            } else {
+                child
+            };
+            child.and_then(|p| i32::try_from(p).ok())
         };
         if let Some(pid) = ns_init {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
