@@ -29,6 +29,12 @@
 //!
 //! Drop kills the sandbox BY PID: SIGKILL to the namespace's init (which
 //! kills every process of the namespace), then reaps unshare.
+//!
+//! [`TRACER_ENV`] (a dev hook, off unless set) names a program and its
+//! arguments, separated by spaces, to run the unshare command under (e.g.
+//! `entry-trace`, which records the functions kios-init runs: see
+//! kios-init/layout/README.md); init is then unshare's grandchild of the
+//! harness instead of its child.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -66,6 +72,10 @@ pub const AS_NOBODY: [&str; 6] = [
     "--ambient-caps=+dac_override,+sys_ptrace",
     "--",
 ];
+
+/// A program and its arguments (space-separated) to run the unshare command
+/// under; unset: unshare runs directly.
+pub const TRACER_ENV: &str = "KIOS_E2E_TRACER";
 
 /// Default deadline of the waiting helpers.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
@@ -359,17 +369,22 @@ impl Sandbox {
              chroot=$(command -v chroot)\n\
              exec env -i \"$@\" \"$chroot\" . /init\n"
         );
-        let mut command = match &config.cgroup {
-            None => Command::new("unshare"),
+        let mut argv: Vec<std::ffi::OsString> = std::env::var(TRACER_ENV)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(Into::into)
+            .collect();
+        match &config.cgroup {
+            None => argv.push("unshare".into()),
             Some(dir) => {
                 // Join the cgroup, then become unshare.
-                let mut join = Command::new("sh");
-                join.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
-                    .arg(dir.join("cgroup.procs"))
-                    .arg("unshare");
-                join
+                argv.extend(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""].map(Into::into));
+                argv.push(dir.join("cgroup.procs").into());
+                argv.push("unshare".into());
             }
-        };
+        }
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         if !config.cgroup_namespace {
             let flags = host_cgroup2_flags()?;
             if !flags.is_empty() {
@@ -446,12 +461,18 @@ impl Sandbox {
                     self.diagnostics()
                 );
             }
-            let child = std::fs::read_to_string(&children).ok().and_then(|t| {
-                t.split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse::<i32>().ok())
-            });
-            if let Some(pid) = child {
+            let first_child = |of: &Path| {
+                std::fs::read_to_string(of).ok().and_then(|t| {
+                    t.split_whitespace()
+                        .next()
+                        .and_then(|p| p.parse::<i32>().ok())
+                })
+            };
+            // Under a tracer (TRACER_ENV), unshare is the child and init
+            // the grandchild.
+            let mut child = first_child(&children);
+            for _ in 0..3 {
+                let Some(pid) = child else { break };
                 let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
                 if exe.starts_with(&self.root) {
                     self.init_pid = pid;
@@ -459,6 +480,7 @@ impl Sandbox {
                         .context("cannot read init's pid namespace")?;
                     return Ok(());
                 }
+                child = first_child(Path::new(&format!("/proc/{pid}/task/{pid}/children")));
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -1061,10 +1083,19 @@ impl Drop for Sandbox {
         let ns_init = if self.init_pid > 0 {
             Some(self.init_pid)
         } else {
-            let id = unshare.id();
-            std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
-                .ok()
-                .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+            let first_child = |id: u32| -> Option<u32> {
+                std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse().ok()))
+            };
+            let child = first_child(unshare.id());
+            // Under a tracer the namespace's PID 1 is unshare's child.
+            let child = if std::env::var_os(TRACER_ENV).is_some_and(|t| !t.is_empty()) {
+                child.and_then(first_child)
+            } else {
+                child
+            };
+            child.and_then(|p| i32::try_from(p).ok())
         };
         if let Some(pid) = ns_init {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
