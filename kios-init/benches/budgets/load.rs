@@ -15,7 +15,8 @@
 //! request is its user + system time over that window (/proc/PID/stat)
 //! divided by the requests: unlike requests/s, it does not depend on how
 //! many cores the loaders leave it. Churn: VmRSS and
-//! RssAnon before and after 10,000 connections (one `status` each, then
+//! RssAnon before and after (from the state after boot, before the
+//! throughput figure) 10,000 connections (one `status` each, then
 //! closed) and 100,000 `status` requests over 4 kept connections.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,6 +170,15 @@ pub fn socket(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
     for t in restarts {
         k.push("restart-load", t);
     }
+    // Once the loaders' connections are gone from init's registry.
+    let pid = sandbox.init_pid();
+    sandbox.wait_for("init back to its kubelet", Duration::from_secs(5), || {
+        let status = sandbox.status().ok()?;
+        (status["clients"].as_array()?.len() <= 2).then_some(())
+    })?;
+    if let Some(rss) = status_kib(pid, "VmRSS:") {
+        k.push("rss-after-load", rss);
+    }
     Ok(())
 }
 
@@ -176,9 +186,14 @@ pub fn socket(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
 pub fn churn(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
     let pid = sandbox.init_pid();
     let field = |f: &str| status_kib(pid, f).ok_or_else(|| anyhow!("no {f} for init"));
-    // Once before measuring: what a first connection allocates for good
-    // (buffers grown once) is not growth.
-    status_ok(&mut sandbox.client()?)?;
+    // Once before measuring, at the churn's concurrency (its 4 kept
+    // connections and one more): what that many connections allocate once
+    // (buffers grown, the allocator's first pages for them) is not growth.
+    let mut warm: Vec<LineClient> = (0..5).map(|_| sandbox.client()).collect::<Result<_>>()?;
+    for client in &mut warm {
+        status_ok(client)?;
+    }
+    drop(warm);
     let anon_before = field("RssAnon:")?;
     for _ in 0..10_000 {
         status_ok(&mut sandbox.client()?).context("one of the 10,000 connections")?;
