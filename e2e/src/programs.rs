@@ -99,6 +99,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("mktemp", "coreutils"),
     ("mount", "mount"),
     ("mv", "coreutils"),
+    ("nm", "binutils"),
     ("nsenter", "util-linux"),
     ("openssl", "openssl"),
     ("pivot_root", "util-linux"),
@@ -127,6 +128,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("unshare", "util-linux"),
     ("wc", "coreutils"),
     ("wget", "wget"),
+    ("xargs", "findutils"),
     ("xz", "xz-utils"),
     ("zstd", "zstd"),
 ];
