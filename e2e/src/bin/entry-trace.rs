@@ -17,6 +17,13 @@
 //! `DIR/entry-<pid>.txt` as they happen (`init NAME` or `fork NAME`), in
 //! first-entry order. The tool exits as COMMAND did (same code, or the same
 //! signal), so the harness sees unshare's own status.
+//!
+//! `--mark NAME` (a part of one function's symbol name) splits init's run
+//! in two: at that function's first entry every function gets its int3
+//! again, and from then on init's first entries are tagged `run`, not
+//! `init`. kios-init's mark is the function that ends boot
+//! (`release_boot_pages`): the `run` names are what the running node
+//! executes, the `init` ones not among them are boot's alone.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -46,17 +53,19 @@ enum Role {
 
 struct Args {
     symbols_of: PathBuf,
+    mark: Option<String>,
     out: PathBuf,
     command: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut symbols_of, mut out) = (None, None);
+    let (mut symbols_of, mut out, mut mark) = (None, None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--symbols-of" => symbols_of = args.next().map(PathBuf::from),
             "--out" => out = args.next().map(PathBuf::from),
+            "--mark" => mark = args.next(),
             "--" => break,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -65,10 +74,14 @@ fn parse_args() -> Result<Args, String> {
     match (symbols_of, out, command.is_empty()) {
         (Some(symbols_of), Some(out), false) => Ok(Args {
             symbols_of,
+            mark,
             out,
             command,
         }),
-        _ => Err("usage: entry-trace --symbols-of BINARY --out DIR -- COMMAND...".to_string()),
+        _ => Err(
+            "usage: entry-trace --symbols-of BINARY --out DIR [--mark NAME] -- COMMAND..."
+                .to_string(),
+        ),
     }
 }
 
@@ -130,7 +143,29 @@ struct Tracer {
     /// New tracees whose parent's event came before their first stop.
     awaited: HashMap<Pid, Role>,
     hits: File,
-    seen: HashSet<(u64, Role)>,
+    /// (function, role, after the mark)
+    seen: HashSet<(u64, Role, bool)>,
+    /// The address of the `--mark` function.
+    mark: Option<u64>,
+    /// Whether init has entered it.
+    marked: bool,
+}
+
+/// The one address whose symbol names contain `part`.
+fn mark_address(symbols: &HashMap<u64, Vec<String>>, part: &str) -> Result<u64, String> {
+    let found: Vec<u64> = symbols
+        .iter()
+        .filter(|(_, names)| names.iter().any(|n| n.contains(part)))
+        .map(|(&addr, _)| addr)
+        .collect();
+    match found[..] {
+        [addr] => Ok(addr),
+        [] => Err(format!("--mark {part:?}: no function symbol has it")),
+        _ => Err(format!(
+            "--mark {part:?}: {} functions have it; give more of the name",
+            found.len()
+        )),
+    }
 }
 
 impl Tracer {
@@ -175,8 +210,15 @@ impl Tracer {
         }
         regs.rip = addr;
         ptrace::setregs(pid, regs).map_err(|e| format!("setregs {pid}: {e}"))?;
-        if self.seen.insert((addr, role)) {
-            let tag = if role == Role::Init { "init" } else { "fork" };
+        if role == Role::Init && !self.marked && self.mark == Some(addr) {
+            self.rearm(pid, addr)?;
+        }
+        if self.seen.insert((addr, role, self.marked)) {
+            let tag = match (role, self.marked) {
+                (Role::Init, false) => "init",
+                (Role::Init, true) => "run",
+                _ => "fork",
+            };
             let mut lines = String::new();
             for name in self.symbols.get(&addr).into_iter().flatten() {
                 lines.push_str(&format!("{tag} {name}\n"));
@@ -188,6 +230,24 @@ impl Tracer {
         Ok(true)
     }
 
+    /// At the mark: every function but the mark's own (where `pid` stands)
+    /// gets its int3 back, so what runs from now on is seen again.
+    fn rearm(&mut self, pid: Pid, mark: u64) -> Result<(), String> {
+        let file = mem(pid).map_err(|e| format!("cannot open /proc/{pid}/mem: {e}"))?;
+        for &addr in self.original.keys() {
+            if addr != mark {
+                file.write_all_at(&[INT3], addr)
+                    .map_err(|e| format!("cannot write init's byte at {addr:#x}: {e}"))?;
+            }
+        }
+        self.marked = true;
+        self.hits
+            .write_all(b"mark\n")
+            .map_err(|e| format!("cannot write the hits: {e}"))?;
+        eprintln!("entry-trace: the mark (pid {pid}): every breakpoint armed again");
+        Ok(())
+    }
+
     fn start(&mut self, pid: Pid, role: Role) {
         self.roles.insert(pid, role);
         let _ = ptrace::cont(pid, None);
@@ -197,6 +257,10 @@ impl Tracer {
 fn run() -> Result<ExitCode, String> {
     let args = parse_args()?;
     let symbols = function_symbols(&args.symbols_of)?;
+    let mark = match &args.mark {
+        Some(part) => Some(mark_address(&symbols, part)?),
+        None => None,
+    };
     let binary = std::fs::read(&args.symbols_of)
         .map_err(|e| format!("cannot read {}: {e}", args.symbols_of.display()))?;
     std::fs::create_dir_all(&args.out)
@@ -233,6 +297,8 @@ fn run() -> Result<ExitCode, String> {
         awaited: HashMap::new(),
         hits,
         seen: HashSet::new(),
+        mark,
+        marked: false,
     };
     let mut root_status = ExitCode::from(1);
     loop {
@@ -332,5 +398,37 @@ fn main() -> ExitCode {
             eprintln!("entry-trace: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mark_is_the_one_function_whose_name_has_the_part() {
+        let symbols = HashMap::from([
+            (
+                0x1000,
+                vec!["_RNvNtNtCs1_9kios_init3sys7process18release_boot_pages".to_string()],
+            ),
+            (
+                0x2000,
+                vec![
+                    "_RNvXs_NtCs1_9kios_init3sysNtB4_8LinuxSysNtB4_3Sys18release_boot_pages"
+                        .to_string(),
+                ],
+            ),
+            (0x3000, vec!["main".to_string(), "alias".to_string()]),
+        ]);
+        assert_eq!(
+            mark_address(&symbols, "process18release_boot_pages"),
+            Ok(0x1000)
+        );
+        assert_eq!(mark_address(&symbols, "alias"), Ok(0x3000));
+        let both = mark_address(&symbols, "release_boot_pages").unwrap_err();
+        assert!(both.contains("2 functions"), "{both}");
+        let none = mark_address(&symbols, "nothing").unwrap_err();
+        assert!(none.contains("no function"), "{none}");
     }
 }
