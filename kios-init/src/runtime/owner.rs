@@ -507,6 +507,13 @@ impl Owner {
                         ServiceName::Kubelet => "kubelet-start",
                     });
                 }
+                if first && name == ServiceName::Kubelet {
+                    // Boot is over: its code stops counting in init's
+                    // memory (what runs from now on maps back in).
+                    if let Err(e) = self.state.sys.release_boot_pages() {
+                        crate::kwarn!("cannot drop boot's code pages: {e}");
+                    }
+                }
                 self.state.service_changed(name);
                 crate::kinfo!("started {name} (pid {pid})");
                 if let Some(read_end) = spawned.output {
@@ -1406,6 +1413,41 @@ mod tests {
         assert!(kubelet.pid.is_some(), "restarted in the same turn");
         assert_eq!(kubelet.consecutive_crashes, 1);
         assert_eq!(kubelet.restarts, crashes + 1);
+    }
+
+    /// Boot's code pages are dropped once, right after the first kubelet
+    /// start (cri-o's start is still boot), and never again.
+    #[test]
+    fn boot_pages_are_released_once_at_the_first_kubelet_start() {
+        use crate::runtime::reaper::Exit;
+        let mut n = node("boot-pages", Box::new(INLINE_SPAWNER));
+        let socket = n.owner.state.paths.crio_socket.clone();
+        n.sys.add_file(socket.to_str().unwrap(), "");
+        n.at(1, None);
+        let pid = n.owner.state.supervisor.kubelet.pid.expect("kubelet up");
+        let order = |n: &Node| -> Vec<&'static str> {
+            n.sys
+                .calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::Spawn(argv) if argv[0].ends_with("crio") => Some("crio"),
+                    Call::Spawn(_) => Some("kubelet"),
+                    Call::ReleaseBootPages => Some("release"),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(order(&n), ["crio", "kubelet", "release"]);
+        let crashed = Event::Reaped {
+            reaped: vec![Reaped {
+                pid,
+                exit: Exit::Code(1),
+            }],
+            error: None,
+        };
+        n.at(2, Some(crashed));
+        assert!(n.owner.state.supervisor.kubelet.pid.is_some(), "restarted");
+        assert_eq!(order(&n), ["crio", "kubelet", "release", "kubelet"]);
     }
 
     /// Spawning fails (the kernel refuses a new task: a pid limit): the

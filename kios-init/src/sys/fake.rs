@@ -34,6 +34,7 @@ pub enum Call {
     Kill(u32, Signal),
     KillAll(Signal),
     Umask(u32),
+    ReleaseBootPages,
     Spawn(Vec<String>),
     RemoveFile(String),
     Sync,
@@ -394,6 +395,11 @@ impl Sys for FakeSys {
     fn umask(&self, mask: u32) -> u32 {
         self.lock().calls.push(Call::Umask(mask));
         0o022
+    }
+
+    fn release_boot_pages(&self) -> io::Result<usize> {
+        self.lock().calls.push(Call::ReleaseBootPages);
+        Ok(0)
     }
 
     fn spawn_service(&self, argv: &[String]) -> io::Result<Spawned> {

@@ -122,6 +122,9 @@ pub trait Sys: Send + Sync {
     fn any_process_left(&self) -> bool;
     /// umask(2); returns the previous mask.
     fn umask(&self, mask: u32) -> u32;
+    /// Once boot is over: drops the page mappings of init's own program
+    /// (see [`process::release_boot_pages`]); returns the bytes dropped.
+    fn release_boot_pages(&self) -> io::Result<usize>;
     /// Starts a service (`argv[0]` an absolute path) with stdin from
     /// /dev/null and stdout plus stderr on a fresh pipe; returns once the
     /// child runs the program (see [`process::spawn_service`]).
@@ -446,6 +449,10 @@ impl Sys for LinuxSys {
             mask as libc::mode_t,
         ));
         old.bits()
+    }
+
+    fn release_boot_pages(&self) -> io::Result<usize> {
+        process::release_boot_pages()
     }
 
     fn spawn_service(&self, argv: &[String]) -> io::Result<Spawned> {

@@ -10,6 +10,8 @@
 //!   flag. The child is never waited on here: the one reaper
 //!   (`crate::runtime::reaper`) collects every exit;
 //! - the event loop's CPU priority ([`raise_loop_priority`]);
+//! - dropping the page mappings of boot's code once boot is over
+//!   ([`release_boot_pages`]);
 //! - registering owned descriptors (pipes, input devices, inotify) with
 //!   tokio's reactor (`AsyncFd::register` is `unsafe`: the descriptor must
 //!   stay open and the same while registered, which owning types guarantee).
@@ -59,6 +61,69 @@ fn check(what: &str, rc: libc::c_int) -> io::Result<()> {
         let e = io::Error::from_raw_os_error(rc);
         Err(io::Error::new(e.kind(), format!("{what}: {e}")))
     }
+}
+
+/// The address ranges of `exe`'s read-only mappings (code, read-only
+/// data) in a `/proc/PID/smaps` text that hold no page of their own
+/// (`Anonymous: 0 kB`: nothing was ever written there, by a debugger's
+/// breakpoint say), so that dropping their pages loses nothing.
+fn program_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
+    let mut found = Vec::new();
+    let mut current = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first == "Anonymous:" {
+            if let Some(range) = current.take() {
+                if fields.next() == Some("0") {
+                    found.push(range);
+                }
+            }
+            continue;
+        }
+        // A mapping's header: "lo-hi perms offset dev inode path".
+        let Some((lo, hi)) = first.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            continue;
+        };
+        let perms = fields.next().unwrap_or("");
+        let path = fields.skip(3).collect::<Vec<_>>().join(" ");
+        let path = path.strip_suffix(" (deleted)").unwrap_or(&path);
+        current = ((perms == "r-xp" || perms == "r--p") && path == exe).then_some((lo, hi));
+    }
+    found
+}
+
+/// Drops this process's page mappings of its own program file (its code
+/// and read-only data; never a written page), once boot is over: what the
+/// running node executes maps back in at its next use, and the pages only
+/// boot ran (mounts, modules, the first start of everything) stop counting
+/// in init's resident memory. The pages stay in the page cache (the image's
+/// /init is in RAM), so mapping one back costs a minor fault. The layout
+/// (kios-init/layout/README.md) puts what runs after this call apart from
+/// what ran only before it, so the two share no 64 KiB fault-around window.
+/// Returns the bytes of address range dropped.
+#[inline(never)]
+pub fn release_boot_pages() -> io::Result<usize> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut released = 0;
+    for (lo, hi) in program_mappings(&smaps, exe) {
+        // SAFETY: [lo, hi) is a whole mapping of the program file, read
+        // only and without a private page: dropping its page table entries
+        // loses no data (the next access maps the file's page again).
+        let rc = unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        released += hi - lo;
+    }
+    Ok(released)
 }
 
 /// The nice value of init's event loop: ahead of every process it starts
@@ -306,6 +371,87 @@ pub fn async_inotify(
 mod tests {
     use super::*;
     use std::io::Read;
+
+    const SMAPS: &str = "\
+00200000-00223000 r--p 00000000 00:2f 12                                 /init (deleted)
+Rss:                 140 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me
+00223000-002bd000 r-xp 00022000 00:2f 12                                 /init (deleted)
+Rss:                 312 kB
+Anonymous:             0 kB
+002bd000-002be000 rw-p 000bb000 00:2f 12                                 /init (deleted)
+Anonymous:             4 kB
+002be000-002bf000 r--p 000bc000 00:2f 12                                 /init (deleted)
+Anonymous:             4 kB
+7f02a9839000-7f02a983c000 r-xp 00000000 00:00 0 
+Anonymous:             0 kB
+7f02a983c000-7f02a983d000 r-xp 00000000 00:2f 13                         /init.old
+Anonymous:             0 kB
+7ffd13cde000-7ffd13cff000 rw-p 00000000 00:00 0                          [stack]
+Anonymous:            36 kB
+";
+
+    #[test]
+    fn program_mappings_are_the_programs_read_only_ones_never_written() {
+        assert_eq!(
+            program_mappings(SMAPS, "/init"),
+            [(0x200000, 0x223000), (0x223000, 0x2bd000)]
+        );
+        // Not deleted: the same file.
+        let live = SMAPS.replace(" (deleted)", "");
+        assert_eq!(program_mappings(&live, "/init").len(), 2);
+        // A breakpoint written into the code: that mapping is left alone.
+        let written = SMAPS.replacen(
+            "Rss:                 312 kB\nAnonymous:             0 kB",
+            "Rss:                 312 kB\nAnonymous:             4 kB",
+            1,
+        );
+        assert_eq!(program_mappings(&written, "/init"), [(0x200000, 0x223000)]);
+        assert!(program_mappings(SMAPS, "/other").is_empty());
+        assert!(program_mappings("garbage\nzz-yy r-xp\nAnonymous: 0 kB\n", "/init").is_empty());
+    }
+
+    /// Resident KiB of this process's code (its r-xp mappings of itself).
+    fn own_code_resident_kib() -> u64 {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first
+                .split_once('-')
+                .is_some_and(|(lo, _)| usize::from_str_radix(lo, 16).is_ok())
+            {
+                inside = line.contains(" r-xp ") && line.ends_with(&*exe.to_string_lossy());
+            } else if inside && first == "Rss:" {
+                kib += line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        kib
+    }
+
+    #[test]
+    fn release_boot_pages_drops_the_programs_pages_and_it_runs_on() {
+        let before = own_code_resident_kib();
+        assert!(before > 0);
+        let released = release_boot_pages().unwrap();
+        let after = own_code_resident_kib();
+        assert!(released > 0);
+        // What ran since (the read of smaps, the parse) mapped some back.
+        assert!(
+            after < before,
+            "code resident: {before} KiB before, {after} KiB after"
+        );
+        // And the code still runs, from pages mapped back on demand.
+        assert_eq!(program_mappings(SMAPS, "/init").len(), 2);
+    }
 
     fn wait(pid: u32) -> nix::sys::wait::WaitStatus {
         // Tests run outside PID 1: waiting on our own child directly is fine.
