@@ -21,9 +21,13 @@
 //! `--mark NAME` (a part of one function's symbol name) splits init's run
 //! in two: at that function's first entry every function gets its int3
 //! again, and from then on init's first entries are tagged `run`, not
-//! `init`. kios-init's mark is the function that ends boot
-//! (`release_boot_pages`): the `run` names are what the running node
-//! executes, the `init` ones not among them are boot's alone.
+//! `init`. Functions entered before the mark whose frames are still on a
+//! stack then (the event loop's, the writer threads' loops: their code
+//! goes on running without a new entry) are tagged `run` at the mark: the
+//! stacks of init's threads are scanned from their stack pointers for
+//! words that point into a function. kios-init's mark is the function that
+//! ends boot (`release_boot_pages`): the `run` names are what the running
+//! node executes, the `init` ones not among them are boot's alone.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -134,6 +138,8 @@ fn mem(pid: Pid) -> std::io::Result<File> {
 
 struct Tracer {
     symbols: HashMap<u64, Vec<String>>,
+    /// The function addresses, sorted (which function holds an address).
+    starts: Vec<u64>,
     /// The original first byte of every function.
     original: HashMap<u64, u8>,
     binary: Vec<u8>,
@@ -211,7 +217,7 @@ impl Tracer {
         regs.rip = addr;
         ptrace::setregs(pid, regs).map_err(|e| format!("setregs {pid}: {e}"))?;
         if role == Role::Init && !self.marked && self.mark == Some(addr) {
-            self.rearm(pid, addr)?;
+            self.rearm(pid, addr, regs.rsp)?;
         }
         if self.seen.insert((addr, role, self.marked)) {
             let tag = match (role, self.marked) {
@@ -230,9 +236,73 @@ impl Tracer {
         Ok(true)
     }
 
+    /// The function that holds `addr`, if it lies in the functions' range.
+    fn function_at(&self, addr: u64) -> Option<u64> {
+        let (&first, &last) = (self.starts.first()?, self.starts.last()?);
+        if addr < first || addr > last + 0x10000 {
+            return None;
+        }
+        let i = self.starts.partition_point(|&s| s <= addr);
+        i.checked_sub(1).map(|i| self.starts[i])
+    }
+
+    /// The functions with a frame on one of the stacks of init's threads:
+    /// every word from each thread's stack pointer to the end of its
+    /// mapping that points into a function (`pid`, stopped here, by its
+    /// registers; the others, blocked in a system call, by
+    /// /proc/PID/task/TID/syscall).
+    fn live_functions(&self, pid: Pid, sp: u64) -> Result<Vec<u64>, String> {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map_err(|e| format!("cannot read /proc/{pid}/maps: {e}"))?;
+        let mut sps = vec![sp];
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| format!("cannot list /proc/{pid}/task: {e}"))?;
+        for task in tasks.flatten() {
+            if task.file_name().to_string_lossy() == pid.to_string() {
+                continue;
+            }
+            let syscall = std::fs::read_to_string(task.path().join("syscall")).unwrap_or_default();
+            // "NR ARG1..ARG6 SP PC" while in a system call; "running" not.
+            let fields: Vec<&str> = syscall.split_whitespace().collect();
+            match fields.get(7).and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok()) {
+                Some(sp) if fields.len() == 9 => sps.push(sp),
+                _ => eprintln!(
+                    "entry-trace: thread {:?} not in a system call at the mark: its stack is not scanned",
+                    task.file_name()
+                ),
+            }
+        }
+        let file = mem(pid).map_err(|e| format!("cannot open /proc/{pid}/mem: {e}"))?;
+        let mut live = Vec::new();
+        for sp in sps {
+            let end = maps.lines().find_map(|line| {
+                let (lo, rest) = line.split_once('-')?;
+                let hi = rest.split_whitespace().next()?;
+                let (lo, hi) = (
+                    u64::from_str_radix(lo, 16).ok()?,
+                    u64::from_str_radix(hi, 16).ok()?,
+                );
+                (lo <= sp && sp < hi).then_some(hi)
+            });
+            let Some(end) = end else { continue };
+            let len = (end - sp).min(512 * 1024) as usize & !7;
+            let mut stack = vec![0u8; len];
+            file.read_exact_at(&mut stack, sp)
+                .map_err(|e| format!("cannot read the stack at {sp:#x}: {e}"))?;
+            for word in stack.chunks_exact(8) {
+                let value = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                if let Some(f) = self.function_at(value) {
+                    live.push(f);
+                }
+            }
+        }
+        Ok(live)
+    }
+
     /// At the mark: every function but the mark's own (where `pid` stands)
-    /// gets its int3 back, so what runs from now on is seen again.
-    fn rearm(&mut self, pid: Pid, mark: u64) -> Result<(), String> {
+    /// gets its int3 back, so what runs from now on is seen again; those
+    /// with a frame on a stack are seen at once.
+    fn rearm(&mut self, pid: Pid, mark: u64, sp: u64) -> Result<(), String> {
         let file = mem(pid).map_err(|e| format!("cannot open /proc/{pid}/mem: {e}"))?;
         for &addr in self.original.keys() {
             if addr != mark {
@@ -243,6 +313,18 @@ impl Tracer {
         self.marked = true;
         self.hits
             .write_all(b"mark\n")
+            .map_err(|e| format!("cannot write the hits: {e}"))?;
+        let live = self.live_functions(pid, sp)?;
+        let mut lines = String::new();
+        for addr in live {
+            if self.seen.insert((addr, Role::Init, true)) {
+                for name in self.symbols.get(&addr).into_iter().flatten() {
+                    lines.push_str(&format!("run {name}\n"));
+                }
+            }
+        }
+        self.hits
+            .write_all(lines.as_bytes())
             .map_err(|e| format!("cannot write the hits: {e}"))?;
         eprintln!("entry-trace: the mark (pid {pid}): every breakpoint armed again");
         Ok(())
@@ -288,7 +370,10 @@ fn run() -> Result<ExitCode, String> {
     ptrace::seize(root, options).map_err(|e| format!("PTRACE_SEIZE: {e}"))?;
     kill(root, Signal::SIGCONT).map_err(|e| format!("SIGCONT: {e}"))?;
 
+    let mut starts: Vec<u64> = symbols.keys().copied().collect();
+    starts.sort_unstable();
     let mut tracer = Tracer {
+        starts,
         symbols,
         original: HashMap::new(),
         binary,
