@@ -15,10 +15,9 @@
 //! request is its user + system time over that window (/proc/PID/stat)
 //! divided by the requests: unlike requests/s, it does not depend on how
 //! many cores the loaders leave it. Churn: VmRSS and
-//! RssAnon before and after (from the state after boot: before the
-//! crash, the requested restart and the throughput figure) 10,000
-//! connections (one `status` each, then closed) and 100,000 `status`
-//! requests over 4 kept connections.
+//! RssAnon before and after (from the state after boot, before the
+//! throughput figure) 10,000 connections (one `status` each, then
+//! closed) and 100,000 `status` requests over 4 kept connections.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

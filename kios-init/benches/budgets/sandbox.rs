@@ -295,18 +295,16 @@ pub fn figures(opts: &Opts) -> Result<Vec<Figure>> {
                 boot_and_watch(boot_config(&format!("bench-{i}"), None), &mut k, "start")?;
             kios_extras(&sandbox, &mut k, true)?;
             memory(&sandbox, size, &mut k);
-            // The churn first, from the state after boot (the budget's
-            // baseline: nothing restarted, no load since); then the
-            // reactions and the 60-client load, whose high-water mark is
-            // reported on its own (it holds what a crash and a restart
-            // map in, the code of the crash path among it).
-            crate::load::churn(&sandbox, &mut k)?;
             kios_logged_crash(&sandbox, &mut k)?;
             sandbox.wait_events("kubelet connected", 2, Duration::from_secs(10))?;
             let mut client = sandbox.client()?;
             k.push("restart", requested_restart(&sandbox, &mut client)?);
             drop(client);
             sandbox.wait_events("kubelet connected", 3, Duration::from_secs(10))?;
+            // The churn first, from the state after boot (the budget's
+            // baseline); then the 60-client load, whose high-water mark
+            // is reported on its own.
+            crate::load::churn(&sandbox, &mut k)?;
             crate::load::socket(&sandbox, &mut k)?;
             let reaped = crate::reaping::reap(&sandbox, crate::reaping::ZOMBIES)?;
             if let Some(t) = reaped.took {
