@@ -115,7 +115,8 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
     if let Err(e) = crate::sys::sender::watch() {
         crate::kwarn!("cannot record who sends shutdown signals: {e}");
     }
-    let signals = sources::Signals::register();
+    let mut signals = sources::Signals::register();
+    let reaping = sources::Reaping::new(signals.chld.take());
     let (events, rx) = Events::channel();
     tokio::task::spawn_local(sources::signals(signals, events.clone()));
 
@@ -194,7 +195,7 @@ async fn main_loop(config: RuntimeConfig, milestones: Milestones, sys: Arc<dyn S
     let spawner = Box::new(LoopSpawner { events });
     let mut owner = Owner::new(state, spawner, inotify, config.power_button, stop_serving);
     owner.start_watching();
-    run_owner(&mut owner, rx).await;
+    run_owner(&mut owner, rx, Some(reaping)).await;
 }
 
 /// Binds the system bus and starts its component; its events go into the
@@ -224,7 +225,7 @@ fn start_bus(state: &mut State, events: &Events) {
 
 /// The owner's loop: one event (or wake-up) at a time, then whatever is due,
 /// until reboot(2) was called.
-pub async fn run_owner(owner: &mut Owner, mut rx: Queue) {
+pub async fn run_owner(owner: &mut Owner, mut rx: Queue, mut reaping: Option<sources::Reaping>) {
     owner.after(Now::current());
     while !owner.ended() {
         if owner.wants_turn() {
@@ -238,10 +239,22 @@ pub async fn run_owner(owner: &mut Owner, mut rx: Queue) {
                     // Every source is gone (only in tests): nothing more comes.
                     None => return,
                 },
+                _ = reap_due(&mut reaping) => {
+                    if let Some(event) = reaping.as_mut().and_then(sources::Reaping::drain) {
+                        owner.handle(event, Now::current());
+                    }
+                }
                 _ = sleep_until_opt(wake) => {}
             }
         }
         owner.after(Now::current());
+    }
+}
+
+async fn reap_due(reaping: &mut Option<sources::Reaping>) {
+    match reaping {
+        Some(r) => r.due().await,
+        None => std::future::pending::<()>().await,
     }
 }
 

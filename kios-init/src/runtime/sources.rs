@@ -73,49 +73,78 @@ impl Signals {
     }
 }
 
-/// Without a SIGCHLD handler, a tick every [`FALLBACK_REAP`]; else never.
-async fn fallback_reap(needed: bool) {
-    if needed {
-        tokio::time::sleep(FALLBACK_REAP).await;
-    } else {
-        std::future::pending::<()>().await;
+/// The shutdown signals, forever, each sent as it is. (SIGCHLD is the
+/// owner's own: [`Reaping`].)
+pub async fn signals(mut signals: Signals, events: Events) {
+    loop {
+        let signal = tokio::select! {
+            _ = recv(&mut signals.term) => ShutdownSignal::Term,
+            _ = recv(&mut signals.pwr) => ShutdownSignal::Pwr,
+            _ = recv(&mut signals.int) => ShutdownSignal::Int,
+        };
+        if !events.send(Event::Signal(signal)).await {
+            return;
+        }
     }
 }
 
-/// The signals and the reaper, forever: a shutdown signal is sent as it
-/// is; on every SIGCHLD (or every [`FALLBACK_REAP`] without a handler)
-/// every exited child is reaped and what was found is sent.
-pub async fn signals(mut signals: Signals, events: Events) {
-    let no_sigchld = signals.chld.is_none();
-    // A drain that stopped at its cap left children unreaped, and their
-    // SIGCHLDs may all have been merged into the one already taken: drain
-    // again at once (after the loop has had its turn) instead of waiting
-    // for another child to exit.
-    let mut drain_again = false;
-    loop {
-        let event = tokio::select! {
-            _ = std::future::ready(()), if drain_again => None,
-            _ = recv(&mut signals.chld) => None,
-            _ = fallback_reap(no_sigchld) => None,
-            _ = recv(&mut signals.term) => Some(ShutdownSignal::Term),
-            _ = recv(&mut signals.pwr) => Some(ShutdownSignal::Pwr),
-            _ = recv(&mut signals.int) => Some(ShutdownSignal::Int),
-        };
-        let event = match event {
-            Some(signal) => Event::Signal(signal),
-            None => {
-                let mut reaped = Vec::new();
-                let error = reaper::reap_all(&mut reaped).err();
-                drain_again = error.is_none() && reaped.len() >= reaper::MAX_REAP_PER_DRAIN;
-                if reaped.is_empty() && error.is_none() {
-                    continue;
-                }
-                Event::Reaped { reaped, error }
-            }
-        };
-        if !events.send(event).await {
+/// SIGCHLD and the reaper, polled by the owner's own loop
+/// ([`crate::runtime::run_owner`]): that loop is the event loop's main
+/// future, which tokio's local set polls first at every turn, so an exit
+/// is reaped at the first turn after its SIGCHLD, not after every client
+/// task the same wake-up made ready (60 busy clients: about 1 ms).
+pub struct Reaping {
+    chld: Option<Signal>,
+    /// Without a SIGCHLD handler: when the next drain is due.
+    fallback_at: Option<tokio::time::Instant>,
+    fallback_every: Duration,
+    /// A drain that stopped at its cap left children unreaped, and their
+    /// SIGCHLDs may all have been merged into the one already taken: drain
+    /// again at once (after the loop has had its turn) instead of waiting
+    /// for another child to exit.
+    drain_again: bool,
+}
+
+impl Reaping {
+    /// On every SIGCHLD; without a handler (`None`), every [`FALLBACK_REAP`].
+    pub fn new(chld: Option<Signal>) -> Reaping {
+        Reaping::with_fallback(chld, FALLBACK_REAP)
+    }
+
+    fn with_fallback(chld: Option<Signal>, every: Duration) -> Reaping {
+        let fallback_at = chld.is_none().then(|| tokio::time::Instant::now() + every);
+        Reaping {
+            chld,
+            fallback_at,
+            fallback_every: every,
+            drain_again: false,
+        }
+    }
+
+    /// Until a drain is due.
+    pub async fn due(&mut self) {
+        if self.drain_again {
             return;
         }
+        match self.fallback_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => recv(&mut self.chld).await,
+        }
+    }
+
+    /// Reaps every exited child (at most [`reaper::MAX_REAP_PER_DRAIN`]);
+    /// the event, if anything was found.
+    pub fn drain(&mut self) -> Option<Event> {
+        if let Some(at) = self.fallback_at.as_mut() {
+            *at = tokio::time::Instant::now() + self.fallback_every;
+        }
+        let mut reaped = Vec::new();
+        let error = reaper::reap_all(&mut reaped).err();
+        self.drain_again = error.is_none() && reaped.len() >= reaper::MAX_REAP_PER_DRAIN;
+        if reaped.is_empty() && error.is_none() {
+            return None;
+        }
+        Some(Event::Reaped { reaped, error })
     }
 }
 
@@ -300,5 +329,37 @@ impl Spawner for LoopSpawner {
             events.send(Event::JobDone(job)).await;
         });
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The owner's loop polls `due` afresh at every event: without SIGCHLD
+    /// the fallback drain must still come due (its deadline is kept, not
+    /// restarted by each poll).
+    #[test]
+    fn without_sigchld_a_drain_comes_due_however_often_the_loop_turns() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut reaping = Reaping::with_fallback(None, Duration::from_millis(50));
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+            let mut turns = 0u32;
+            loop {
+                tokio::select! {
+                    _ = reaping.due() => break,
+                    // An event every 2 ms, as a busy loop gets them.
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => turns += 1,
+                }
+                assert!(
+                    tokio::time::Instant::now() < give_up,
+                    "no drain after {turns} turns"
+                );
+            }
+        });
     }
 }

@@ -368,7 +368,7 @@ mod tests {
                 false,
                 stop,
             );
-            tokio::task::spawn_local(async move { run_owner(&mut owner, rx).await });
+            tokio::task::spawn_local(async move { run_owner(&mut owner, rx, None).await });
             tokio::time::timeout(Duration::from_secs(20), test(socket.clone(), Node(events)))
                 .await
                 .expect("test timed out");
