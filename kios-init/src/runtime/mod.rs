@@ -228,6 +228,15 @@ fn start_bus(state: &mut State, events: &Events) {
 pub async fn run_owner(owner: &mut Owner, mut rx: Queue, mut reaping: Option<sources::Reaping>) {
     owner.after(Now::current());
     while !owner.ended() {
+        // A child exited: reaped (and a service restarted) before the next
+        // event, even before tokio's signal stream has seen the SIGCHLD.
+        if reaping.as_ref().is_some_and(sources::Reaping::arrived) {
+            if let Some(event) = reaping.as_mut().and_then(sources::Reaping::drain) {
+                owner.handle(event, Now::current());
+                owner.after(Now::current());
+            }
+            continue;
+        }
         if owner.wants_turn() {
             tokio::task::yield_now().await;
             owner.turn_passed();

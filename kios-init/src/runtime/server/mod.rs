@@ -174,6 +174,7 @@ async fn accept(events: &Events, stream: UnixStream, refused: &mut u64) -> bool 
 /// client is told to close (its queue overflowed, or the shutdown closes
 /// the socket).
 async fn write_bounded(conn: &mut Connection<UnixStream>, bytes: &[u8], close: &Notify) -> bool {
+    crate::runtime::sources::give_way_to_reaping().await;
     tokio::select! {
         written = tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(bytes)) => {
             matches!(written, Ok(Ok(())))
@@ -218,6 +219,7 @@ async fn client_task(events: Events, stream: UnixStream, peer: Peer, mut reg: Re
     let mut conn = Connection::new(stream);
     let mut dialect = Dialect::Silent;
     loop {
+        crate::runtime::sources::give_way_to_reaping().await;
         tokio::select! {
             biased;
             _ = reg.close.notified() => break,
