@@ -14,10 +14,9 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use kios_protocol::{AuditEntry, PowerMode};
 
@@ -38,13 +37,6 @@ pub const FILE_BYTES: u64 = 256 * 1024;
 pub const TAIL_BYTES: u64 = 64 * 1024;
 /// The file name in the log directory.
 pub const FILE_NAME: &str = "kios-audit.log";
-/// How long the writer gathers entries before one write and one sync: a
-/// burst of requests costs one sync, and the sync (kernel work that a
-/// PREEMPT_NONE kernel does not interrupt) no longer runs alongside the
-/// restart it records (traced: 0.1 to 0.5 ms of a CPU right when the old
-/// kubelet exits and the new one starts). On close, what was gathered is
-/// written at once.
-pub const GROUP_WINDOW: Duration = Duration::from_millis(20);
 
 enum Msg {
     Entry(String),
@@ -171,37 +163,16 @@ fn writer_thread(path: &Path, boot_ms: u64, previous: &Mutex<Vec<AuditEntry>>, r
     if let Ok(mut p) = previous.lock() {
         *p = earlier;
     }
-    while let Ok(Msg::Entry(first)) = rx.recv() {
-        let (lines, closed) = gather(first, &rx, GROUP_WINDOW);
-        append(path, &lines);
-        if closed {
-            return;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Entry(line) => append(path, &line),
+            Msg::Close => return,
         }
     }
 }
 
-/// The entries that come within `window` of `first` (at most a queue's
-/// worth), and whether the log was closed meanwhile (then they are the
-/// last).
-fn gather(first: String, rx: &Receiver<Msg>, window: Duration) -> (String, bool) {
-    let mut lines = first;
-    lines.push('\n');
-    let until = Instant::now() + window;
-    for _ in 1..WRITER_QUEUE {
-        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(Msg::Entry(line)) => {
-                lines.push_str(&line);
-                lines.push('\n');
-            }
-            Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => return (lines, true),
-            Err(RecvTimeoutError::Timeout) => break,
-        }
-    }
-    (lines, false)
-}
-
-/// Appends lines and syncs them: the reason for a reboot must survive it.
-fn append(path: &Path, lines: &str) {
+/// Appends one line and syncs it: the reason for a reboot must survive it.
+fn append(path: &Path, line: &str) {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size >= FILE_BYTES {
         let mut old = path.as_os_str().to_owned();
@@ -213,7 +184,7 @@ fn append(path: &Path, lines: &str) {
         .append(true)
         .open(path)
         .and_then(|mut f| {
-            f.write_all(lines.as_bytes())?;
+            f.write_all(format!("{line}\n").as_bytes())?;
             f.sync_data()
         });
     if let Err(e) = written {
@@ -398,39 +369,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// One write and one sync for what comes together; a close ends the
-    /// gathering with what came before it, never without it.
-    #[test]
-    fn entries_that_come_together_are_written_together() {
-        // A window no test outlasts: only a close or the bound ends these.
-        let long = Duration::from_secs(600);
-        let (tx, rx) = mpsc::sync_channel(2 * WRITER_QUEUE);
-        for line in ["b", "c"] {
-            tx.send(Msg::Entry(line.into())).unwrap();
-        }
-        tx.send(Msg::Close).unwrap();
-        tx.send(Msg::Entry("after the close".into())).unwrap();
-        assert_eq!(
-            gather("a".into(), &rx, long),
-            ("a\nb\nc\n".to_string(), true)
-        );
-        // At most a queue's worth per write.
-        let (tx, rx) = mpsc::sync_channel(2 * WRITER_QUEUE);
-        for i in 0..WRITER_QUEUE + 5 {
-            tx.send(Msg::Entry(i.to_string())).unwrap();
-        }
-        let (lines, closed) = gather("first".into(), &rx, long);
-        assert!(!closed);
-        assert_eq!(lines.lines().count(), WRITER_QUEUE);
-        assert_eq!(
-            lines.lines().last(),
-            Some((WRITER_QUEUE - 2).to_string().as_str())
-        );
-        // Nothing more within the window: what came is written.
-        let (lines, closed) = gather("next".into(), &rx, Duration::ZERO);
-        assert_eq!((lines.lines().next(), closed), (Some("next"), false));
-    }
-
     #[test]
     fn the_file_is_bounded_and_a_cut_line_is_skipped() {
         let dir = temp_dir("bounded");
@@ -448,7 +386,7 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let previous = read_previous(&path, 8);
         assert!(!previous.is_empty() && previous.len() <= PREVIOUS_ENTRIES);
-        append(&path, &format!("{line}\n"));
+        append(&path, &line);
         assert!(dir.join(format!("{FILE_NAME}.1")).exists());
         assert!(std::fs::metadata(&path).unwrap().len() < 1024);
         let _ = std::fs::remove_dir_all(&dir);
