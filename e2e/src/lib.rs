@@ -10,8 +10,8 @@
 //!   cgroup of a test's own for one.
 //! - `programs` (feature `harness`): which programs the workspace runs and
 //!   whether a fresh Debian machine has them after scripts/deps.
-//! - `exec_events` (feature `harness`): the kernel's exec events with
-//!   their times (the process connector), the bench's clock for "new
+//! - `proc_events` (feature `harness`): the kernel's exec and exit events
+//!   with their times (the process connector), the bench's clock for "new
 //!   kubelet running".
 //! - `figure` (feature `harness`): the budgets bench's table (figures,
 //!   budgets, min/median/max, pass or fail, ratio to a reference init).
@@ -23,11 +23,11 @@ pub mod artifacts;
 #[cfg(feature = "harness")]
 pub mod cgroup;
 #[cfg(feature = "harness")]
-pub mod exec_events;
-#[cfg(feature = "harness")]
 pub mod figure;
 #[cfg(feature = "harness")]
 pub mod ns;
+#[cfg(feature = "harness")]
+pub mod proc_events;
 #[cfg(feature = "harness")]
 pub mod programs;
 #[cfg(feature = "harness")]

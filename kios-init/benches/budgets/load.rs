@@ -27,7 +27,7 @@ use anyhow::{anyhow, Context, Result};
 use kios_e2e::figure::{Budget, Figure};
 use kios_e2e::ns::{LineClient, Sandbox};
 
-use crate::sandbox::{requested_restart, status_kib, Samples};
+use crate::sandbox::{requested_restart, status_kib, Restart, Samples};
 
 /// Concurrent clients of the throughput figure.
 pub const CLIENTS: usize = 60;
@@ -106,10 +106,10 @@ pub fn socket(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
     k.push("p99", percentile(&times, 0.99));
 
     let done = Arc::new(AtomicBool::new(false));
-    let restarts = std::thread::scope(|scope| -> Result<Vec<f64>> {
+    let restarts = std::thread::scope(|scope| -> Result<Vec<Restart>> {
         let restarter = {
             let done = done.clone();
-            scope.spawn(move || -> Result<Vec<f64>> {
+            scope.spawn(move || -> Result<Vec<Restart>> {
                 let mut client = sandbox.client()?;
                 let mut times = Vec::new();
                 while !done.load(Ordering::Relaxed) {
@@ -167,8 +167,8 @@ pub fn socket(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
             .join()
             .map_err(|_| anyhow!("the restarter panicked"))?
     })?;
-    for t in restarts {
-        k.push("restart-load", t);
+    for r in restarts {
+        r.push(k, "restart-load", "restart-load-stop", "restart-load-react");
     }
     // Once the loaders' connections are gone from init's registry.
     let pid = sandbox.init_pid();
@@ -258,6 +258,18 @@ pub fn figures(k: &Samples) -> Vec<Figure> {
         )
         .samples(k.get("restart-load"))
         .budget(Budget::AtMost(1000.0)),
+        Figure::new(
+            "socket",
+            "    of which: to the old kubelet's end (its stop)",
+            "us",
+        )
+        .samples(k.get("restart-load-stop")),
+        Figure::new(
+            "socket",
+            "    of which: the old kubelet's end to the new one's exec (init's reaction)",
+            "us",
+        )
+        .samples(k.get("restart-load-react")),
         Figure::new(
             "socket",
             format!(

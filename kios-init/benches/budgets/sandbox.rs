@@ -5,7 +5,7 @@
 //! Method. Every repetition boots a fresh sandbox. "Kubelet exec" is the
 //! same instant for every init: the kernel's time of the exec of a new
 //! child of init whose `comm` is `kubelet`, from the process connector's
-//! exec event ([`kios_e2e::exec_events`]), subscribed before the clock
+//! exec event ([`kios_e2e::proc_events`]), subscribed before the clock
 //! starts. Waiting for it costs the host no CPU. (Where the connector is
 //! not available, a watcher polls `/proc/<init>/task/*/children` every
 //! 20 us instead, and the run says so: that took most of a core from the
@@ -24,9 +24,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kios_e2e::exec_events::{instant_ns, ExecEvents};
 use kios_e2e::figure::{Budget, Figure};
 use kios_e2e::ns::{host_cgroup2_flags, Sandbox, SandboxConfig};
+use kios_e2e::proc_events::{instant_ns, Kind, ProcEvents};
 use nix::sys::signal::Signal;
 
 use crate::Opts;
@@ -68,7 +68,7 @@ pub fn kubelets(init: i32) -> Vec<i32> {
 /// Sees init's next kubelet exec. Opened before the clock starts (the
 /// kernel's events from then on are kept for [`KubeletWatch::wait`]).
 pub struct KubeletWatch {
-    events: Option<ExecEvents>,
+    events: Option<ProcEvents>,
 }
 
 /// Why the process connector could not be used, said once per run.
@@ -77,7 +77,7 @@ static POLLING_NOTE: std::sync::Once = std::sync::Once::new();
 impl KubeletWatch {
     /// The kernel's exec events, or, where they cannot be had, polling.
     pub fn start() -> KubeletWatch {
-        match ExecEvents::open() {
+        match ProcEvents::open() {
             Ok(events) => KubeletWatch {
                 events: Some(events),
             },
@@ -102,25 +102,68 @@ impl KubeletWatch {
         since: Instant,
         timeout: Duration,
     ) -> Result<(Duration, i32)> {
+        let new = self.wait_new(init, old, since, timeout)?;
+        Ok((new.took, new.pid))
+    }
+
+    /// [`KubeletWatch::wait`], with when the old kubelets' last task
+    /// exited (exit events; `None` when polling, or when none was seen).
+    pub fn wait_new(
+        self,
+        init: i32,
+        old: &[i32],
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<NewKubelet> {
         let deadline = Instant::now() + timeout;
         let Some(mut events) = self.events else {
             let (seen, pid) = poll_kubelet_exec(init, old, deadline)?;
-            return Ok((seen.saturating_duration_since(since), pid));
+            return Ok(NewKubelet {
+                took: seen.saturating_duration_since(since),
+                pid,
+                old_gone: None,
+            });
         };
         let since_ns = instant_ns(since);
+        let mut old_gone_ns: Option<u64> = None;
         loop {
-            let Some(exec) = events.next(deadline).context("exec events")? else {
+            let Some(event) = events.next(deadline).context("exec events")? else {
                 bail!("no new kubelet exec within {timeout:?}");
             };
-            // Looked up after the event: a kubelet lives on.
-            if exec.at_ns >= since_ns
-                && !old.contains(&exec.pid)
-                && parent_and_comm(exec.pid).is_some_and(|(ppid, c)| ppid == init && c == "kubelet")
-            {
-                return Ok((Duration::from_nanos(exec.at_ns - since_ns), exec.pid));
+            if event.at_ns < since_ns {
+                continue;
+            }
+            match event.kind {
+                Kind::Exit if old.contains(&event.pid) => {
+                    old_gone_ns = Some(old_gone_ns.unwrap_or(0).max(event.at_ns));
+                }
+                Kind::Exit => {}
+                // Looked up after the event: a kubelet lives on.
+                Kind::Exec => {
+                    if !old.contains(&event.pid)
+                        && parent_and_comm(event.pid)
+                            .is_some_and(|(ppid, c)| ppid == init && c == "kubelet")
+                    {
+                        return Ok(NewKubelet {
+                            took: Duration::from_nanos(event.at_ns - since_ns),
+                            pid: event.pid,
+                            old_gone: old_gone_ns.map(|at| Duration::from_nanos(at - since_ns)),
+                        });
+                    }
+                }
             }
         }
     }
+}
+
+/// A new kubelet's exec, timed.
+pub struct NewKubelet {
+    /// From the clock's start to the exec.
+    pub took: Duration,
+    /// Its host pid.
+    pub pid: i32,
+    /// From the clock's start to the last task of the old kubelet exiting.
+    pub old_gone: Option<Duration>,
 }
 
 /// The parent and `comm` of a process, from `/proc/<pid>/stat`.
@@ -339,8 +382,40 @@ fn kios_logged_crash(sandbox: &Sandbox, s: &mut Samples) -> Result<()> {
     Ok(())
 }
 
+/// A requested restart, in microseconds: the whole, and (with exit
+/// events) its two parts.
+pub struct Restart {
+    /// `restart kubelet` sent to the new kubelet's exec.
+    pub total: f64,
+    /// Sent to the old kubelet's end: init's answer and SIGTERM, then the
+    /// kubelet's own stop.
+    pub stop: Option<f64>,
+    /// The old kubelet's end to the new one's exec: init's reaction.
+    pub react: Option<f64>,
+}
+
+impl Restart {
+    /// Into `k` under `key`, `key-stop` and `key-react`.
+    pub fn push(
+        &self,
+        k: &mut Samples,
+        key: &'static str,
+        stop: &'static str,
+        react: &'static str,
+    ) {
+        k.push(key, self.total);
+        if let (Some(s), Some(r)) = (self.stop, self.react) {
+            k.push(stop, s);
+            k.push(react, r);
+        }
+    }
+}
+
 /// `restart kubelet` sent to the new kubelet's exec.
-pub fn requested_restart(sandbox: &Sandbox, client: &mut kios_e2e::ns::LineClient) -> Result<f64> {
+pub fn requested_restart(
+    sandbox: &Sandbox,
+    client: &mut kios_e2e::ns::LineClient,
+) -> Result<Restart> {
     let init = sandbox.init_pid();
     let old = kubelets(init);
     let watch = KubeletWatch::start();
@@ -349,8 +424,14 @@ pub fn requested_restart(sandbox: &Sandbox, client: &mut kios_e2e::ns::LineClien
     if reply["error"].is_string() || reply["ok"] == false {
         bail!("restart kubelet refused: {reply}");
     }
-    let (took, _) = watch.wait(init, &old, sent, Duration::from_secs(5))?;
-    Ok(us(took))
+    let new = watch.wait_new(init, &old, sent, Duration::from_secs(5))?;
+    let total = us(new.took);
+    let stop = new.old_gone.map(us);
+    Ok(Restart {
+        total,
+        stop,
+        react: stop.map(|s| total - s),
+    })
 }
 
 /// The sandbox figures.
@@ -386,7 +467,12 @@ pub fn figures(opts: &Opts) -> Result<Vec<Figure>> {
             kios_logged_crash(&sandbox, &mut k)?;
             sandbox.wait_events("kubelet connected", 2, Duration::from_secs(10))?;
             let mut client = sandbox.client()?;
-            k.push("restart", requested_restart(&sandbox, &mut client)?);
+            requested_restart(&sandbox, &mut client)?.push(
+                &mut k,
+                "restart",
+                "restart-stop",
+                "restart-react",
+            );
             drop(client);
             sandbox.wait_events("kubelet connected", 3, Duration::from_secs(10))?;
             // The churn first, from the state after boot (the budget's
@@ -521,6 +607,18 @@ pub fn figures(opts: &Opts) -> Result<Vec<Figure>> {
         )
         .samples(k.get("restart"))
         .budget(Budget::AtMost(1000.0)),
+        Figure::new(
+            "reaction",
+            "  of which: to the old kubelet's end (init's answer, SIGTERM, the kubelet's own stop)",
+            "us",
+        )
+        .samples(k.get("restart-stop")),
+        Figure::new(
+            "reaction",
+            "  of which: the old kubelet's end to the new one's exec (init's reaction)",
+            "us",
+        )
+        .samples(k.get("restart-react")),
     ]);
     figures.extend(crate::load::figures(&k));
     figures.push(
