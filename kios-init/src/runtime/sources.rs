@@ -185,11 +185,8 @@ pub async fn give_way_to_reaping() {
 /// Registers the flag's action; `false` (logged) if that failed, and then
 /// SIGCHLD is seen through tokio's stream only.
 fn flag_chld() -> bool {
-    let action = || CHLD_ARRIVED.store(true, Ordering::Release);
-    // SAFETY: the action stores an atomic, which is async-signal-safe: no
-    // allocation, no lock.
-    match unsafe { signal_hook_registry::register(libc::SIGCHLD, action) } {
-        Ok(_) => true,
+    match crate::sys::process::flag_sigchld(&CHLD_ARRIVED) {
+        Ok(()) => true,
         Err(e) => {
             crate::kwarn!(
                 "cannot flag SIGCHLD as it arrives: {e}; exits are reaped at the loop's next turn"

@@ -9,7 +9,9 @@
 //!   exactly 0-2 even if something in init opened a descriptor without the
 //!   flag. The child is never waited on here: the one reaper
 //!   (`crate::runtime::reaper`) collects every exit;
-//! - the event loop's CPU priority ([`raise_loop_priority`]);
+//! - the event loop's CPU priority ([`raise_loop_priority`]) and the
+//!   SIGCHLD flag the owner's loop looks at before every event
+//!   ([`flag_sigchld`]);
 //! - dropping the page mappings of boot's code once boot is over
 //!   ([`release_boot_pages`]);
 //! - registering owned descriptors (pipes, input devices, inotify) with
@@ -124,6 +126,16 @@ pub fn release_boot_pages() -> io::Result<usize> {
         released += hi - lo;
     }
     Ok(released)
+}
+
+/// Sets `flag` at every SIGCHLD, from an action of init's own next to
+/// tokio's handler (see `runtime::sources::Reaping`).
+pub fn flag_sigchld(flag: &'static std::sync::atomic::AtomicBool) -> io::Result<()> {
+    let action = move || flag.store(true, std::sync::atomic::Ordering::Release);
+    // SAFETY: the action stores an atomic, which is async-signal-safe: no
+    // allocation, no lock.
+    unsafe { signal_hook_registry::register(libc::SIGCHLD, action) }?;
+    Ok(())
 }
 
 /// The nice value of init's event loop: ahead of every process it starts
