@@ -27,7 +27,7 @@ use anyhow::{anyhow, Context, Result};
 use kios_e2e::figure::{Budget, Figure};
 use kios_e2e::ns::{LineClient, Sandbox};
 
-use crate::sandbox::{requested_restart, status_kib, Restart, Samples};
+use crate::sandbox::{requested_restart, restart_parts, status_kib, Restart, Samples};
 
 /// Concurrent clients of the throughput figure.
 pub const CLIENTS: usize = 60;
@@ -231,7 +231,7 @@ pub fn churn(sandbox: &Sandbox, k: &mut Samples) -> Result<()> {
 
 /// The socket figures.
 pub fn figures(k: &Samples) -> Vec<Figure> {
-    vec![
+    let mut figures = vec![
         Figure::new("socket", "`status` round trip p50 (2,000 sequential)", "us")
             .samples(k.get("p50"))
             .budget(Budget::AtMost(100.0)),
@@ -258,18 +258,15 @@ pub fn figures(k: &Samples) -> Vec<Figure> {
         )
         .samples(k.get("restart-load"))
         .budget(Budget::AtMost(1000.0)),
-        Figure::new(
-            "socket",
-            "    of which: to the old kubelet's end (its stop)",
-            "us",
-        )
-        .samples(k.get("restart-load-stop")),
-        Figure::new(
-            "socket",
-            "    of which: the old kubelet's end to the new one's exec (init's reaction)",
-            "us",
-        )
-        .samples(k.get("restart-load-react")),
+    ];
+    figures.extend(restart_parts(
+        k,
+        "socket",
+        "    ",
+        "restart-load-stop",
+        "restart-load-react",
+    ));
+    figures.extend([
         Figure::new(
             "socket",
             format!(
@@ -282,5 +279,6 @@ pub fn figures(k: &Samples) -> Vec<Figure> {
         Figure::new("socket", "  of those, left unreaped after 20 s", "procs")
             .samples(k.get("reap-load-left"))
             .budget(Budget::AtMost(0.0)),
-    ]
+    ]);
+    figures
 }

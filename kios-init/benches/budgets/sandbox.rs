@@ -411,6 +411,31 @@ impl Restart {
     }
 }
 
+/// The two parts of a restart's figure (see [`Restart`]), under
+/// `section`, indented below it.
+pub fn restart_parts(
+    k: &Samples,
+    section: &'static str,
+    indent: &str,
+    stop: &str,
+    react: &str,
+) -> [Figure; 2] {
+    [
+        Figure::new(
+            section,
+            format!("{indent}of which: to the old kubelet's end (init's answer, SIGTERM, the kubelet's own stop)"),
+            "us",
+        )
+        .samples(k.get(stop)),
+        Figure::new(
+            section,
+            format!("{indent}of which: the old kubelet's end to the new one's exec (init's reaction)"),
+            "us",
+        )
+        .samples(k.get(react)),
+    ]
+}
+
 /// `restart kubelet` sent to the new kubelet's exec.
 pub fn requested_restart(
     sandbox: &Sandbox,
@@ -607,19 +632,14 @@ pub fn figures(opts: &Opts) -> Result<Vec<Figure>> {
         )
         .samples(k.get("restart"))
         .budget(Budget::AtMost(1000.0)),
-        Figure::new(
-            "reaction",
-            "  of which: to the old kubelet's end (init's answer, SIGTERM, the kubelet's own stop)",
-            "us",
-        )
-        .samples(k.get("restart-stop")),
-        Figure::new(
-            "reaction",
-            "  of which: the old kubelet's end to the new one's exec (init's reaction)",
-            "us",
-        )
-        .samples(k.get("restart-react")),
     ]);
+    figures.extend(restart_parts(
+        &k,
+        "reaction",
+        "  ",
+        "restart-stop",
+        "restart-react",
+    ));
     figures.extend(crate::load::figures(&k));
     figures.push(
         Figure::new(
