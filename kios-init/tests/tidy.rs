@@ -2,7 +2,8 @@
 //! Rust file opens with a `//!` line saying what it owns; `unsafe` appears
 //! only under `kios-init/src/sys/`; kios-init (PID 1) has no `unwrap` or
 //! `expect` outside its tests, and no `RefCell` (state has one owner per
-//! task, never a runtime-checked borrow).
+//! task, never a runtime-checked borrow); the image's code layout was
+//! traced for kios-init's current sources.
 
 use std::path::{Path, PathBuf};
 
@@ -153,4 +154,71 @@ fn the_rules_can_fail() {
     assert!(code.contains(".unwrap()"));
     assert!(!code.contains(".expect("));
     assert_eq!(code_lines("// a.unwrap()\nb\n").count(), 1);
+}
+
+/// What scripts/trace-layout computes: for each `.rs` file under
+/// kios-init/src in byte order of its path (relative to the workspace),
+/// the path, a newline and the file's bytes; their sha256.
+fn sources_hash(workspace: &Path) -> String {
+    let mut files = Vec::new();
+    rust_files(&workspace.join("kios-init/src"), &mut files);
+    let mut named: Vec<(String, PathBuf)> = files
+        .into_iter()
+        .map(|f| {
+            let relative = f.strip_prefix(workspace).expect("inside").to_path_buf();
+            (relative.to_str().expect("a UTF-8 path").to_string(), f)
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut all = Vec::new();
+    for (name, path) in named {
+        all.extend_from_slice(name.as_bytes());
+        all.push(b'\n');
+        all.extend(std::fs::read(&path).expect("read a source file"));
+    }
+    kios_rootfs::hash::hex(&kios_rootfs::hash::sha256_bytes(&all))
+}
+
+/// The image's code layout (kios-init/layout/hot.txt) is of the sources
+/// being built: `scripts/trace-layout` records the hash of kios-init/src
+/// it traced in kios-init/layout/hot.sources. A function the layout does
+/// not name lands among the cold ones, and one on a hot path costs a
+/// 64 KiB window of resident memory (kios-init/layout/README.md); a stale
+/// layout would otherwise show in the budgets bench only.
+#[test]
+fn the_layout_was_traced_for_these_sources() {
+    let workspace = workspace();
+    let recorded = std::fs::read_to_string(workspace.join("kios-init/layout/hot.sources"))
+        .expect("kios-init/layout/hot.sources (written by scripts/trace-layout)");
+    let now = sources_hash(&workspace);
+    assert_eq!(
+        recorded.trim(),
+        now,
+        "kios-init/src changed since kios-init/layout/hot.txt was traced: run \
+         `scripts/trace-layout --tests` (root, a few minutes) and commit hot.txt and \
+         hot.sources, or init's resident memory grows by a 64 KiB window per hot \
+         function the layout does not name"
+    );
+}
+
+/// The hash covers every file and each file's place: a file's bytes moved
+/// to another file, or a file renamed, is another hash.
+#[test]
+fn the_hash_sees_contents_and_names() {
+    let dir = std::env::temp_dir().join(format!("kios-layout-hash-{}", std::process::id()));
+    let src = dir.join("kios-init/src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.rs"), "fn a() {}\n").unwrap();
+    std::fs::write(src.join("sub/b.rs"), "fn b() {}\n").unwrap();
+    let first = sources_hash(&dir);
+    std::fs::write(src.join("sub/b.rs"), "fn b() { }\n").unwrap();
+    let edited = sources_hash(&dir);
+    std::fs::rename(src.join("sub/b.rs"), src.join("sub/c.rs")).unwrap();
+    let renamed = sources_hash(&dir);
+    std::fs::write(src.join("notes.txt"), "not code").unwrap();
+    let with_other = sources_hash(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ne!(first, edited);
+    assert_ne!(edited, renamed);
+    assert_eq!(renamed, with_other, "only .rs files count");
 }
