@@ -73,6 +73,7 @@ pub const PACKAGE_OF: &[(&str, &str)] = &[
     ("cpio", "cpio"),
     ("crun", "crun"),
     ("curl", "curl"),
+    ("cut", "coreutils"),
     ("debootstrap", "debootstrap"),
     ("debugfs", "e2fsprogs"),
     ("depmod", "kmod"),
