@@ -231,13 +231,8 @@ pub async fn run_owner(owner: &mut Owner, mut rx: Queue, mut reaping: Option<sou
         // A child exited: reaped (and a service restarted) before the next
         // event, even before tokio's signal stream has seen the SIGCHLD.
         if reaping.as_ref().is_some_and(sources::Reaping::arrived) {
-            if let Some(event) = reaping.as_mut().and_then(sources::Reaping::drain) {
-                owner.handle(event, Now::current());
-                owner.after(Now::current());
-            }
-            continue;
-        }
-        if owner.wants_turn() {
+            reap(owner, &mut reaping);
+        } else if owner.wants_turn() {
             tokio::task::yield_now().await;
             owner.turn_passed();
         } else {
@@ -248,15 +243,18 @@ pub async fn run_owner(owner: &mut Owner, mut rx: Queue, mut reaping: Option<sou
                     // Every source is gone (only in tests): nothing more comes.
                     None => return,
                 },
-                _ = reap_due(&mut reaping) => {
-                    if let Some(event) = reaping.as_mut().and_then(sources::Reaping::drain) {
-                        owner.handle(event, Now::current());
-                    }
-                }
+                _ = reap_due(&mut reaping) => reap(owner, &mut reaping),
                 _ = sleep_until_opt(wake) => {}
             }
         }
         owner.after(Now::current());
+    }
+}
+
+/// Drains the exited children and hands what was found to the owner.
+fn reap(owner: &mut Owner, reaping: &mut Option<sources::Reaping>) {
+    if let Some(event) = reaping.as_mut().and_then(sources::Reaping::drain) {
+        owner.handle(event, Now::current());
     }
 }
 
