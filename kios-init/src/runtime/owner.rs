@@ -949,6 +949,24 @@ mod tests {
         Request::Shutdown { mode, force }
     }
 
+    /// A node whose cri-o socket exists, one turn in: cri-o and the
+    /// kubelet started.
+    fn booted(name: &str) -> Node {
+        let mut n = node(name, Box::new(INLINE_SPAWNER));
+        let socket = n.owner.state.paths.crio_socket.clone();
+        n.sys.add_file(socket.to_str().unwrap(), "");
+        n.at(1, None);
+        n
+    }
+
+    /// One child's exit, as the reaper reports it.
+    fn exited(pid: u32, exit: crate::runtime::reaper::Exit) -> Event {
+        Event::Reaped {
+            reaped: vec![Reaped { pid, exit }],
+            error: None,
+        }
+    }
+
     fn phases_seen(reg: &mut Registration) -> Vec<ShutdownPhase> {
         let mut phases = Vec::new();
         while let Ok(bytes) = reg.rx.try_recv() {
@@ -1239,10 +1257,7 @@ mod tests {
     /// restarts still work after each, and the node still shuts down.
     #[test]
     fn wall_clock_steps_show_in_status_and_change_nothing_else() {
-        let mut n = node("clock-steps", Box::new(INLINE_SPAWNER));
-        let socket = n.owner.state.paths.crio_socket.clone();
-        n.sys.add_file(socket.to_str().unwrap(), "");
-        n.at(1, None);
+        let mut n = booted("clock-steps");
         let (admin, _reg) = n.connect(2, 4000);
         let start = n.owner.state.milestones.start_instant();
         let boot_ms = n.owner.state.milestones.start_epoch_ms();
@@ -1286,13 +1301,7 @@ mod tests {
                 n.request(t, &admin, restart),
                 Ok(Reply::Restart(_))
             ));
-            let reaped = Event::Reaped {
-                reaped: vec![Reaped {
-                    pid: old,
-                    exit: crate::runtime::reaper::Exit::Signal(15),
-                }],
-                error: None,
-            };
+            let reaped = exited(old, crate::runtime::reaper::Exit::Signal(15));
             n.at(t + 10, Some(reaped));
             let new = n.owner.state.supervisor.kubelet.pid.expect("restarted");
             assert_ne!(new, old);
@@ -1327,19 +1336,10 @@ mod tests {
     #[test]
     fn an_hour_of_kubelet_crash_loop_grows_nothing_and_holds_the_cap() {
         use crate::runtime::reaper::Exit;
-        let mut n = node("crash-loop", Box::new(INLINE_SPAWNER));
-        let socket = n.owner.state.paths.crio_socket.clone();
-        n.sys.add_file(socket.to_str().unwrap(), "");
-        n.at(1, None);
+        let mut n = booted("crash-loop");
         let mut pid = n.owner.state.supervisor.kubelet.pid.expect("kubelet up");
         let cap = Duration::from_secs(30);
-        let reaped = |pid| Event::Reaped {
-            reaped: vec![Reaped {
-                pid,
-                exit: Exit::Code(1),
-            }],
-            error: None,
-        };
+        let reaped = |pid| exited(pid, Exit::Code(1));
         // What the node keeps, once the kubelet's tail is full.
         let kept = |n: &Node| {
             let s = &n.owner.state;
@@ -1420,10 +1420,7 @@ mod tests {
     #[test]
     fn boot_pages_are_released_once_at_the_first_kubelet_start() {
         use crate::runtime::reaper::Exit;
-        let mut n = node("boot-pages", Box::new(INLINE_SPAWNER));
-        let socket = n.owner.state.paths.crio_socket.clone();
-        n.sys.add_file(socket.to_str().unwrap(), "");
-        n.at(1, None);
+        let mut n = booted("boot-pages");
         let pid = n.owner.state.supervisor.kubelet.pid.expect("kubelet up");
         let order = |n: &Node| -> Vec<&'static str> {
             n.sys
@@ -1438,14 +1435,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(order(&n), ["crio", "kubelet", "release"]);
-        let crashed = Event::Reaped {
-            reaped: vec![Reaped {
-                pid,
-                exit: Exit::Code(1),
-            }],
-            error: None,
-        };
-        n.at(2, Some(crashed));
+        n.at(2, Some(exited(pid, Exit::Code(1))));
         assert!(n.owner.state.supervisor.kubelet.pid.is_some(), "restarted");
         assert_eq!(order(&n), ["crio", "kubelet", "release", "kubelet"]);
     }
@@ -1522,14 +1512,7 @@ mod tests {
             if n.owner.state.supervisor.crio.state != ServiceState::Stopping {
                 break;
             }
-            let reaped = Event::Reaped {
-                reaped: vec![Reaped {
-                    pid,
-                    exit: crate::runtime::reaper::Exit::Code(0),
-                }],
-                error: None,
-            };
-            n.at(t, Some(reaped));
+            n.at(t, Some(exited(pid, crate::runtime::reaper::Exit::Code(0))));
             t += 1;
             // Every TERM so far went to a process that was started before it.
             assert!(terms(&n) <= spawns(&n), "a stop before its start");
@@ -1556,14 +1539,10 @@ mod tests {
     fn a_crashed_service_is_restarted_in_the_turn_that_reaps_it() {
         let mut n = node("restart", Box::new(INLINE_SPAWNER));
         let crio = n.owner.state.supervisor.crio.pid.expect("cri-o started");
-        let reaped = Event::Reaped {
-            reaped: vec![Reaped {
-                pid: crio,
-                exit: crate::runtime::reaper::Exit::Signal(9),
-            }],
-            error: None,
-        };
-        n.at(10, Some(reaped));
+        n.at(
+            10,
+            Some(exited(crio, crate::runtime::reaper::Exit::Signal(9))),
+        );
         let again = n.owner.state.supervisor.crio.pid.expect("cri-o restarted");
         assert_ne!(again, crio);
         let spawns = n
