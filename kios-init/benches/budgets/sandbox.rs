@@ -93,22 +93,10 @@ impl KubeletWatch {
         }
     }
 
-    /// Waits until a child of init not in `old` exec'd the kubelet; the
-    /// time from `since` to that exec, and its host pid.
+    /// Waits until a child of init not in `old` exec'd the kubelet: the
+    /// time from `since` to that exec, and to when the old kubelets' last
+    /// task exited (exit events; `None` when polling, or none was seen).
     pub fn wait(
-        self,
-        init: i32,
-        old: &[i32],
-        since: Instant,
-        timeout: Duration,
-    ) -> Result<(Duration, i32)> {
-        let new = self.wait_new(init, old, since, timeout)?;
-        Ok((new.took, new.pid))
-    }
-
-    /// [`KubeletWatch::wait`], with when the old kubelets' last task
-    /// exited (exit events; `None` when polling, or when none was seen).
-    pub fn wait_new(
         self,
         init: i32,
         old: &[i32],
@@ -117,10 +105,9 @@ impl KubeletWatch {
     ) -> Result<NewKubelet> {
         let deadline = Instant::now() + timeout;
         let Some(mut events) = self.events else {
-            let (seen, pid) = poll_kubelet_exec(init, old, deadline)?;
+            let seen = poll_kubelet_exec(init, old, deadline)?;
             return Ok(NewKubelet {
                 took: seen.saturating_duration_since(since),
-                pid,
                 old_gone: None,
             });
         };
@@ -146,7 +133,6 @@ impl KubeletWatch {
                     {
                         return Ok(NewKubelet {
                             took: Duration::from_nanos(event.at_ns - since_ns),
-                            pid: event.pid,
                             old_gone: old_gone_ns.map(|at| Duration::from_nanos(at - since_ns)),
                         });
                     }
@@ -160,8 +146,6 @@ impl KubeletWatch {
 pub struct NewKubelet {
     /// From the clock's start to the exec.
     pub took: Duration,
-    /// Its host pid.
-    pub pid: i32,
     /// From the clock's start to the last task of the old kubelet exiting.
     pub old_gone: Option<Duration>,
 }
@@ -183,12 +167,12 @@ fn parent_and_comm(pid: i32) -> Option<(i32, String)> {
 }
 
 /// Without exec events: polls until init has a kubelet child not in
-/// `old`; when it was seen and its host pid.
-fn poll_kubelet_exec(init: i32, old: &[i32], deadline: Instant) -> Result<(Instant, i32)> {
+/// `old`; when it was seen.
+fn poll_kubelet_exec(init: i32, old: &[i32], deadline: Instant) -> Result<Instant> {
     loop {
         for pid in children(init) {
             if !old.contains(&pid) && comm(pid) == "kubelet" {
-                return Ok((Instant::now(), pid));
+                return Ok(Instant::now());
             }
         }
         if Instant::now() >= deadline {
@@ -262,7 +246,7 @@ fn boot_config(name: &str, reference: Option<&[u8]>) -> SandboxConfig {
 fn boot_and_watch(config: SandboxConfig, s: &mut Samples, key: &'static str) -> Result<Sandbox> {
     let watch = KubeletWatch::start();
     let sandbox = Sandbox::boot(config)?;
-    let (took, _) = watch
+    let new = watch
         .wait(
             sandbox.init_pid(),
             &[],
@@ -270,7 +254,7 @@ fn boot_and_watch(config: SandboxConfig, s: &mut Samples, key: &'static str) -> 
             Duration::from_secs(10),
         )
         .with_context(|| sandbox.diagnostics())?;
-    s.push(key, ms(took));
+    s.push(key, ms(new.took));
     sandbox.wait_event("kubelet connected", Duration::from_secs(10))?;
     Ok(sandbox)
 }
@@ -305,7 +289,7 @@ fn crash(sandbox: &Sandbox, s: &mut Samples) -> Result<()> {
     let killed = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL)
         .context("cannot kill the kubelet")?;
-    let (took, _) = watch.wait(init, &old, killed, Duration::from_secs(5))?;
+    let took = watch.wait(init, &old, killed, Duration::from_secs(5))?.took;
     s.push("crash", us(took));
     Ok(())
 }
@@ -365,7 +349,9 @@ fn kios_logged_crash(sandbox: &Sandbox, s: &mut Samples) -> Result<()> {
     let killed = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(host), Signal::SIGKILL)
         .context("cannot kill the kubelet")?;
-    let (took, _) = watch.wait(init, &old_host, killed, Duration::from_secs(5))?;
+    let took = watch
+        .wait(init, &old_host, killed, Duration::from_secs(5))?
+        .took;
     s.push("crash", us(took));
     let line = sandbox.wait_log(
         &format!("kubelet (pid {old}) ended"),
@@ -449,7 +435,7 @@ pub fn requested_restart(
     if reply["error"].is_string() || reply["ok"] == false {
         bail!("restart kubelet refused: {reply}");
     }
-    let new = watch.wait_new(init, &old, sent, Duration::from_secs(5))?;
+    let new = watch.wait(init, &old, sent, Duration::from_secs(5))?;
     let total = us(new.took);
     let stop = new.old_gone.map(us);
     Ok(Restart {
